@@ -1,0 +1,158 @@
+//! The hub as the web layer's [`Backend`]: maps the books into API views and hub errors into
+//! HTTP-shaped ones.
+
+use machinomy_core::{Approval, Budget, ChannelId, Verdict, spending};
+use machinomy_web::model::{BudgetView, ChannelView, HubStatus, Role, SpendingQuery, SpendingReport};
+use machinomy_web::{Backend, BackendError};
+
+use crate::hub::{Hub, now};
+use crate::payments::PaymentError;
+use crate::store::ChannelRecord;
+
+impl From<PaymentError> for BackendError {
+    fn from(e: PaymentError) -> Self {
+        use machinomy_core::ChannelError;
+        match &e {
+            PaymentError::UnknownChannel(_) | PaymentError::UnknownApproval(_) => BackendError::NotFound(e.to_string()),
+            PaymentError::Approval(_)
+            | PaymentError::NotPayable(_)
+            | PaymentError::Channel(ChannelError::NotOpen(..) | ChannelError::NotClosing(_))
+            | PaymentError::Channel(ChannelError::SettlementPeriodRunning { .. }) => BackendError::Conflict(e.to_string()),
+            PaymentError::Store(_) => BackendError::Internal(e.to_string()),
+            _ => BackendError::Invalid(e.to_string()),
+        }
+    }
+}
+
+impl Hub {
+    fn channel_view(&self, record: &ChannelRecord) -> ChannelView {
+        let currency = self.payments().currency().clone();
+        match record {
+            ChannelRecord::Sender(c) => ChannelView {
+                id: c.terms.id,
+                role: Role::Sender,
+                ledger: c.terms.ledger.clone(),
+                counterparty: c.terms.receiver,
+                currency,
+                capacity: c.terms.capacity,
+                spent: c.promised(),
+                remaining: c.remaining(),
+                status: c.status,
+                opened_at: c.terms.opened_at,
+                settlement_period_secs: c.terms.settlement_period_secs,
+            },
+            ChannelRecord::Receiver(c) => ChannelView {
+                id: c.terms.id,
+                role: Role::Receiver,
+                ledger: c.terms.ledger.clone(),
+                counterparty: c.terms.sender,
+                currency,
+                capacity: c.terms.capacity,
+                spent: c.accepted(),
+                remaining: c.terms.capacity.saturating_sub(c.accepted()),
+                status: c.status,
+                opened_at: c.terms.opened_at,
+                settlement_period_secs: c.terms.settlement_period_secs,
+            },
+        }
+    }
+
+    fn budget_view(&self, budget: Budget) -> Result<BudgetView, PaymentError> {
+        let now = now();
+        let spent_this_period = self.payments().spent_this_period(&budget, now)?;
+        Ok(BudgetView {
+            currency: self.payments().currency().clone(),
+            spent_this_period,
+            period_start: budget.period.start(now),
+            period_end: budget.period.end(now),
+            budget,
+        })
+    }
+}
+
+impl Backend for Hub {
+    async fn status(&self) -> Result<HubStatus, BackendError> {
+        let payments = self.payments();
+        let channels = payments.channels()?;
+        let now = now();
+        Ok(HubStatus {
+            name: self.name().to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            public_key: payments.public_key(),
+            started_at: self.started_at(),
+            uptime_secs: now.secs().saturating_sub(self.started_at().secs()),
+            currency: payments.currency().clone(),
+            channels_open: channels.iter().filter(|c| channel_is_open(c)).count() as u64,
+            approvals_pending: payments.approvals(true, now).await?.len() as u64,
+            budgets: payments.budgets()?.len() as u64,
+        })
+    }
+
+    async fn channels(&self) -> Result<Vec<ChannelView>, BackendError> {
+        let mut records = self.payments().channels()?;
+        records.sort_by_key(|r| std::cmp::Reverse(opened_at(r)));
+        Ok(records.iter().map(|r| self.channel_view(r)).collect())
+    }
+
+    async fn channel(&self, id: ChannelId) -> Result<ChannelView, BackendError> {
+        Ok(self.channel_view(&self.payments().channel(&id)?))
+    }
+
+    async fn close_channel(&self, id: ChannelId) -> Result<ChannelView, BackendError> {
+        Ok(self.channel_view(&self.payments().close(id, now()).await?))
+    }
+
+    async fn budgets(&self) -> Result<Vec<BudgetView>, BackendError> {
+        let budgets = self.payments().budgets()?;
+        Ok(budgets.into_iter().map(|b| self.budget_view(b)).collect::<Result<_, _>>()?)
+    }
+
+    async fn set_budget(&self, budget: Budget) -> Result<BudgetView, BackendError> {
+        self.payments().set_budget(budget.clone()).await?;
+        Ok(self.budget_view(budget)?)
+    }
+
+    async fn approvals(&self, pending_only: bool) -> Result<Vec<Approval>, BackendError> {
+        Ok(self.payments().approvals(pending_only, now()).await?)
+    }
+
+    async fn approval(&self, id: u64) -> Result<Approval, BackendError> {
+        Ok(self.payments().approval(id, now()).await?)
+    }
+
+    async fn decide(&self, id: u64, verdict: Verdict, by: String) -> Result<Approval, BackendError> {
+        Ok(self.payments().decide(id, verdict, &by, now()).await?)
+    }
+
+    async fn spending(&self, query: SpendingQuery) -> Result<SpendingReport, BackendError> {
+        let entries = self.payments().spending(query.from, query.to)?;
+        let rows = spending::report(&entries, query.group_by, query.from, query.to)
+            .map_err(|e| BackendError::Internal(e.to_string()))?;
+        let sum = |f: fn(&machinomy_core::ReportRow) -> machinomy_core::Amount| {
+            rows.iter().try_fold(machinomy_core::Amount::ZERO, |s, r| s.checked_add(f(r)))
+        };
+        Ok(SpendingReport {
+            currency: self.payments().currency().clone(),
+            group_by: query.group_by,
+            from: query.from,
+            to: query.to,
+            total_paid: sum(|r| r.paid).map_err(|e| BackendError::Internal(e.to_string()))?,
+            total_received: sum(|r| r.received).map_err(|e| BackendError::Internal(e.to_string()))?,
+            rows,
+        })
+    }
+}
+
+fn channel_is_open(record: &ChannelRecord) -> bool {
+    match record {
+        ChannelRecord::Sender(c) => c.status.is_open(),
+        ChannelRecord::Receiver(c) => c.status.is_open(),
+    }
+}
+
+fn opened_at(record: &ChannelRecord) -> machinomy_core::Timestamp {
+    match record {
+        ChannelRecord::Sender(c) => c.terms.opened_at,
+        ChannelRecord::Receiver(c) => c.terms.opened_at,
+    }
+}

@@ -1,0 +1,336 @@
+//! `hub.toml`: parsed strictly (unknown keys are errors naming the key and the file), then
+//! validated into typed settings. Every key has a default, so an empty file is a valid config.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use machinomy_core::{Amount, Budget, Currency, Period, Subject};
+use serde::Deserialize;
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot write config {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("config {path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("config {path}: key `{key}`: {message}")]
+    Key { path: PathBuf, key: String, message: String },
+    #[error("no home directory: set HOME, XDG_CONFIG_HOME or pass --config")]
+    NoHome,
+}
+
+/// The file as written: every field optional, unknown fields refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    hub: RawHub,
+    #[serde(default)]
+    web: RawWeb,
+    #[serde(default)]
+    ledger: RawLedgers,
+    #[serde(default)]
+    budget: Vec<RawBudget>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHub {
+    name: Option<String>,
+    data_dir: Option<PathBuf>,
+    approval_ttl_secs: Option<u64>,
+    max_pending_approvals: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWeb {
+    listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLedgers {
+    #[serde(default)]
+    credit: RawCredit,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCredit {
+    currency: Option<String>,
+    decimals: Option<u8>,
+    max_credit_per_peer: Option<String>,
+    settlement_period_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBudget {
+    subject: String,
+    period: String,
+    limit: String,
+    auto_approve: String,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from (or would be written to).
+    pub path: PathBuf,
+    pub hub: HubSettings,
+    pub web: WebSettings,
+    pub credit: CreditSettings,
+    /// Budgets from the file; applied at start, so the file wins over the API for these subjects.
+    pub budgets: Vec<Budget>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HubSettings {
+    pub name: String,
+    pub data_dir: PathBuf,
+    /// How long a pending spend waits for the owner before it expires.
+    pub approval_ttl_secs: u64,
+    /// Pending approvals beyond this are denied outright, so a noisy device cannot flood the owner.
+    pub max_pending_approvals: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct WebSettings {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct CreditSettings {
+    pub currency: Currency,
+    /// The most credit this hub grants any one peer across its open channels.
+    pub max_credit_per_peer: Amount,
+    pub settlement_period_secs: u64,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// Where config and data live by default (XDG base directories).
+#[derive(Debug, Clone)]
+pub struct DefaultPaths {
+    pub config_file: PathBuf,
+    pub data_dir: PathBuf,
+}
+
+impl DefaultPaths {
+    pub fn from_env() -> Result<DefaultPaths, ConfigError> {
+        let home = std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from);
+        let xdg = |var: &str, fallback: &str| -> Result<PathBuf, ConfigError> {
+            match std::env::var_os(var).filter(|v| !v.is_empty()) {
+                Some(dir) => Ok(PathBuf::from(dir)),
+                None => home.as_ref().map(|h| h.join(fallback)).ok_or(ConfigError::NoHome),
+            }
+        };
+        Ok(DefaultPaths {
+            config_file: xdg("XDG_CONFIG_HOME", ".config")?.join("machinomy").join("hub.toml"),
+            data_dir: xdg("XDG_DATA_HOME", ".local/share")?.join("machinomy"),
+        })
+    }
+}
+
+/// What `run` and `init` write when there is no config yet.
+pub const FIRST_RUN_CONFIG: &str = "\
+# Machinomy hub configuration. Every key is optional and has a default;
+# packaging/hub.example.toml in the source tree documents each one.
+
+[hub]
+name = \"machinomy-hub\"
+";
+
+impl Config {
+    /// Reads and validates the config at `path`. `default_data_dir` applies when the file does
+    /// not set `hub.data_dir`.
+    pub fn load(path: &Path, default_data_dir: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Config::parse(&text, path, default_data_dir)
+    }
+
+    /// Loads the config, first writing the first-run config if there is none.
+    pub fn load_or_create(path: &Path, default_data_dir: &Path) -> Result<(Config, bool), ConfigError> {
+        let created = match std::fs::OpenOptions::new().write(true).create_new(true).open(path) {
+            Ok(mut file) => {
+                use std::io::Write;
+                file.write_all(FIRST_RUN_CONFIG.as_bytes())
+                    .and_then(|()| file.sync_all())
+                    .map_err(|source| ConfigError::Write { path: path.to_owned(), source })?;
+                true
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let parent = path.parent().unwrap_or(Path::new("."));
+                std::fs::create_dir_all(parent)
+                    .map_err(|source| ConfigError::Write { path: path.to_owned(), source })?;
+                return Config::load_or_create(path, default_data_dir);
+            }
+            Err(source) => return Err(ConfigError::Write { path: path.to_owned(), source }),
+        };
+        Ok((Config::load(path, default_data_dir)?, created))
+    }
+
+    pub fn parse(text: &str, path: &Path, default_data_dir: &Path) -> Result<Config, ConfigError> {
+        let deserializer = toml::Deserializer::parse(text)
+            .map_err(|e| ConfigError::Syntax { path: path.to_owned(), message: one_line(&e.to_string()) })?;
+        let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let key = e.path().to_string();
+            let message = one_line(&e.into_inner().to_string());
+            if key == "." || key.is_empty() {
+                ConfigError::Syntax { path: path.to_owned(), message }
+            } else {
+                ConfigError::Key { path: path.to_owned(), key, message }
+            }
+        })?;
+        raw.validate(path, default_data_dir)
+    }
+}
+
+/// TOML errors come with a multi-line snippet; the CLI promises one clear line.
+fn one_line(message: &str) -> String {
+    let lines: Vec<&str> = message.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    // toml puts the actual complaint on the last line, after the source excerpt.
+    match (lines.first(), lines.last()) {
+        (Some(first), Some(last)) if lines.len() > 1 => format!("{last} ({first})"),
+        (Some(only), _) => (*only).to_owned(),
+        _ => message.to_owned(),
+    }
+}
+
+impl RawConfig {
+    fn validate(self, path: &Path, default_data_dir: &Path) -> Result<Config, ConfigError> {
+        let key_error = |key: &str, message: String| ConfigError::Key { path: path.to_owned(), key: key.to_owned(), message };
+
+        let name = self.hub.name.unwrap_or_else(|| "machinomy-hub".to_owned());
+        if name.trim().is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+            return Err(key_error("hub.name", "must be 1 to 64 printable characters".to_owned()));
+        }
+        let data_dir = match self.hub.data_dir {
+            Some(dir) if dir.as_os_str().is_empty() => {
+                return Err(key_error("hub.data_dir", "must not be empty".to_owned()));
+            }
+            // A relative data dir is relative to the config file, not to wherever the hub was started.
+            Some(dir) if dir.is_relative() => path.parent().unwrap_or(Path::new(".")).join(dir),
+            Some(dir) => dir,
+            None => default_data_dir.to_owned(),
+        };
+        let approval_ttl_secs = self.hub.approval_ttl_secs.unwrap_or(24 * 3600);
+        if approval_ttl_secs == 0 {
+            return Err(key_error("hub.approval_ttl_secs", "must be more than 0".to_owned()));
+        }
+        let max_pending_approvals = self.hub.max_pending_approvals.unwrap_or(1000);
+        if max_pending_approvals == 0 {
+            return Err(key_error("hub.max_pending_approvals", "must be more than 0".to_owned()));
+        }
+
+        let listen = match self.web.listen {
+            Some(addr) => addr,
+            None => DEFAULT_LISTEN.parse().map_err(|_| key_error("web.listen", "bad default".to_owned()))?,
+        };
+
+        let code = self.ledger.credit.currency.unwrap_or_else(|| "USD".to_owned());
+        let decimals = self.ledger.credit.decimals.unwrap_or(9);
+        let currency = Currency::new(&code, decimals).map_err(|e| key_error("ledger.credit.currency", e.to_string()))?;
+        let max_credit_per_peer = match self.ledger.credit.max_credit_per_peer {
+            Some(text) => currency.parse(&text).map_err(|e| key_error("ledger.credit.max_credit_per_peer", e.to_string()))?,
+            None => currency.parse("10").map_err(|e| key_error("ledger.credit.max_credit_per_peer", e.to_string()))?,
+        };
+        let settlement_period_secs = self.ledger.credit.settlement_period_secs.unwrap_or(24 * 3600);
+
+        let mut budgets: Vec<Budget> = Vec::with_capacity(self.budget.len());
+        for (i, raw) in self.budget.into_iter().enumerate() {
+            let key = |field: &str| format!("budget[{i}].{field}");
+            let subject: Subject = raw.subject.parse().map_err(|e: machinomy_core::BudgetError| key_error(&key("subject"), e.to_string()))?;
+            let period: Period = raw.period.parse().map_err(|e: machinomy_core::BudgetError| key_error(&key("period"), e.to_string()))?;
+            let limit = currency.parse(&raw.limit).map_err(|e| key_error(&key("limit"), e.to_string()))?;
+            let auto_approve = currency.parse(&raw.auto_approve).map_err(|e| key_error(&key("auto_approve"), e.to_string()))?;
+            let budget = Budget::new(subject, period, limit, auto_approve).map_err(|e| key_error(&key("auto_approve"), e.to_string()))?;
+            if budgets.iter().any(|b| b.subject == budget.subject) {
+                return Err(key_error(&key("subject"), format!("{} has a budget already", budget.subject)));
+            }
+            budgets.push(budget);
+        }
+
+        Ok(Config {
+            path: path.to_owned(),
+            hub: HubSettings { name, data_dir, approval_ttl_secs, max_pending_approvals },
+            web: WebSettings { listen },
+            credit: CreditSettings { currency, max_credit_per_peer, settlement_period_secs },
+            budgets,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/machinomy/hub.toml"), Path::new("/var/lib/machinomy"))
+    }
+
+    #[test]
+    fn empty_file_takes_every_default() {
+        let config = parse("").unwrap();
+        assert_eq!(config.hub.data_dir, Path::new("/var/lib/machinomy"));
+        assert_eq!(config.web.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(config.credit.currency, Currency::usd());
+        assert_eq!(config.credit.max_credit_per_peer, Amount::from_base_units(10_000_000_000));
+    }
+
+    #[test]
+    fn unknown_key_names_the_key_and_the_file() {
+        let err = parse("[web]\nlisten = \"127.0.0.1:1\"\nlistne = 3\n").unwrap_err().to_string();
+        assert!(err.contains("/etc/machinomy/hub.toml"), "{err}");
+        assert!(err.contains("listne"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_names_the_key_and_the_file() {
+        let err = parse("[web]\nlisten = \"not an address\"\n").unwrap_err().to_string();
+        assert!(err.contains("web.listen"), "{err}");
+        assert!(err.contains("/etc/machinomy/hub.toml"), "{err}");
+        let err = parse("[[budget]]\nsubject = \"device:x\"\nperiod = \"fortnight\"\nlimit = \"1\"\nauto_approve = \"0.1\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("budget[0].period"), "{err}");
+    }
+
+    #[test]
+    fn syntax_error_is_one_line_naming_the_file() {
+        let err = parse("[hub\nname = 1").unwrap_err().to_string();
+        assert!(err.starts_with("config /etc/machinomy/hub.toml:"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn budgets_parse_in_currency_units() {
+        let config = parse(
+            "[[budget]]\nsubject = \"device:fridge\"\nperiod = \"week\"\nlimit = \"20\"\nauto_approve = \"2.5\"\n",
+        )
+        .unwrap();
+        let budget = &config.budgets[0];
+        assert_eq!(budget.limit, Amount::from_base_units(20_000_000_000));
+        assert_eq!(budget.auto_approve, Amount::from_base_units(2_500_000_000));
+    }
+
+    #[test]
+    fn threshold_above_limit_is_refused() {
+        let err = parse("[[budget]]\nsubject = \"device:a\"\nperiod = \"day\"\nlimit = \"1\"\nauto_approve = \"2\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("budget[0].auto_approve"), "{err}");
+    }
+
+    #[test]
+    fn relative_data_dir_is_relative_to_the_config_file() {
+        let config = parse("[hub]\ndata_dir = \"data\"\n").unwrap();
+        assert_eq!(config.hub.data_dir, Path::new("/etc/machinomy/data"));
+    }
+}

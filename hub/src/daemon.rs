@@ -1,0 +1,118 @@
+//! `machinomy-hub run`: opens the hub, serves the API, and on ctrl-c or SIGTERM stops
+//! accepting work, lets in-flight requests finish, and flushes the books before exiting.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::hub::{Hub, HubError, now};
+
+/// How often pending approvals are checked for expiry.
+const EXPIRY_SWEEP: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Hub(#[from] HubError),
+    #[error("cannot listen on {addr} (web.listen in {config}): {source}")]
+    Listen { addr: std::net::SocketAddr, config: String, source: std::io::Error },
+    #[error("cannot install the {0} signal handler: {1}")]
+    Signal(&'static str, std::io::Error),
+    #[error("{0}")]
+    DataDir(#[from] crate::datadir::DataDirError),
+    #[error("admin token: {0}")]
+    Auth(machinomy_web::AuthError),
+    #[error("the API server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// A shutdown signal every task can wait on.
+#[derive(Clone, Debug)]
+pub struct Shutdown(watch::Receiver<bool>);
+
+impl Shutdown {
+    pub async fn wait(mut self) {
+        // An error means the sender is gone, which is also a reason to stop.
+        let _ = self.0.wait_for(|stop| *stop).await;
+    }
+}
+
+/// Resolves on the first ctrl-c or SIGTERM.
+async fn termination() -> Result<&'static str, DaemonError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(|e| DaemonError::Signal("SIGTERM", e))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| DaemonError::Signal("SIGINT", e))?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}
+
+/// Runs the hub until a termination signal.
+pub async fn run(config: Config) -> Result<(), DaemonError> {
+    // Install the handlers first, so a signal during start-up is not the default "die now".
+    let signal = tokio::spawn(termination());
+    let (hub, created) = Hub::open(&config).await?;
+    if created {
+        info!(data_dir = %hub.data_dir().root().display(), "first run: created identity, admin token and store");
+    }
+    info!(name = hub.name(), identity = %hub.data_dir().public_key(), "hub open");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let listener = tokio::net::TcpListener::bind(config.web.listen).await.map_err(|source| DaemonError::Listen {
+        addr: config.web.listen,
+        config: config.path.display().to_string(),
+        source,
+    })?;
+    let addr = listener.local_addr().map_err(DaemonError::Serve)?;
+    hub.data_dir().write_api_addr(addr)?;
+    info!(%addr, "admin API listening");
+
+    let auth = machinomy_web::AdminAuth::new(hub.data_dir().admin_token().to_owned()).map_err(DaemonError::Auth)?;
+    let app = machinomy_web::router(Arc::new(hub.clone()), auth);
+    let server_stop = Shutdown(stop_rx.clone());
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app).with_graceful_shutdown(server_stop.wait()).await
+    });
+    let sweeper = tokio::spawn(expire_approvals(hub.clone(), Shutdown(stop_rx)));
+
+    let reason = match signal.await {
+        Ok(Ok(name)) => name,
+        Ok(Err(e)) => return Err(e),
+        Err(e) => {
+            warn!(error = %e, "signal task failed; shutting down");
+            "signal task failure"
+        }
+    };
+    info!(reason, "shutting down");
+    let _ = stop_tx.send(true);
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(error = %e, "API server stopped with an error"),
+        Err(e) => warn!(error = %e, "API server task failed"),
+    }
+    let _ = sweeper.await;
+    hub.data_dir().clear_api_addr();
+    hub.close().await?;
+    info!("stopped; books flushed");
+    Ok(())
+}
+
+async fn expire_approvals(hub: Hub, shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(EXPIRY_SWEEP);
+    let stop = shutdown.wait();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tick.tick() => {
+                if let Err(e) = hub.payments().expire_due(now()).await {
+                    warn!(error = %e, "could not expire pending approvals");
+                }
+            }
+        }
+    }
+}

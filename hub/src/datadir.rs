@@ -1,0 +1,261 @@
+//! The data directory: the hub's identity key, the admin token, the store and run-time files.
+//!
+//! ```text
+//! <data_dir>/identity.key   ed25519 secret key, hex, mode 0600
+//! <data_dir>/admin.token    bearer token for the admin API, hex, mode 0600
+//! <data_dir>/store/         the sled database (see store/)
+//! <data_dir>/run/api.addr   where the running daemon's API listens (written at start)
+//! ```
+//! A first run creates all of it at once (in a sibling directory renamed into place), so a
+//! directory that has some of it but not the rest is damage, reported and never "repaired" by
+//! writing over it.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use machinomy_core::{PublicKey, SigningKey};
+
+pub const IDENTITY_FILE: &str = "identity.key";
+pub const TOKEN_FILE: &str = "admin.token";
+pub const STORE_DIR: &str = "store";
+pub const RUN_DIR: &str = "run";
+pub const API_ADDR_FILE: &str = "api.addr";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataDirError {
+    #[error("data dir {0} is not a directory")]
+    NotADirectory(PathBuf),
+    #[error("data dir {dir} has data but no {IDENTITY_FILE}; refusing to create a new identity over it (restore the key, or move the directory away to start afresh)")]
+    MissingIdentity { dir: PathBuf },
+    #[error("data dir {dir} has an identity but no {STORE_DIR}/; refusing to start with empty books (restore the store, or move the directory away to start afresh)")]
+    MissingStore { dir: PathBuf },
+    #[error("{path} is corrupt: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("{path} is readable by others (mode {mode:o}); run: chmod 600 {path}")]
+    TooOpen { path: PathBuf, mode: u32 },
+    #[error("no data dir at {0}; start the hub with `machinomy-hub run` or `machinomy-hub init` first")]
+    Missing(PathBuf),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("cannot gather randomness: {0}")]
+    Random(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DataDirError + '_ {
+    move |source| DataDirError::Io { path: path.to_owned(), source }
+}
+
+/// An opened data directory with its keys loaded.
+#[derive(Debug)]
+pub struct DataDir {
+    root: PathBuf,
+    identity: SigningKey,
+    admin_token: String,
+}
+
+impl DataDir {
+    /// Opens the data dir, creating it on first run. `created` tells whether it was new.
+    pub fn open_or_create(root: &Path) -> Result<(DataDir, bool), DataDirError> {
+        match fs::metadata(root) {
+            Ok(meta) if !meta.is_dir() => Err(DataDirError::NotADirectory(root.to_owned())),
+            Ok(_) if !is_empty_dir(root)? => Ok((DataDir::open(root)?, false)),
+            Ok(_) => Ok((DataDir::create(root)?, true)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((DataDir::create(root)?, true)),
+            Err(e) => Err(io(root)(e)),
+        }
+    }
+
+    /// Opens an existing data dir; never creates anything but a missing admin token.
+    pub fn open(root: &Path) -> Result<DataDir, DataDirError> {
+        match fs::metadata(root) {
+            Ok(meta) if !meta.is_dir() => return Err(DataDirError::NotADirectory(root.to_owned())),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(DataDirError::Missing(root.to_owned())),
+            Err(e) => return Err(io(root)(e)),
+        }
+        let identity_path = root.join(IDENTITY_FILE);
+        if !identity_path.exists() {
+            return Err(DataDirError::MissingIdentity { dir: root.to_owned() });
+        }
+        if !root.join(STORE_DIR).is_dir() {
+            return Err(DataDirError::MissingStore { dir: root.to_owned() });
+        }
+        let identity = SigningKey::from_bytes(&read_secret::<32>(&identity_path)?);
+        let token_path = root.join(TOKEN_FILE);
+        let admin_token = if token_path.exists() {
+            hex::encode(read_secret::<32>(&token_path)?)
+        } else {
+            // The token is only an access credential: deleting it is how an owner rotates it.
+            let token = random::<32>()?;
+            write_secret(&token_path, &token)?;
+            hex::encode(token)
+        };
+        Ok(DataDir { root: root.to_owned(), identity, admin_token })
+    }
+
+    fn create(root: &Path) -> Result<DataDir, DataDirError> {
+        let parent = root.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        fs::create_dir_all(parent).map_err(io(parent))?;
+        let name = root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "data".to_owned());
+        let staging = parent.join(format!(".{name}.init-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&staging);
+        fs::DirBuilder::new().mode(0o700).create(&staging).map_err(io(&staging))?;
+        write_secret(&staging.join(IDENTITY_FILE), &random::<32>()?)?;
+        write_secret(&staging.join(TOKEN_FILE), &random::<32>()?)?;
+        fs::DirBuilder::new().mode(0o700).create(staging.join(STORE_DIR)).map_err(io(&staging))?;
+        // Renaming over an empty directory (one made by a package manager, say) is allowed.
+        fs::rename(&staging, root).map_err(io(root))?;
+        DataDir::open(root)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.root.join(STORE_DIR)
+    }
+
+    pub fn identity(&self) -> &SigningKey {
+        &self.identity
+    }
+
+    pub fn public_key(&self) -> PublicKey {
+        PublicKey::from(self.identity.verifying_key())
+    }
+
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
+    }
+
+    /// Records where the API listens, for the CLI to find (atomically: write, then rename).
+    pub fn write_api_addr(&self, addr: std::net::SocketAddr) -> Result<(), DataDirError> {
+        let dir = self.root.join(RUN_DIR);
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let tmp = dir.join(format!("{API_ADDR_FILE}.tmp"));
+        fs::write(&tmp, format!("{addr}\n")).map_err(io(&tmp))?;
+        fs::rename(&tmp, dir.join(API_ADDR_FILE)).map_err(io(&dir))
+    }
+
+    pub fn clear_api_addr(&self) {
+        let _ = fs::remove_file(self.root.join(RUN_DIR).join(API_ADDR_FILE));
+    }
+}
+
+/// Where a running daemon said it listens, if it is running.
+pub fn read_api_addr(root: &Path) -> Option<std::net::SocketAddr> {
+    fs::read_to_string(root.join(RUN_DIR).join(API_ADDR_FILE)).ok()?.trim().parse().ok()
+}
+
+/// The admin token, for the CLI. Does not create anything.
+pub fn read_admin_token(root: &Path) -> Result<String, DataDirError> {
+    let path = root.join(TOKEN_FILE);
+    if !path.exists() {
+        return Err(DataDirError::Missing(root.to_owned()));
+    }
+    Ok(hex::encode(read_secret::<32>(&path)?))
+}
+
+fn is_empty_dir(path: &Path) -> Result<bool, DataDirError> {
+    Ok(fs::read_dir(path).map_err(io(path))?.next().is_none())
+}
+
+fn random<const N: usize>() -> Result<[u8; N], DataDirError> {
+    let mut bytes = [0u8; N];
+    getrandom::fill(&mut bytes).map_err(|e| DataDirError::Random(e.to_string()))?;
+    Ok(bytes)
+}
+
+fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), DataDirError> {
+    let mut file =
+        fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io(path))?;
+    file.write_all(format!("{}\n", hex::encode(bytes)).as_bytes()).map_err(io(path))?;
+    file.sync_all().map_err(io(path))
+}
+
+fn read_secret<const N: usize>(path: &Path) -> Result<[u8; N], DataDirError> {
+    let meta = fs::metadata(path).map_err(io(path))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(DataDirError::TooOpen { path: path.to_owned(), mode });
+    }
+    let text = fs::read_to_string(path)
+        .map_err(|e| DataDirError::Corrupt { path: path.to_owned(), reason: e.to_string() })?;
+    let mut bytes = [0u8; N];
+    hex::decode_to_slice(text.trim(), &mut bytes).map_err(|_| DataDirError::Corrupt {
+        path: path.to_owned(),
+        reason: format!("expected {} hex characters", N * 2),
+    })?;
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_run_creates_keys_with_mode_0600_and_reopens_the_same_identity() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("data");
+        let (first, created) = DataDir::open_or_create(&root).unwrap();
+        assert!(created);
+        for file in [IDENTITY_FILE, TOKEN_FILE] {
+            let mode = fs::metadata(root.join(file)).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{file}");
+        }
+        let (again, created) = DataDir::open_or_create(&root).unwrap();
+        assert!(!created);
+        assert_eq!(first.public_key(), again.public_key());
+        assert_eq!(first.admin_token(), again.admin_token());
+    }
+
+    #[test]
+    fn corrupt_identity_is_an_error_and_is_not_overwritten() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("data");
+        DataDir::open_or_create(&root).unwrap();
+        let key = root.join(IDENTITY_FILE);
+        fs::write(&key, "garbage").unwrap();
+        let err = DataDir::open_or_create(&root).unwrap_err();
+        assert!(matches!(err, DataDirError::Corrupt { .. }), "{err}");
+        assert_eq!(fs::read_to_string(&key).unwrap(), "garbage");
+    }
+
+    #[test]
+    fn missing_identity_with_data_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("data");
+        DataDir::open_or_create(&root).unwrap();
+        fs::remove_file(root.join(IDENTITY_FILE)).unwrap();
+        assert!(matches!(DataDir::open_or_create(&root), Err(DataDirError::MissingIdentity { .. })));
+        assert!(!root.join(IDENTITY_FILE).exists());
+    }
+
+    #[test]
+    fn world_readable_key_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("data");
+        DataDir::open_or_create(&root).unwrap();
+        fs::set_permissions(root.join(IDENTITY_FILE), fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(DataDir::open(&root), Err(DataDirError::TooOpen { .. })));
+    }
+
+    #[test]
+    fn a_file_where_the_data_dir_should_be_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("data");
+        fs::write(&root, "x").unwrap();
+        assert!(matches!(DataDir::open_or_create(&root), Err(DataDirError::NotADirectory(_))));
+        assert_eq!(fs::read_to_string(&root).unwrap(), "x");
+    }
+
+    #[test]
+    fn an_empty_directory_is_initialised_in_place() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (_, created) = DataDir::open_or_create(tmp.path()).unwrap();
+        assert!(created);
+        assert!(tmp.path().join(IDENTITY_FILE).exists());
+    }
+}

@@ -1,0 +1,87 @@
+//! The Hub: opens the data dir and the store, builds the payments books and the ledger, and
+//! answers the admin API. The daemon runs it; tests open it in-process.
+
+use std::sync::Arc;
+
+use machinomy_core::Timestamp;
+
+use crate::config::Config;
+use crate::datadir::{DataDir, DataDirError};
+use crate::ledger::CreditLedger;
+use crate::payments::{PaymentError, PaymentSettings, Payments};
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Payments(#[from] PaymentError),
+}
+
+/// The clock the hub passes into the core.
+pub fn now() -> Timestamp {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    Timestamp(secs)
+}
+
+/// A running hub's state. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Hub {
+    inner: Arc<HubInner>,
+}
+
+#[derive(Debug)]
+struct HubInner {
+    name: String,
+    started_at: Timestamp,
+    data_dir: DataDir,
+    payments: Payments,
+}
+
+impl Hub {
+    /// Opens (or on first run creates) the hub's data dir and books. `created` tells whether
+    /// this was the first run.
+    pub async fn open(config: &Config) -> Result<(Hub, bool), HubError> {
+        let (data_dir, created) = DataDir::open_or_create(&config.hub.data_dir)?;
+        let store = Store::open(&data_dir.store_path())?;
+        let ledger = Arc::new(CreditLedger::new(
+            data_dir.public_key(),
+            config.credit.currency.clone(),
+            config.credit.max_credit_per_peer,
+            // A sender may not propose a shorter period than this hub would give itself.
+            config.credit.settlement_period_secs.min(3600),
+        ));
+        let settings = PaymentSettings {
+            approval_ttl_secs: config.hub.approval_ttl_secs,
+            max_pending_approvals: config.hub.max_pending_approvals,
+        };
+        let payments = Payments::open(store, data_dir.identity().clone(), ledger, settings, &config.budgets).await?;
+        let hub = Hub { inner: Arc::new(HubInner { name: config.hub.name.clone(), started_at: now(), data_dir, payments }) };
+        Ok((hub, created))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    pub fn started_at(&self) -> Timestamp {
+        self.inner.started_at
+    }
+
+    pub fn data_dir(&self) -> &DataDir {
+        &self.inner.data_dir
+    }
+
+    pub fn payments(&self) -> &Payments {
+        &self.inner.payments
+    }
+
+    /// Flushes the books and stops the store; the last thing the daemon does.
+    pub async fn close(&self) -> Result<(), HubError> {
+        self.inner.payments.store().close().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,15 @@
+//! The Machinomy hub: adapters around `machinomy-core` (store, ledgers, payments) and the
+//! daemon and CLI that run them.
+
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod datadir;
+pub mod hub;
+pub mod ledger;
+pub mod payments;
+pub mod store;
+
+pub use config::Config;
+pub use hub::{Hub, HubError, now};

@@ -1,0 +1,551 @@
+//! The hub's payments: channels on both sides, spend requests against budgets, the owner's
+//! approvals and the spending ledger. Rules come from `machinomy-core`; this module holds the
+//! state, orders the writes, and makes sure nothing is told "accepted" or "sent" before it is
+//! on disk.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+
+use machinomy_core::{
+    Acceptance, Amount, Approval, ApprovalError, Budget, ChannelError, ChannelId, ChannelTerms, Currency, Decision,
+    DenyReason, Direction, Promise, PromiseError, PublicKey, ReceiverChannel, SenderChannel, SigningKey, SpendOutcome,
+    SpendRequest, SpendingEntry, Subject, Timestamp, Verdict, committed_since, evaluate,
+};
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use crate::ledger::{Ledger, LedgerError, Proposal};
+use crate::store::{ChannelRecord, Settlement, Store, StoreError, Write};
+
+/// How many events a slow listener may fall behind before it misses some.
+const EVENT_BUFFER: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PaymentError {
+    #[error(transparent)]
+    Promise(#[from] PromiseError),
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Approval(#[from] ApprovalError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("no channel {0} is known here")]
+    UnknownChannel(ChannelId),
+    #[error("no approval {0} is known here")]
+    UnknownApproval(u64),
+    #[error("this hub is the {held} of channel {id}, not the {wanted}")]
+    WrongSide { id: ChannelId, held: &'static str, wanted: &'static str },
+    #[error("approval {0} is not an approved spend waiting to be paid")]
+    NotPayable(u64),
+    #[error("ledger {0} is not configured on this hub")]
+    UnknownLedger(String),
+    #[error("the amount overflows")]
+    Overflow,
+}
+
+/// Something happened that a listener (the web UI, a bridge, a plugin) may care about.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum HubEvent {
+    ApprovalCreated { approval: Approval },
+    ApprovalDecided { approval: Approval },
+    PaymentReceived { channel: ChannelId, amount: Amount, total: Amount },
+    PaymentSent { channel: ChannelId, amount: Amount, total: Amount },
+    ChannelChanged { channel: ChannelId },
+}
+
+#[derive(Debug, Clone)]
+pub struct PaymentSettings {
+    pub approval_ttl_secs: u64,
+    pub max_pending_approvals: usize,
+}
+
+/// Who an incoming payment was for, for the spending ledger.
+#[derive(Debug, Clone)]
+pub struct IncomingMeta {
+    /// What in this home was paid (a service, a device).
+    pub subject: Subject,
+    pub memo: String,
+}
+
+/// Who an outgoing payment is from and for.
+#[derive(Debug, Clone)]
+pub struct OutgoingMeta {
+    pub subject: Subject,
+    pub payee: String,
+    pub memo: String,
+    /// The approved spend request this payment fulfils, if any.
+    pub approval: Option<u64>,
+}
+
+/// Cheap to clone; all clones share the same books.
+#[derive(Clone, Debug)]
+pub struct Payments {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Store,
+    identity: SigningKey,
+    me: PublicKey,
+    ledger: Arc<dyn Ledger>,
+    settings: PaymentSettings,
+    channels: RwLock<HashMap<ChannelId, Arc<Mutex<ChannelRecord>>>>,
+    /// Serialises spend decisions so two requests never both fit the same budget headroom.
+    spend: tokio::sync::Mutex<SpendState>,
+    events: broadcast::Sender<HubEvent>,
+}
+
+#[derive(Debug)]
+struct SpendState {
+    next_approval_id: u64,
+    /// Pending approvals, kept in memory: bounded by `max_pending_approvals`.
+    pending: BTreeMap<u64, Approval>,
+}
+
+impl Payments {
+    /// Loads the books from `store`. `budgets` (from the config) replace stored ones for the
+    /// same subjects.
+    pub async fn open(
+        store: Store,
+        identity: SigningKey,
+        ledger: Arc<dyn Ledger>,
+        settings: PaymentSettings,
+        budgets: &[Budget],
+    ) -> Result<Payments, PaymentError> {
+        let channels = store
+            .channels()?
+            .into_iter()
+            .map(|record| (record.id(), Arc::new(Mutex::new(record))))
+            .collect();
+        let pending = store.approvals()?.into_iter().filter(Approval::is_pending).map(|a| (a.id, a)).collect();
+        let next_approval_id = store.next_approval_id()?;
+        let writes: Vec<Write<'_>> = budgets.iter().map(Write::Budget).collect();
+        if !writes.is_empty() {
+            store.write(&writes)?;
+            store.commit().await?;
+        }
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let me = PublicKey::from(identity.verifying_key());
+        Ok(Payments {
+            inner: Arc::new(Inner {
+                store,
+                identity,
+                me,
+                ledger,
+                settings,
+                channels: RwLock::new(channels),
+                spend: tokio::sync::Mutex::new(SpendState { next_approval_id, pending }),
+                events,
+            }),
+        })
+    }
+
+    pub fn public_key(&self) -> PublicKey {
+        self.inner.me
+    }
+
+    pub fn currency(&self) -> &Currency {
+        self.inner.ledger.currency()
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<HubEvent> {
+        self.inner.events.subscribe()
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    fn emit(&self, event: HubEvent) {
+        // No listener is not an error: events are for whoever is watching.
+        let _ = self.inner.events.send(event);
+    }
+
+    fn channel_slot(&self, id: &ChannelId) -> Result<Arc<Mutex<ChannelRecord>>, PaymentError> {
+        let channels = self.inner.channels.read().map_err(|_| poisoned())?;
+        channels.get(id).cloned().ok_or(PaymentError::UnknownChannel(*id))
+    }
+
+    /// Every channel this hub holds a side of.
+    pub fn channels(&self) -> Result<Vec<ChannelRecord>, PaymentError> {
+        let slots: Vec<_> = self.inner.channels.read().map_err(|_| poisoned())?.values().cloned().collect();
+        slots.iter().map(|slot| slot.lock().map(|c| c.clone()).map_err(|_| poisoned())).collect()
+    }
+
+    pub fn channel(&self, id: &ChannelId) -> Result<ChannelRecord, PaymentError> {
+        let slot = self.channel_slot(id)?;
+        let record = slot.lock().map_err(|_| poisoned())?.clone();
+        Ok(record)
+    }
+
+    /// Capacity granted to `sender` on receiver channels still open.
+    fn granted_to(&self, sender: &PublicKey) -> Result<Amount, PaymentError> {
+        self.channels()?
+            .iter()
+            .filter_map(|record| match record {
+                ChannelRecord::Receiver(c) if &c.terms.sender == sender && c.status.is_open() => Some(c.terms.capacity),
+                _ => None,
+            })
+            .try_fold(Amount::ZERO, |sum, capacity| sum.checked_add(capacity).map_err(|_| PaymentError::Overflow))
+    }
+
+    async fn insert_channel(&self, record: ChannelRecord) -> Result<(), PaymentError> {
+        let id = record.id();
+        {
+            let mut channels = self.inner.channels.write().map_err(|_| poisoned())?;
+            if channels.contains_key(&id) || self.inner.store.channel(&id)?.is_some() {
+                return Err(LedgerError::DuplicateChannel(id).into());
+            }
+            self.inner.store.write(&[Write::Channel(&record)])?;
+            channels.insert(id, Arc::new(Mutex::new(record)));
+        }
+        self.inner.store.commit().await?;
+        self.emit(HubEvent::ChannelChanged { channel: id });
+        Ok(())
+    }
+
+    /// As receiver: opens a channel a sender proposed, on the ledger's terms. Durable before
+    /// it returns.
+    pub async fn accept_proposal(&self, proposal: &Proposal, now: Timestamp) -> Result<ChannelTerms, PaymentError> {
+        let granted = self.granted_to(&proposal.sender)?;
+        let terms = self.inner.ledger.open(proposal, granted, now).await?;
+        self.insert_channel(ChannelRecord::Receiver(ReceiverChannel::new(terms.clone()))).await?;
+        Ok(terms)
+    }
+
+    /// As sender: records a channel the receiver agreed to. Durable before it returns.
+    pub async fn add_outgoing(&self, terms: ChannelTerms) -> Result<(), PaymentError> {
+        if terms.sender != self.inner.me {
+            return Err(PaymentError::WrongSide { id: terms.id, held: "receiver", wanted: "sender" });
+        }
+        if &terms.ledger != self.inner.ledger.id() {
+            return Err(PaymentError::UnknownLedger(terms.ledger.to_string()));
+        }
+        self.insert_channel(ChannelRecord::Sender(SenderChannel::new(terms))).await
+    }
+
+    /// As receiver: accepts a promise. The answer comes only once the promise and its
+    /// spending-ledger row are on disk.
+    pub async fn accept(&self, promise: Promise, meta: &IncomingMeta, now: Timestamp) -> Result<Acceptance, PaymentError> {
+        let id = promise.body.channel;
+        let slot = self.channel_slot(&id).map_err(|_| PromiseError::UnknownChannel(id))?;
+        let acceptance = {
+            let mut record = slot.lock().map_err(|_| poisoned())?;
+            let ChannelRecord::Receiver(channel) = &*record else {
+                return Err(PaymentError::WrongSide { id, held: "sender", wanted: "receiver" });
+            };
+            let mut next = channel.clone();
+            let acceptance = next.accept(promise)?;
+            self.record_incoming(&mut record, next, acceptance, meta, now)?;
+            acceptance
+        };
+        self.inner.store.commit().await?;
+        self.emit(HubEvent::PaymentReceived { channel: id, amount: acceptance.increment, total: acceptance.total });
+        Ok(acceptance)
+    }
+
+    /// As receiver: accepts the next tick of the channel's open stream. Durable before it returns.
+    pub async fn accept_tick(&self, id: ChannelId, preimage: &[u8; 32], meta: &IncomingMeta, now: Timestamp) -> Result<Acceptance, PaymentError> {
+        let slot = self.channel_slot(&id)?;
+        let acceptance = {
+            let mut record = slot.lock().map_err(|_| poisoned())?;
+            let ChannelRecord::Receiver(channel) = &*record else {
+                return Err(PaymentError::WrongSide { id, held: "sender", wanted: "receiver" });
+            };
+            let mut next = channel.clone();
+            let acceptance = next.accept_tick(preimage)?;
+            self.record_incoming(&mut record, next, acceptance, meta, now)?;
+            acceptance
+        };
+        self.inner.store.commit().await?;
+        self.emit(HubEvent::PaymentReceived { channel: id, amount: acceptance.increment, total: acceptance.total });
+        Ok(acceptance)
+    }
+
+    /// Writes the new channel state with its ledger row in one batch, then swaps it in.
+    fn record_incoming(
+        &self,
+        record: &mut ChannelRecord,
+        next: ReceiverChannel,
+        acceptance: Acceptance,
+        meta: &IncomingMeta,
+        now: Timestamp,
+    ) -> Result<(), PaymentError> {
+        let entry = SpendingEntry {
+            at: now,
+            direction: Direction::In,
+            subject: meta.subject.clone(),
+            counterparty: next.terms.sender.to_hex(),
+            amount: acceptance.increment,
+            memo: meta.memo.clone(),
+            channel: Some(next.terms.id),
+            approval: None,
+        };
+        let next = ChannelRecord::Receiver(next);
+        self.inner.store.write(&[Write::Channel(&next), Write::Spending(&entry)])?;
+        *record = next;
+        Ok(())
+    }
+
+    /// As sender: signs a promise paying `increment` more on channel `id`. The promise, the
+    /// spending-ledger row and (if given) the approval's outcome are on disk before the promise
+    /// is returned to be sent.
+    pub async fn pay(&self, id: ChannelId, increment: Amount, meta: &OutgoingMeta, now: Timestamp) -> Result<Promise, PaymentError> {
+        let mut approval = match meta.approval {
+            Some(approval_id) => Some(self.payable_approval(approval_id)?),
+            None => None,
+        };
+        let slot = self.channel_slot(&id)?;
+        let (promise, total) = {
+            let mut record = slot.lock().map_err(|_| poisoned())?;
+            let ChannelRecord::Sender(channel) = &*record else {
+                return Err(PaymentError::WrongSide { id, held: "receiver", wanted: "sender" });
+            };
+            let mut next = channel.clone();
+            let promise = next.pay(increment, &self.inner.identity)?;
+            let total = next.promised();
+            let entry = SpendingEntry {
+                at: now,
+                direction: Direction::Out,
+                subject: meta.subject.clone(),
+                counterparty: meta.payee.clone(),
+                amount: increment,
+                memo: meta.memo.clone(),
+                channel: Some(id),
+                approval: meta.approval,
+            };
+            if let Some(approval) = approval.as_mut() {
+                approval.outcome = Some(SpendOutcome::Paid { at: now, channel: Some(id) });
+            }
+            let next = ChannelRecord::Sender(next);
+            let mut writes = vec![Write::Channel(&next), Write::Spending(&entry)];
+            if let Some(approval) = approval.as_ref() {
+                writes.push(Write::Approval(approval));
+            }
+            self.inner.store.write(&writes)?;
+            *record = next;
+            (promise, total)
+        };
+        self.inner.store.commit().await?;
+        self.emit(HubEvent::PaymentSent { channel: id, amount: increment, total });
+        Ok(promise)
+    }
+
+    fn payable_approval(&self, id: u64) -> Result<Approval, PaymentError> {
+        let approval = self.inner.store.approval(id)?.ok_or(PaymentError::UnknownApproval(id))?;
+        if !approval.counts_against_budget() || approval.outcome.is_some() {
+            return Err(PaymentError::NotPayable(id));
+        }
+        Ok(approval)
+    }
+
+    /// Records that an approved spend could not be paid, releasing its budget.
+    pub async fn spend_failed(&self, id: u64, reason: &str, now: Timestamp) -> Result<Approval, PaymentError> {
+        let _guard = self.inner.spend.lock().await;
+        let mut approval = self.payable_approval(id)?;
+        approval.outcome = Some(SpendOutcome::Failed { at: now, reason: reason.to_owned() });
+        self.inner.store.write(&[Write::Approval(&approval)])?;
+        self.inner.store.commit().await?;
+        Ok(approval)
+    }
+
+    /// Closes a channel on its ledger and records the amount to settle.
+    pub async fn close(&self, id: ChannelId, now: Timestamp) -> Result<ChannelRecord, PaymentError> {
+        let slot = self.channel_slot(&id)?;
+        let snapshot = slot.lock().map_err(|_| poisoned())?.clone();
+        let (terms, final_amount) = match &snapshot {
+            ChannelRecord::Sender(c) => (c.terms.clone(), c.promised()),
+            ChannelRecord::Receiver(c) => (c.terms.clone(), c.accepted()),
+        };
+        let closing = self.inner.ledger.close(&terms, final_amount, now).await?;
+        let record = {
+            let mut record = slot.lock().map_err(|_| poisoned())?;
+            let mut next = record.clone();
+            match &mut next {
+                ChannelRecord::Sender(c) => c.close(now)?,
+                ChannelRecord::Receiver(c) => c.close(now)?,
+            };
+            set_settle_after(&mut next, closing.settle_after);
+            let settlement = Settlement {
+                channel: id,
+                sender: terms.sender,
+                receiver: terms.receiver,
+                amount: closing.final_amount,
+                closed_at: now,
+                settled_at: None,
+            };
+            self.inner.store.write(&[Write::Channel(&next), Write::Settlement(&settlement)])?;
+            *record = next.clone();
+            next
+        };
+        self.inner.store.commit().await?;
+        self.emit(HubEvent::ChannelChanged { channel: id });
+        Ok(record)
+    }
+
+    /// Marks a closing channel settled once its settlement period has passed.
+    pub async fn settle(&self, id: ChannelId, now: Timestamp) -> Result<ChannelRecord, PaymentError> {
+        let slot = self.channel_slot(&id)?;
+        let snapshot = slot.lock().map_err(|_| poisoned())?.clone();
+        let mut next = snapshot.clone();
+        let amount = match &mut next {
+            ChannelRecord::Sender(c) => c.settle(now)?,
+            ChannelRecord::Receiver(c) => c.settle(now)?,
+        };
+        let terms = match &next {
+            ChannelRecord::Sender(c) => c.terms.clone(),
+            ChannelRecord::Receiver(c) => c.terms.clone(),
+        };
+        let amount = self.inner.ledger.settle(&terms, amount, now).await?;
+        let settlement = Settlement {
+            channel: id,
+            sender: terms.sender,
+            receiver: terms.receiver,
+            amount,
+            closed_at: self.inner.store.settlements()?.iter().find(|s| s.channel == id).map_or(now, |s| s.closed_at),
+            settled_at: Some(now),
+        };
+        {
+            let mut record = slot.lock().map_err(|_| poisoned())?;
+            self.inner.store.write(&[Write::Channel(&next), Write::Settlement(&settlement)])?;
+            *record = next.clone();
+        }
+        self.inner.store.commit().await?;
+        self.emit(HubEvent::ChannelChanged { channel: id });
+        Ok(next)
+    }
+
+    pub fn budgets(&self) -> Result<Vec<Budget>, PaymentError> {
+        Ok(self.inner.store.budgets()?)
+    }
+
+    pub async fn set_budget(&self, budget: Budget) -> Result<(), PaymentError> {
+        let _guard = self.inner.spend.lock().await;
+        self.inner.store.write(&[Write::Budget(&budget)])?;
+        self.inner.store.commit().await?;
+        Ok(())
+    }
+
+    /// What `subject` has committed to spend in the budget period containing `now`.
+    pub fn spent_this_period(&self, budget: &Budget, now: Timestamp) -> Result<Amount, PaymentError> {
+        let since = budget.period.start(now);
+        let approvals = self.inner.store.approvals_created_since(since)?;
+        committed_since(&approvals, &budget.subject, since).map_err(|_| PaymentError::Overflow)
+    }
+
+    /// Decides a spend request against its subject's budget and records it. Approved ones count
+    /// against the budget at once (pay them with [`Payments::pay`] naming the approval, or
+    /// release them with [`Payments::spend_failed`]); pending ones wait for the owner.
+    pub async fn request_spend(&self, request: SpendRequest, now: Timestamp) -> Result<Approval, PaymentError> {
+        let mut state = self.inner.spend.lock().await;
+        let budget = self.inner.store.budget(&request.subject)?;
+        let spent = match &budget {
+            Some(budget) => self.spent_this_period(budget, now)?,
+            None => Amount::ZERO,
+        };
+        let mut decision = evaluate(budget.as_ref(), spent, &request, now, self.inner.settings.approval_ttl_secs);
+        if matches!(decision, Decision::Pending { .. }) && state.pending.len() >= self.inner.settings.max_pending_approvals {
+            decision = Decision::Denied { reason: DenyReason::TooManyPending };
+        }
+        let id = state.next_approval_id;
+        let approval = Approval::from_decision(id, request, &decision, now);
+        self.inner.store.write(&[Write::Approval(&approval)])?;
+        self.inner.store.commit().await?;
+        state.next_approval_id += 1;
+        if approval.is_pending() {
+            state.pending.insert(id, approval.clone());
+        }
+        drop(state);
+        self.emit(HubEvent::ApprovalCreated { approval: approval.clone() });
+        Ok(approval)
+    }
+
+    /// Every spend request, newest first; with `pending_only`, just those waiting for the owner.
+    pub async fn approvals(&self, pending_only: bool, now: Timestamp) -> Result<Vec<Approval>, PaymentError> {
+        self.expire_due(now).await?;
+        if pending_only {
+            let state = self.inner.spend.lock().await;
+            return Ok(state.pending.values().rev().cloned().collect());
+        }
+        let mut all = self.inner.store.approvals()?;
+        all.reverse();
+        Ok(all)
+    }
+
+    pub async fn approval(&self, id: u64, now: Timestamp) -> Result<Approval, PaymentError> {
+        self.expire_due(now).await?;
+        self.inner.store.approval(id)?.ok_or(PaymentError::UnknownApproval(id))
+    }
+
+    /// Records the owner's verdict on a pending request.
+    pub async fn decide(&self, id: u64, verdict: Verdict, by: &str, now: Timestamp) -> Result<Approval, PaymentError> {
+        let mut state = self.inner.spend.lock().await;
+        let mut approval = match state.pending.get(&id) {
+            Some(pending) => pending.clone(),
+            None => self.inner.store.approval(id)?.ok_or(PaymentError::UnknownApproval(id))?,
+        };
+        let result = approval.decide(verdict, by, now);
+        if !approval.is_pending() && state.pending.contains_key(&id) {
+            // Decided or expired just now: either way it leaves the queue, durably.
+            self.inner.store.write(&[Write::Approval(&approval)])?;
+            self.inner.store.commit().await?;
+            state.pending.remove(&id);
+        }
+        drop(state);
+        result?;
+        self.emit(HubEvent::ApprovalDecided { approval: approval.clone() });
+        Ok(approval)
+    }
+
+    /// Expires pending requests whose time has come; returns them.
+    pub async fn expire_due(&self, now: Timestamp) -> Result<Vec<Approval>, PaymentError> {
+        let mut state = self.inner.spend.lock().await;
+        let mut expired: Vec<Approval> = state.pending.values().filter(|a| now >= a.expires_at).cloned().collect();
+        if expired.is_empty() {
+            return Ok(expired);
+        }
+        for approval in &mut expired {
+            approval.expire_if_due(now);
+        }
+        let writes: Vec<Write<'_>> = expired.iter().map(Write::Approval).collect();
+        self.inner.store.write(&writes)?;
+        self.inner.store.commit().await?;
+        for approval in &expired {
+            state.pending.remove(&approval.id);
+        }
+        drop(state);
+        for approval in &expired {
+            self.emit(HubEvent::ApprovalDecided { approval: approval.clone() });
+        }
+        Ok(expired)
+    }
+
+    pub async fn pending_count(&self) -> usize {
+        self.inner.spend.lock().await.pending.len()
+    }
+
+    /// Spending-ledger rows with `from <= at < to`.
+    pub fn spending(&self, from: Option<Timestamp>, to: Option<Timestamp>) -> Result<Vec<SpendingEntry>, PaymentError> {
+        Ok(self.inner.store.spending(from, to)?)
+    }
+}
+
+fn set_settle_after(record: &mut ChannelRecord, settle_after: Timestamp) {
+    let status = match record {
+        ChannelRecord::Sender(c) => &mut c.status,
+        ChannelRecord::Receiver(c) => &mut c.status,
+    };
+    if let machinomy_core::ChannelStatus::Closing { settle_after: s, .. } = status {
+        *s = settle_after;
+    }
+}
+
+fn poisoned() -> PaymentError {
+    // A lock is only poisoned if a thread panicked while holding it, which nothing here does.
+    PaymentError::Store(StoreError::Io("internal lock poisoned".to_owned()))
+}

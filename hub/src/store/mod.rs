@@ -1,0 +1,272 @@
+//! The hub's books, in sled. The only module that knows sled.
+//!
+//! Everything lives in one tree so that a payment's channel state and its spending-ledger row
+//! are written in one atomic batch. Keys are a one-byte kind and a sortable id:
+//!
+//! ```text
+//! c <channel id>           ChannelRecord      (this hub's side of a channel)
+//! b <subject>              Budget
+//! a <approval id, u64 BE>  Approval
+//! s <at, u64 BE><seq BE>   SpendingEntry      (time-ordered, so reports read a range)
+//! l <channel id>           Settlement         (credit ledger: what to settle outside)
+//! ```
+//! Writes become durable at the next group commit ([`Store::commit`]): callers write, then
+//! await the commit before they tell anyone the write happened.
+
+mod commit;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use machinomy_core::{Approval, Budget, ChannelId, ReceiverChannel, SenderChannel, SpendingEntry, Subject, Timestamp};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use commit::GroupCommit;
+
+/// The on-disk format this code reads and writes.
+pub const FORMAT_VERSION: &str = "1";
+const FORMAT_KEY: &[u8] = b"format";
+
+const CHANNEL: u8 = b'c';
+const BUDGET: u8 = b'b';
+const APPROVAL: u8 = b'a';
+const SPENDING: u8 = b's';
+const SETTLEMENT: u8 = b'l';
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {path} cannot be opened: {message}")]
+    Open { path: PathBuf, message: String },
+    #[error("store {path} is in use by another hub process")]
+    Locked { path: PathBuf },
+    #[error("store {path} has format {found:?}; this hub reads format {FORMAT_VERSION}")]
+    Format { path: PathBuf, found: String },
+    #[error("store I/O failed: {0}")]
+    Io(String),
+    #[error("store record {key} is corrupt: {message}")]
+    Corrupt { key: String, message: String },
+    #[error("store is closed")]
+    Closed,
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Io(e.to_string())
+    }
+}
+
+/// This hub's side of a channel, as stored.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "role", rename_all = "lowercase")]
+pub enum ChannelRecord {
+    Sender(SenderChannel),
+    Receiver(ReceiverChannel),
+}
+
+impl ChannelRecord {
+    pub fn id(&self) -> ChannelId {
+        match self {
+            ChannelRecord::Sender(c) => c.terms.id,
+            ChannelRecord::Receiver(c) => c.terms.id,
+        }
+    }
+}
+
+/// A closed credit channel's amount, owed outside the system.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settlement {
+    pub channel: ChannelId,
+    pub sender: machinomy_core::PublicKey,
+    pub receiver: machinomy_core::PublicKey,
+    pub amount: machinomy_core::Amount,
+    pub closed_at: Timestamp,
+    pub settled_at: Option<Timestamp>,
+}
+
+/// One write in an atomic batch.
+#[derive(Debug)]
+pub enum Write<'a> {
+    Channel(&'a ChannelRecord),
+    Budget(&'a Budget),
+    Approval(&'a Approval),
+    Spending(&'a SpendingEntry),
+    Settlement(&'a Settlement),
+}
+
+/// A handle to the store; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    db: sled::Db,
+    books: sled::Tree,
+    commit: GroupCommit,
+}
+
+impl Store {
+    /// Opens the store at `path`, creating it if the directory is empty.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let db = sled::Config::new().path(path).mode(sled::Mode::HighThroughput).open().map_err(|e| match e {
+            sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                StoreError::Locked { path: path.to_owned() }
+            }
+            sled::Error::Io(ref io) if io.to_string().contains("lock") => StoreError::Locked { path: path.to_owned() },
+            other => StoreError::Open { path: path.to_owned(), message: other.to_string() },
+        })?;
+        match db.get(FORMAT_KEY)? {
+            Some(found) if found.as_ref() != FORMAT_VERSION.as_bytes() => {
+                return Err(StoreError::Format {
+                    path: path.to_owned(),
+                    found: String::from_utf8_lossy(&found).into_owned(),
+                });
+            }
+            Some(_) => {}
+            None => {
+                db.insert(FORMAT_KEY, FORMAT_VERSION.as_bytes())?;
+                db.flush()?;
+            }
+        }
+        let books = db.open_tree("books")?;
+        let commit = GroupCommit::start(db.clone()).map_err(|e| StoreError::Io(e.to_string()))?;
+        Ok(Store { inner: Arc::new(Inner { db, books, commit }) })
+    }
+
+    /// Writes all records in one atomic batch. Not yet durable: await [`Store::commit`].
+    pub fn write(&self, writes: &[Write<'_>]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for write in writes {
+            let (key, value) = match write {
+                Write::Channel(record) => (key(CHANNEL, record.id().as_bytes()), encode(record)?),
+                Write::Budget(budget) => (key(BUDGET, budget.subject.to_string().as_bytes()), encode(budget)?),
+                Write::Approval(approval) => (key(APPROVAL, &approval.id.to_be_bytes()), encode(approval)?),
+                Write::Spending(entry) => {
+                    let seq = self.inner.db.generate_id()?;
+                    let mut id = entry.at.secs().to_be_bytes().to_vec();
+                    id.extend_from_slice(&seq.to_be_bytes());
+                    (key(SPENDING, &id), encode(entry)?)
+                }
+                Write::Settlement(s) => (key(SETTLEMENT, s.channel.as_bytes()), encode(s)?),
+            };
+            batch.insert(key, value);
+        }
+        self.inner.books.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Waits until every write made before this call is on disk (fsynced). Concurrent callers
+    /// share one flush.
+    pub async fn commit(&self) -> Result<(), StoreError> {
+        self.inner.commit.commit().await
+    }
+
+    /// Flushes and stops the group-commit thread; later commits fail with [`StoreError::Closed`].
+    pub async fn close(&self) -> Result<(), StoreError> {
+        self.inner.commit.close().await
+    }
+
+    pub fn channels(&self) -> Result<Vec<ChannelRecord>, StoreError> {
+        self.scan(CHANNEL)
+    }
+
+    pub fn channel(&self, id: &ChannelId) -> Result<Option<ChannelRecord>, StoreError> {
+        self.get(&key(CHANNEL, id.as_bytes()))
+    }
+
+    pub fn budgets(&self) -> Result<Vec<Budget>, StoreError> {
+        self.scan(BUDGET)
+    }
+
+    pub fn budget(&self, subject: &Subject) -> Result<Option<Budget>, StoreError> {
+        self.get(&key(BUDGET, subject.to_string().as_bytes()))
+    }
+
+    pub fn approvals(&self) -> Result<Vec<Approval>, StoreError> {
+        self.scan(APPROVAL)
+    }
+
+    pub fn approval(&self, id: u64) -> Result<Option<Approval>, StoreError> {
+        self.get(&key(APPROVAL, &id.to_be_bytes()))
+    }
+
+    /// Approvals whose request was made at or after `since`, oldest first. Ids grow with time,
+    /// so this reads backwards from the newest and stops at the first older one.
+    pub fn approvals_created_since(&self, since: Timestamp) -> Result<Vec<Approval>, StoreError> {
+        let mut recent = Vec::new();
+        for item in self.inner.books.scan_prefix([APPROVAL]).rev() {
+            let approval: Approval = decode_item(item?)?;
+            if approval.request.created_at < since {
+                break;
+            }
+            recent.push(approval);
+        }
+        recent.reverse();
+        Ok(recent)
+    }
+
+    /// The id the next approval should take.
+    pub fn next_approval_id(&self) -> Result<u64, StoreError> {
+        let last = self.inner.books.scan_prefix([APPROVAL]).keys().next_back().transpose()?;
+        Ok(match last {
+            Some(k) => {
+                let mut id = [0u8; 8];
+                id.copy_from_slice(k.get(1..9).ok_or_else(|| corrupt(&k, "short approval key"))?);
+                u64::from_be_bytes(id).saturating_add(1)
+            }
+            None => 1,
+        })
+    }
+
+    /// Spending entries with `from <= at < to`, oldest first.
+    pub fn spending(&self, from: Option<Timestamp>, to: Option<Timestamp>) -> Result<Vec<SpendingEntry>, StoreError> {
+        let start = key(SPENDING, &from.map_or(0, Timestamp::secs).to_be_bytes());
+        let end = match to {
+            Some(to) => key(SPENDING, &to.secs().to_be_bytes()),
+            None => vec![SPENDING + 1],
+        };
+        self.inner.books.range(start..end).map(|item| decode_item(item?)).collect()
+    }
+
+    pub fn settlements(&self) -> Result<Vec<Settlement>, StoreError> {
+        self.scan(SETTLEMENT)
+    }
+
+    fn scan<T: DeserializeOwned>(&self, kind: u8) -> Result<Vec<T>, StoreError> {
+        self.inner.books.scan_prefix([kind]).map(|item| decode_item(item?)).collect()
+    }
+
+    fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
+        match self.inner.books.get(key)? {
+            Some(value) => Ok(Some(decode(key, &value)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+fn key(kind: u8, id: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + id.len());
+    key.push(kind);
+    key.extend_from_slice(id);
+    key
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Io(format!("cannot encode a record: {e}")))
+}
+
+fn decode_item<T: DeserializeOwned>((key, value): (sled::IVec, sled::IVec)) -> Result<T, StoreError> {
+    decode(&key, &value)
+}
+
+fn decode<T: DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(value).map_err(|e| corrupt(key, &e.to_string()))
+}
+
+fn corrupt(key: &[u8], message: &str) -> StoreError {
+    StoreError::Corrupt { key: hex::encode(key), message: message.to_owned() }
+}
+
+#[cfg(test)]
+mod tests;
