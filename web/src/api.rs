@@ -1,0 +1,277 @@
+//! The admin JSON API (`/api/v1`) and `/healthz`.
+//!
+//! | Method | Path                              | Answer                                   |
+//! |--------|-----------------------------------|------------------------------------------|
+//! | GET    | `/healthz`                        | `ok` (no auth)                           |
+//! | GET    | `/api/v1/status`                  | [`HubStatus`]                            |
+//! | GET    | `/api/v1/channels`                | `[ChannelView]`                          |
+//! | GET    | `/api/v1/channels/{id}`           | [`ChannelView`]                          |
+//! | POST   | `/api/v1/channels/{id}/close`     | [`ChannelView`] in its new state         |
+//! | GET    | `/api/v1/budgets`                 | `[BudgetView]`                           |
+//! | PUT    | `/api/v1/budgets`                 | [`BudgetView`]; body: a core `Budget`    |
+//! | GET    | `/api/v1/approvals?state=`        | `[Approval]`, `pending` (default) or `all` |
+//! | GET    | `/api/v1/approvals/{id}`          | `Approval`                               |
+//! | POST   | `/api/v1/approvals/{id}/approve`  | `Approval`; no body                      |
+//! | POST   | `/api/v1/approvals/{id}/deny`     | `Approval`; optional [`DenyBody`]        |
+//! | GET    | `/api/v1/spending?group_by=&from=&to=` | [`SpendingReport`]                  |
+//! | GET    | `/api/v1/spending.csv?…`          | the same report as `text/csv`            |
+//!
+//! Everything under `/api/v1` needs `Authorization: Bearer <admin token>`. Errors are
+//! `{"error": "..."}` (see [`ApiError`]).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderValue, Method, Uri, header};
+use axum::middleware;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, http::StatusCode};
+use machinomy_core::{Approval, ChannelId, GroupBy, Timestamp, Verdict};
+use serde::Deserialize;
+
+use crate::auth::{AdminAuth, Principal, require_auth};
+use crate::backend::Backend;
+use crate::csv::spending_csv;
+use crate::error::ApiError;
+use crate::extract::{ApiPath, ApiQuery, BODY_LIMIT, JsonBody, OptionalJson};
+use crate::model::{BudgetView, ChannelView, DenyBody, HubStatus, SpendingQuery, SpendingReport};
+
+/// The hub's HTTP service: `/healthz` and the admin API over `backend`, guarded by `auth`.
+///
+/// Unknown paths answer 404 and known paths with the wrong method 405, both as JSON; request
+/// bodies above [`BODY_LIMIT`] answer 413.
+pub fn router<B: Backend>(backend: Arc<B>, auth: AdminAuth) -> Router {
+    let api = Router::new()
+        .route("/api/v1/status", get(status::<B>))
+        .route("/api/v1/channels", get(channels::<B>))
+        .route("/api/v1/channels/{id}", get(channel::<B>))
+        .route("/api/v1/channels/{id}/close", post(close_channel::<B>))
+        .route("/api/v1/budgets", get(budgets::<B>).put(set_budget::<B>))
+        .route("/api/v1/approvals", get(approvals::<B>))
+        .route("/api/v1/approvals/{id}", get(approval::<B>))
+        .route("/api/v1/approvals/{id}/approve", post(approve::<B>))
+        .route("/api/v1/approvals/{id}/deny", post(deny::<B>))
+        .route("/api/v1/spending", get(spending::<B>))
+        .route("/api/v1/spending.csv", get(spending_csv_report::<B>))
+        .method_not_allowed_fallback(method_not_allowed)
+        // `route_layer`: authentication runs for every API route, including a wrong method.
+        .route_layer(middleware::from_fn_with_state(Arc::new(auth), require_auth))
+        .with_state(backend);
+    Router::new()
+        .route("/healthz", get(healthz))
+        .method_not_allowed_fallback(method_not_allowed)
+        .merge(api)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::not_found(format!("there is no {method} {} in this hub's API", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("{} does not accept {method}", uri.path()))
+}
+
+async fn status<B: Backend>(State(backend): State<Arc<B>>) -> Result<Json<HubStatus>, ApiError> {
+    Ok(Json(backend.status().await?))
+}
+
+async fn channels<B: Backend>(State(backend): State<Arc<B>>) -> Result<Json<Vec<ChannelView>>, ApiError> {
+    Ok(Json(backend.channels().await?))
+}
+
+async fn channel<B: Backend>(
+    State(backend): State<Arc<B>>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<ChannelView>, ApiError> {
+    Ok(Json(backend.channel(parse_channel_id(&id)?).await?))
+}
+
+async fn close_channel<B: Backend>(
+    State(backend): State<Arc<B>>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<ChannelView>, ApiError> {
+    Ok(Json(backend.close_channel(parse_channel_id(&id)?).await?))
+}
+
+async fn budgets<B: Backend>(State(backend): State<Arc<B>>) -> Result<Json<Vec<BudgetView>>, ApiError> {
+    Ok(Json(backend.budgets().await?))
+}
+
+async fn set_budget<B: Backend>(
+    State(backend): State<Arc<B>>,
+    JsonBody(budget): JsonBody<machinomy_core::Budget>,
+) -> Result<Json<BudgetView>, ApiError> {
+    // Deserializing does not check the rule between the amounts; the constructor does.
+    let budget = machinomy_core::Budget::new(budget.subject, budget.period, budget.limit, budget.auto_approve)
+        .map_err(|error| ApiError::bad_request(format!("invalid budget: {error}")))?;
+    Ok(Json(backend.set_budget(budget).await?))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApprovalsParams {
+    state: Option<String>,
+}
+
+async fn approvals<B: Backend>(
+    State(backend): State<Arc<B>>,
+    ApiQuery(params): ApiQuery<ApprovalsParams>,
+) -> Result<Json<Vec<Approval>>, ApiError> {
+    let pending_only = match params.state.as_deref() {
+        None | Some("" | "pending") => true,
+        Some("all") => false,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!("`state` must be `pending` or `all`, not {other:?}")));
+        }
+    };
+    Ok(Json(backend.approvals(pending_only).await?))
+}
+
+async fn approval<B: Backend>(
+    State(backend): State<Arc<B>>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Approval>, ApiError> {
+    Ok(Json(backend.approval(parse_approval_id(&id)?).await?))
+}
+
+/// `approve` takes no body; `{}` is tolerated for clients that always send JSON.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoBody {}
+
+async fn approve<B: Backend>(
+    State(backend): State<Arc<B>>,
+    principal: Principal,
+    ApiPath(id): ApiPath<String>,
+    OptionalJson(NoBody {}): OptionalJson<NoBody>,
+) -> Result<Json<Approval>, ApiError> {
+    let id = parse_approval_id(&id)?;
+    Ok(Json(backend.decide(id, Verdict::Approve, principal.name()).await?))
+}
+
+async fn deny<B: Backend>(
+    State(backend): State<Arc<B>>,
+    principal: Principal,
+    ApiPath(id): ApiPath<String>,
+    OptionalJson(body): OptionalJson<DenyBody>,
+) -> Result<Json<Approval>, ApiError> {
+    let id = parse_approval_id(&id)?;
+    Ok(Json(backend.decide(id, Verdict::Deny { reason: body.reason }, principal.name()).await?))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpendingParams {
+    group_by: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+}
+
+impl SpendingParams {
+    fn into_query(self) -> Result<SpendingQuery, ApiError> {
+        let group_by = match self.group_by.as_deref() {
+            None | Some("" | "subject") => GroupBy::Subject,
+            Some("payee") => GroupBy::Payee,
+            Some("day") => GroupBy::Day,
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "`group_by` must be `subject`, `payee` or `day`, not {other:?}"
+                )));
+            }
+        };
+        let from = optional_time("from", self.from.as_deref())?;
+        let to = optional_time("to", self.to.as_deref())?;
+        if let (Some(from), Some(to)) = (from, to)
+            && from >= to
+        {
+            return Err(ApiError::bad_request(
+                "`from` must be before `to` (`from` is included, `to` is not: from=2026-11-01&to=2026-12-01 is November)",
+            ));
+        }
+        Ok(SpendingQuery { group_by, from, to })
+    }
+}
+
+async fn spending<B: Backend>(
+    State(backend): State<Arc<B>>,
+    ApiQuery(params): ApiQuery<SpendingParams>,
+) -> Result<Json<SpendingReport>, ApiError> {
+    Ok(Json(backend.spending(params.into_query()?).await?))
+}
+
+async fn spending_csv_report<B: Backend>(
+    State(backend): State<Arc<B>>,
+    ApiQuery(params): ApiQuery<SpendingParams>,
+) -> Result<Response, ApiError> {
+    let report = backend.spending(params.into_query()?).await?;
+    let group = match report.group_by {
+        GroupBy::Subject => "subject",
+        GroupBy::Payee => "payee",
+        GroupBy::Day => "day",
+    };
+    let disposition = format!("attachment; filename=\"machinomy-spending-by-{group}.csv\"");
+    let mut response = spending_csv(&report).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/csv; charset=utf-8"));
+    if let Ok(value) = HeaderValue::from_str(&disposition) {
+        headers.insert(header::CONTENT_DISPOSITION, value);
+    }
+    Ok(response)
+}
+
+fn parse_channel_id(text: &str) -> Result<ChannelId, ApiError> {
+    text.parse().map_err(|_| ApiError::bad_request(format!("{text:?} is not a channel id (64 hex characters)")))
+}
+
+fn parse_approval_id(text: &str) -> Result<u64, ApiError> {
+    if !text.is_empty()
+        && text.bytes().all(|b| b.is_ascii_digit())
+        && let Ok(id) = text.parse()
+    {
+        return Ok(id);
+    }
+    Err(ApiError::bad_request(format!("{text:?} is not an approval id (a whole number)")))
+}
+
+fn optional_time(name: &str, value: Option<&str>) -> Result<Option<Timestamp>, ApiError> {
+    match value {
+        None | Some("") => Ok(None),
+        Some(text) => parse_time(text).map(Some).ok_or_else(|| {
+            ApiError::bad_request(format!("`{name}` must be a date (YYYY-MM-DD, UTC) or unix seconds, not {text:?}"))
+        }),
+    }
+}
+
+/// Unix seconds (`1764547200`) or a calendar date (`2026-12-01`, midnight UTC).
+fn parse_time(text: &str) -> Option<Timestamp> {
+    let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if all_digits(text) {
+        return text.parse().ok().map(Timestamp);
+    }
+    let mut parts = text.split('-');
+    let (Some(y), Some(m), Some(d), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return None;
+    };
+    if y.len() != 4 || m.len() != 2 || d.len() != 2 || !all_digits(y) || !all_digits(m) || !all_digits(d) {
+        return None;
+    }
+    let (year, month, day) = (y.parse().ok()?, m.parse().ok()?, d.parse().ok()?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+        return None;
+    }
+    let at = Timestamp::from_civil(year, month, day);
+    // Round-tripping rejects days a month lacks (02-30) and dates before 1970.
+    (at.date_string() == text).then_some(at)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+mod tests;

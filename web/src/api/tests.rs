@@ -1,0 +1,680 @@
+//! The admin API, request by request, against the in-memory backend; no sockets.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use http_body_util::BodyExt;
+use machinomy_core::{Amount, ApprovalState, GroupBy, Period, Subject, Timestamp, Verdict};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use super::{parse_approval_id, parse_time};
+use crate::testing::{APPROVED_APPROVAL, MemoryBackend, OPEN_CHANNEL, PENDING_APPROVAL, SAMPLE_NOW, SETTLED_CHANNEL};
+use crate::{AdminAuth, BODY_LIMIT, BackendError, INTERNAL_ERROR_MESSAGE};
+
+const TOKEN: &str = "test-admin-token-5f2c9a";
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// The `error` string of an error answer.
+    fn error(&self) -> String {
+        let body = self.json();
+        body["error"].as_str().unwrap_or_else(|| panic!("no \"error\" string in {body}")).to_owned()
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8(self.body.to_vec()).unwrap()
+    }
+
+    fn header(&self, name: header::HeaderName) -> &str {
+        self.headers.get(&name).unwrap_or_else(|| panic!("no {name} header")).to_str().unwrap()
+    }
+
+    #[track_caller]
+    fn expect(self, status: StatusCode) -> Self {
+        assert_eq!(self.status, status, "body: {}", String::from_utf8_lossy(&self.body));
+        self
+    }
+
+    /// Asserts an error answer with `status` whose message contains `needle`.
+    #[track_caller]
+    fn expect_error(self, status: StatusCode, needle: &str) -> String {
+        let this = self.expect(status);
+        assert!(this.header(header::CONTENT_TYPE).starts_with("application/json"));
+        let error = this.error();
+        assert!(error.contains(needle), "error {error:?} does not mention {needle:?}");
+        error
+    }
+}
+
+struct Harness {
+    backend: Arc<MemoryBackend>,
+    app: Router,
+}
+
+fn harness() -> Harness {
+    harness_with(MemoryBackend::sample())
+}
+
+fn harness_with(backend: MemoryBackend) -> Harness {
+    let backend = Arc::new(backend);
+    let app = super::router(backend.clone(), AdminAuth::new(TOKEN).unwrap());
+    Harness { backend, app }
+}
+
+fn request(method: Method, uri: &str) -> axum::http::request::Builder {
+    Request::builder().method(method).uri(uri).header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+}
+
+impl Harness {
+    async fn send(&self, request: Request<Body>) -> Answer {
+        let response = self.app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        Answer { status, headers, body }
+    }
+
+    async fn get(&self, uri: &str) -> Answer {
+        self.send(request(Method::GET, uri).body(Body::empty()).unwrap()).await
+    }
+
+    async fn post(&self, uri: &str) -> Answer {
+        self.send(request(Method::POST, uri).body(Body::empty()).unwrap()).await
+    }
+
+    async fn send_json(&self, method: Method, uri: &str, body: impl Into<Body>) -> Answer {
+        self.send(request(method, uri).header(header::CONTENT_TYPE, "application/json").body(body.into()).unwrap())
+            .await
+    }
+}
+
+fn hex(id: machinomy_core::ChannelId) -> String {
+    id.to_hex()
+}
+
+/// Every API route with a request that would succeed with the right token.
+fn api_routes() -> Vec<(Method, String)> {
+    vec![
+        (Method::GET, "/api/v1/status".to_owned()),
+        (Method::GET, "/api/v1/channels".to_owned()),
+        (Method::GET, format!("/api/v1/channels/{}", hex(OPEN_CHANNEL))),
+        (Method::POST, format!("/api/v1/channels/{}/close", hex(OPEN_CHANNEL))),
+        (Method::GET, "/api/v1/budgets".to_owned()),
+        (Method::PUT, "/api/v1/budgets".to_owned()),
+        (Method::GET, "/api/v1/approvals".to_owned()),
+        (Method::GET, format!("/api/v1/approvals/{PENDING_APPROVAL}")),
+        (Method::POST, format!("/api/v1/approvals/{PENDING_APPROVAL}/approve")),
+        (Method::POST, format!("/api/v1/approvals/{PENDING_APPROVAL}/deny")),
+        (Method::GET, "/api/v1/spending".to_owned()),
+        (Method::GET, "/api/v1/spending.csv".to_owned()),
+    ]
+}
+
+// ---- health and routing ----
+
+#[tokio::test]
+async fn healthz_answers_ok_without_a_token() {
+    let h = harness();
+    let answer = h.send(Request::get("/healthz").body(Body::empty()).unwrap()).await.expect(StatusCode::OK);
+    assert_eq!(answer.text(), "ok");
+}
+
+#[tokio::test]
+async fn unknown_paths_answer_404_as_json() {
+    let h = harness();
+    let error = h.get("/api/v1/nothing-here").await.expect_error(StatusCode::NOT_FOUND, "/api/v1/nothing-here");
+    assert!(error.contains("GET"), "{error}");
+    h.send(Request::get("/favicon.ico").body(Body::empty()).unwrap()).await.expect_error(StatusCode::NOT_FOUND, "");
+    h.get("/api/v1/status/").await.expect_error(StatusCode::NOT_FOUND, "");
+}
+
+#[tokio::test]
+async fn wrong_methods_answer_405_as_json_with_allow() {
+    let h = harness();
+    let answer = h.send(request(Method::DELETE, "/api/v1/budgets").body(Body::empty()).unwrap()).await;
+    assert_eq!(answer.header(header::ALLOW), "GET,HEAD,PUT");
+    answer.expect_error(StatusCode::METHOD_NOT_ALLOWED, "DELETE");
+    h.get(&format!("/api/v1/approvals/{PENDING_APPROVAL}/approve"))
+        .await
+        .expect_error(StatusCode::METHOD_NOT_ALLOWED, "GET");
+    h.send(Request::post("/healthz").body(Body::empty()).unwrap())
+        .await
+        .expect_error(StatusCode::METHOD_NOT_ALLOWED, "POST");
+}
+
+// ---- authentication ----
+
+#[tokio::test]
+async fn every_api_route_refuses_a_request_without_a_token() {
+    let h = harness();
+    for (method, uri) in api_routes() {
+        let answer = h.send(Request::builder().method(method.clone()).uri(&uri).body(Body::empty()).unwrap()).await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{method} {uri}");
+        assert!(answer.header(header::WWW_AUTHENTICATE).starts_with("Bearer"), "{method} {uri}");
+        assert!(answer.error().contains("admin token"), "{method} {uri}: {}", answer.error());
+    }
+    // Nothing was done on the way.
+    h.backend.with_state(|s| {
+        assert!(s.decisions.is_empty());
+        assert!(s.channels.iter().all(|c| c.id != OPEN_CHANNEL || c.status.is_open()));
+    });
+}
+
+#[tokio::test]
+async fn every_api_route_refuses_a_wrong_token() {
+    let h = harness();
+    for (method, uri) in api_routes() {
+        for authorization in [format!("Bearer {TOKEN}x"), "Bearer wrong".to_owned(), "Bearer ".to_owned()] {
+            let request = Request::builder()
+                .method(method.clone())
+                .uri(&uri)
+                .header(header::AUTHORIZATION, authorization.as_str())
+                .body(Body::empty())
+                .unwrap();
+            let answer = h.send(request).await;
+            assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{method} {uri} with {authorization:?}");
+            assert!(answer.header(header::WWW_AUTHENTICATE).contains("invalid_token"));
+            assert!(answer.error().contains("not valid") || answer.error().contains("Bearer <token>"));
+        }
+    }
+    h.backend.with_state(|s| assert!(s.decisions.is_empty()));
+}
+
+#[tokio::test]
+async fn other_authorization_schemes_are_refused() {
+    let h = harness();
+    let request = Request::get("/api/v1/status")
+        .header(header::AUTHORIZATION, format!("Basic {TOKEN}"))
+        .body(Body::empty())
+        .unwrap();
+    h.send(request).await.expect_error(StatusCode::UNAUTHORIZED, "Bearer <token>");
+}
+
+#[tokio::test]
+async fn unknown_api_paths_and_wrong_methods_need_no_token_to_be_told_apart() {
+    // Auth guards routes; an unknown path is a 404 for anybody, a wrong method needs the token.
+    let h = harness();
+    h.send(Request::get("/api/v1/nothing").body(Body::empty()).unwrap()).await.expect_error(StatusCode::NOT_FOUND, "");
+    h.send(Request::delete("/api/v1/status").body(Body::empty()).unwrap())
+        .await
+        .expect_error(StatusCode::UNAUTHORIZED, "admin token");
+}
+
+#[tokio::test]
+async fn api_answers_are_not_cached() {
+    let h = harness();
+    let answer = h.get("/api/v1/status").await.expect(StatusCode::OK);
+    assert_eq!(answer.header(header::CACHE_CONTROL), "no-store");
+}
+
+// ---- status ----
+
+#[tokio::test]
+async fn status_reports_the_hub() {
+    let h = harness();
+    let body = h.get("/api/v1/status").await.expect(StatusCode::OK).json();
+    assert_eq!(body["name"], "test-home");
+    assert_eq!(body["currency"], json!({"code": "USD", "decimals": 9}));
+    assert_eq!(body["approvals_pending"], 1);
+}
+
+// ---- channels ----
+
+#[tokio::test]
+async fn channels_are_listed_with_amounts_as_strings() {
+    let h = harness();
+    let body = h.get("/api/v1/channels").await.expect(StatusCode::OK).json();
+    let list = body.as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0]["id"], hex(OPEN_CHANNEL));
+    assert_eq!(list[0]["capacity"], "10000000000");
+    assert_eq!(list[0]["status"]["state"], "open");
+}
+
+#[tokio::test]
+async fn one_channel_is_shown_by_its_hex_id() {
+    let h = harness();
+    let body = h.get(&format!("/api/v1/channels/{}", hex(SETTLED_CHANNEL))).await.expect(StatusCode::OK).json();
+    assert_eq!(body["role"], "receiver");
+    assert_eq!(body["status"]["state"], "settled");
+}
+
+#[tokio::test]
+async fn an_unknown_channel_is_404() {
+    let h = harness();
+    let unknown = "ab".repeat(32);
+    h.get(&format!("/api/v1/channels/{unknown}")).await.expect_error(StatusCode::NOT_FOUND, &unknown);
+    h.post(&format!("/api/v1/channels/{unknown}/close")).await.expect_error(StatusCode::NOT_FOUND, &unknown);
+}
+
+#[tokio::test]
+async fn a_channel_id_that_is_not_64_hex_characters_is_400() {
+    let h = harness();
+    for bad in ["fridge", "abc", &"zz".repeat(32), &"ab".repeat(33)] {
+        let error = h.get(&format!("/api/v1/channels/{bad}")).await.expect_error(StatusCode::BAD_REQUEST, "channel id");
+        assert!(error.contains("64 hex"), "{error}");
+        h.post(&format!("/api/v1/channels/{bad}/close")).await.expect_error(StatusCode::BAD_REQUEST, "");
+    }
+    // Not even UTF-8 once percent-decoded.
+    h.get("/api/v1/channels/%FF%FE").await.expect_error(StatusCode::BAD_REQUEST, "bad path");
+}
+
+#[tokio::test]
+async fn closing_a_channel_answers_its_new_state_and_closing_again_is_409() {
+    let h = harness();
+    let uri = format!("/api/v1/channels/{}/close", hex(OPEN_CHANNEL));
+    let body = h.post(&uri).await.expect(StatusCode::OK).json();
+    assert_eq!(body["status"]["state"], "closing");
+    assert_eq!(body["status"]["final_amount"], "1500000000");
+    h.post(&uri).await.expect_error(StatusCode::CONFLICT, "already closing");
+}
+
+// ---- budgets ----
+
+#[tokio::test]
+async fn budgets_are_listed_flat_with_their_period() {
+    let h = harness();
+    let body = h.get("/api/v1/budgets").await.expect(StatusCode::OK).json();
+    let fridge = &body[0];
+    assert_eq!(fridge["subject"], "device:fridge");
+    assert_eq!(fridge["period"], "day");
+    assert_eq!(fridge["limit"], "5000");
+    assert_eq!(fridge["auto_approve"], "500");
+    assert_eq!(fridge["spent_this_period"], "1200");
+    assert_eq!(fridge["period_start"], SAMPLE_NOW.secs() - 12 * 3_600);
+}
+
+#[tokio::test]
+async fn putting_a_budget_creates_it() {
+    let h = harness();
+    let body = json!({"subject": "plugin:weather", "period": "month", "limit": "2000000000", "auto_approve": "0"});
+    let answer = h.send_json(Method::PUT, "/api/v1/budgets", body.to_string()).await.expect(StatusCode::OK).json();
+    assert_eq!(answer["subject"], "plugin:weather");
+    assert_eq!(answer["limit"], "2000000000");
+    h.backend.with_state(|s| {
+        let budget = &s.budgets.iter().find(|b| b.budget.subject == Subject::Plugin("weather".to_owned())).unwrap();
+        assert_eq!(budget.budget.period, Period::Month);
+        assert_eq!(budget.budget.auto_approve, Amount::ZERO);
+    });
+}
+
+#[tokio::test]
+async fn putting_a_budget_replaces_the_subjects_budget() {
+    let h = harness();
+    let body = json!({"subject": "device:fridge", "period": "week", "limit": "9000", "auto_approve": "9000"});
+    h.send_json(Method::PUT, "/api/v1/budgets", body.to_string()).await.expect(StatusCode::OK);
+    h.backend.with_state(|s| {
+        assert_eq!(s.budgets.len(), 1);
+        assert_eq!(s.budgets[0].budget.limit, Amount::from_base_units(9_000));
+        assert_eq!(s.budgets[0].budget.period, Period::Week);
+    });
+}
+
+#[tokio::test]
+async fn a_threshold_above_the_limit_is_400_and_changes_nothing() {
+    let h = harness();
+    let body = json!({"subject": "device:fridge", "period": "day", "limit": "500", "auto_approve": "501"});
+    let error = h.send_json(Method::PUT, "/api/v1/budgets", body.to_string()).await;
+    let error = error.expect_error(StatusCode::BAD_REQUEST, "auto-approve threshold 501 is above the limit 500");
+    assert!(error.starts_with("invalid budget"), "{error}");
+    h.backend.with_state(|s| assert_eq!(s.budgets[0].budget.limit, Amount::from_base_units(5_000)));
+}
+
+#[tokio::test]
+async fn malformed_budget_bodies_are_400_with_what_was_wrong() {
+    let h = harness();
+    let cases = [
+        (r#"{"subject": "device:fridge", "#, "not valid JSON"),
+        ("not json", "not valid JSON"),
+        (r#"{"subject":"device:fridge","period":"day","limit":"5000","auto_approve":"1"} x"#, "not valid JSON"),
+        (r#"{"subject":"device:fridge","period":"day","limit":"5000"}"#, "missing field `auto_approve`"),
+        (r#"{"subject":"device:fridge","period":"day","limit":"5 USD","auto_approve":"1"}"#, "`limit`"),
+        (r#"{"subject":"device:fridge","period":"day","limit":5000,"auto_approve":"1"}"#, "`limit`"),
+        (r#"{"subject":"fridge","period":"day","limit":"5000","auto_approve":"1"}"#, "`subject`"),
+        (r#"{"subject":"device:fridge","period":"fortnight","limit":"5000","auto_approve":"1"}"#, "`period`"),
+        (r#"{"subject":"device:fridge","period":"day","limit":"1","auto_approve":"1","x":1}"#, "unknown field `x`"),
+        ("[]", "invalid request body"),
+    ];
+    for (body, needle) in cases {
+        let error = h.send_json(Method::PUT, "/api/v1/budgets", body).await;
+        assert_eq!(error.status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(error.error().contains(needle), "{body}: {:?} lacks {needle:?}", error.error());
+    }
+}
+
+#[tokio::test]
+async fn a_budget_needs_a_json_body_and_content_type() {
+    let h = harness();
+    h.send_json(Method::PUT, "/api/v1/budgets", "").await.expect_error(StatusCode::BAD_REQUEST, "needs a JSON body");
+    let body = json!({"subject": "device:fridge", "period": "day", "limit": "5000", "auto_approve": "1"});
+    let request = request(Method::PUT, "/api/v1/budgets").header(header::CONTENT_TYPE, "text/plain");
+    h.send(request.body(Body::from(body.to_string())).unwrap())
+        .await
+        .expect_error(StatusCode::BAD_REQUEST, "Content-Type: application/json");
+    let request = request_without_content_type(Method::PUT, "/api/v1/budgets", body.to_string());
+    h.send(request).await.expect_error(StatusCode::BAD_REQUEST, "Content-Type: application/json");
+}
+
+fn request_without_content_type(method: Method, uri: &str, body: String) -> Request<Body> {
+    request(method, uri).body(Body::from(body)).unwrap()
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_413() {
+    let h = harness();
+    let memo = "x".repeat(BODY_LIMIT);
+    let body =
+        format!(r#"{{"subject":"device:fridge","period":"day","limit":"1","auto_approve":"1","memo":"{memo}"}}"#);
+    h.send_json(Method::PUT, "/api/v1/budgets", body.clone())
+        .await
+        .expect_error(StatusCode::PAYLOAD_TOO_LARGE, "64 KiB");
+    let deny = format!("/api/v1/approvals/{PENDING_APPROVAL}/deny");
+    h.send_json(Method::POST, &deny, body).await.expect_error(StatusCode::PAYLOAD_TOO_LARGE, "too large");
+    h.backend.with_state(|s| assert!(s.decisions.is_empty()));
+}
+
+// ---- approvals ----
+
+#[tokio::test]
+async fn approvals_list_pending_ones_by_default() {
+    let h = harness();
+    for uri in ["/api/v1/approvals", "/api/v1/approvals?state=pending", "/api/v1/approvals?state="] {
+        let body = h.get(uri).await.expect(StatusCode::OK).json();
+        let ids: Vec<_> = body.as_array().unwrap().iter().map(|a| a["id"].as_u64().unwrap()).collect();
+        assert_eq!(ids, [PENDING_APPROVAL], "{uri}");
+    }
+}
+
+#[tokio::test]
+async fn approvals_state_all_lists_decided_ones_too() {
+    let h = harness();
+    let body = h.get("/api/v1/approvals?state=all").await.expect(StatusCode::OK).json();
+    let ids: Vec<_> = body.as_array().unwrap().iter().map(|a| a["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, [PENDING_APPROVAL, APPROVED_APPROVAL]);
+    assert_eq!(body[1]["state"]["state"], "approved");
+}
+
+#[tokio::test]
+async fn bad_approval_queries_are_400_naming_the_parameter() {
+    let h = harness();
+    h.get("/api/v1/approvals?state=denied").await.expect_error(StatusCode::BAD_REQUEST, "`state` must be");
+    h.get("/api/v1/approvals?status=all").await.expect_error(StatusCode::BAD_REQUEST, "unknown field `status`");
+    h.get("/api/v1/approvals?state=all&state=pending").await.expect_error(StatusCode::BAD_REQUEST, "state");
+}
+
+#[tokio::test]
+async fn one_approval_is_shown_by_id() {
+    let h = harness();
+    let body = h.get(&format!("/api/v1/approvals/{PENDING_APPROVAL}")).await.expect(StatusCode::OK).json();
+    assert_eq!(body["request"]["amount"], "4000");
+    assert_eq!(body["request"]["subject"], "device:fridge");
+    assert_eq!(body["state"]["state"], "pending");
+}
+
+#[tokio::test]
+async fn an_unknown_approval_is_404_everywhere() {
+    let h = harness();
+    h.get("/api/v1/approvals/999").await.expect_error(StatusCode::NOT_FOUND, "999");
+    h.post("/api/v1/approvals/999/approve").await.expect_error(StatusCode::NOT_FOUND, "999");
+    h.post("/api/v1/approvals/999/deny").await.expect_error(StatusCode::NOT_FOUND, "999");
+}
+
+#[tokio::test]
+async fn a_non_numeric_approval_id_is_400() {
+    let h = harness();
+    for bad in ["seven", "-1", "1.5", "0x10", "99999999999999999999999"] {
+        h.get(&format!("/api/v1/approvals/{bad}")).await.expect_error(StatusCode::BAD_REQUEST, "not an approval id");
+        h.post(&format!("/api/v1/approvals/{bad}/approve")).await.expect_error(StatusCode::BAD_REQUEST, "approval id");
+        h.post(&format!("/api/v1/approvals/{bad}/deny")).await.expect_error(StatusCode::BAD_REQUEST, "approval id");
+    }
+    h.backend.with_state(|s| assert!(s.decisions.is_empty()));
+}
+
+#[tokio::test]
+async fn approving_records_the_admin_token_as_the_decider() {
+    let h = harness();
+    let body = h.post(&format!("/api/v1/approvals/{PENDING_APPROVAL}/approve")).await.expect(StatusCode::OK).json();
+    assert_eq!(body["state"], json!({"state": "approved", "by": "admin-token", "at": SAMPLE_NOW.secs()}));
+    h.backend.with_state(|s| {
+        assert_eq!(s.decisions, [(PENDING_APPROVAL, Verdict::Approve, "admin-token".to_owned())]);
+    });
+}
+
+#[tokio::test]
+async fn approving_accepts_an_empty_json_object_but_not_fields() {
+    let h = harness();
+    let uri = format!("/api/v1/approvals/{PENDING_APPROVAL}/approve");
+    h.send_json(Method::POST, &uri, r#"{"reason":"x"}"#).await.expect_error(StatusCode::BAD_REQUEST, "unknown field");
+    h.send_json(Method::POST, &uri, "{}").await.expect(StatusCode::OK);
+}
+
+#[tokio::test]
+async fn deciding_twice_is_409() {
+    let h = harness();
+    let approve = format!("/api/v1/approvals/{PENDING_APPROVAL}/approve");
+    let deny = format!("/api/v1/approvals/{PENDING_APPROVAL}/deny");
+    h.post(&approve).await.expect(StatusCode::OK);
+    h.post(&approve).await.expect_error(StatusCode::CONFLICT, "already decided");
+    h.post(&deny).await.expect_error(StatusCode::CONFLICT, "already decided");
+    h.post(&format!("/api/v1/approvals/{APPROVED_APPROVAL}/deny"))
+        .await
+        .expect_error(StatusCode::CONFLICT, "already decided");
+    h.backend.with_state(|s| assert_eq!(s.decisions.len(), 1));
+}
+
+#[tokio::test]
+async fn denying_records_the_reason() {
+    let h = harness();
+    let uri = format!("/api/v1/approvals/{PENDING_APPROVAL}/deny");
+    let body = h.send_json(Method::POST, &uri, r#"{"reason": "too pricey"}"#).await.expect(StatusCode::OK).json();
+    assert_eq!(body["state"]["state"], "denied");
+    assert_eq!(body["state"]["reason"], "too pricey");
+    assert_eq!(body["state"]["by"], "admin-token");
+}
+
+#[tokio::test]
+async fn denying_without_a_body_gives_no_reason() {
+    let h = harness();
+    h.post(&format!("/api/v1/approvals/{PENDING_APPROVAL}/deny")).await.expect(StatusCode::OK);
+    h.backend.with_state(|s| {
+        assert_eq!(s.decisions[0].1, Verdict::Deny { reason: String::new() });
+        let approval = s.approvals.iter().find(|a| a.id == PENDING_APPROVAL).unwrap();
+        assert!(matches!(&approval.state, ApprovalState::Denied { reason, .. } if reason.is_empty()));
+    });
+}
+
+#[tokio::test]
+async fn malformed_deny_bodies_are_400_and_decide_nothing() {
+    let h = harness();
+    let uri = format!("/api/v1/approvals/{PENDING_APPROVAL}/deny");
+    h.send_json(Method::POST, &uri, r#"{"reason": "#).await.expect_error(StatusCode::BAD_REQUEST, "not valid JSON");
+    h.send_json(Method::POST, &uri, r#"{"reason": 5}"#).await.expect_error(StatusCode::BAD_REQUEST, "`reason`");
+    h.send_json(Method::POST, &uri, r#"{"why": "no"}"#).await.expect_error(StatusCode::BAD_REQUEST, "unknown field");
+    let plain = request(Method::POST, &uri).header(header::CONTENT_TYPE, "text/plain");
+    h.send(plain.body(Body::from(r#"{"reason":"no"}"#)).unwrap())
+        .await
+        .expect_error(StatusCode::BAD_REQUEST, "application/json");
+    h.backend.with_state(|s| assert!(s.decisions.is_empty()));
+}
+
+// ---- spending ----
+
+#[tokio::test]
+async fn spending_report_passes_the_query_through() {
+    let h = harness();
+    let body =
+        h.get("/api/v1/spending?group_by=payee&from=2026-11-01&to=1795521600").await.expect(StatusCode::OK).json();
+    assert_eq!(body["group_by"], "payee");
+    assert_eq!(body["from"], 1_793_491_200u64);
+    assert_eq!(body["total_paid"], "1500000000");
+    assert_eq!(body["total_received"], "250");
+    assert_eq!(body["rows"][0]["key"], "device:fridge");
+    h.backend.with_state(|s| {
+        let query = &s.spending_queries[0];
+        assert_eq!(query.group_by, GroupBy::Payee);
+        assert_eq!(query.from, Some(Timestamp::from_civil(2026, 11, 1)));
+        assert_eq!(query.to, Some(SAMPLE_NOW));
+    });
+}
+
+#[tokio::test]
+async fn spending_defaults_to_grouping_by_subject_over_all_time() {
+    let h = harness();
+    h.get("/api/v1/spending").await.expect(StatusCode::OK);
+    h.get("/api/v1/spending?group_by=day&from=&to=").await.expect(StatusCode::OK);
+    h.backend.with_state(|s| {
+        assert_eq!(s.spending_queries[0].group_by, GroupBy::Subject);
+        assert_eq!((s.spending_queries[0].from, s.spending_queries[0].to), (None, None));
+        assert_eq!(s.spending_queries[1].group_by, GroupBy::Day);
+        assert_eq!((s.spending_queries[1].from, s.spending_queries[1].to), (None, None));
+    });
+}
+
+#[tokio::test]
+async fn bad_spending_parameters_are_400_naming_the_parameter() {
+    let h = harness();
+    let cases = [
+        ("group_by=month", "`group_by`"),
+        ("from=yesterday", "`from`"),
+        ("from=2026-13-01", "`from`"),
+        ("from=2026-02-30", "`from`"),
+        ("from=1969-12-31", "`from`"),
+        ("from=2026-1-5", "`from`"),
+        ("to=-5", "`to`"),
+        ("to=1.5", "`to`"),
+        ("to=99999999999999999999999", "`to`"),
+        ("to=2026-11-01T00:00:00Z", "`to`"),
+        ("from=2026-12-01&to=2026-11-01", "`from` must be before `to`"),
+        ("from=2026-11-01&to=2026-11-01", "`from` must be before `to`"),
+        ("groupby=day", "unknown field `groupby`"),
+    ];
+    for (query, needle) in cases {
+        for path in ["/api/v1/spending", "/api/v1/spending.csv"] {
+            let answer = h.get(&format!("{path}?{query}")).await;
+            assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{path}?{query}");
+            assert!(answer.error().contains(needle), "{path}?{query}: {:?} lacks {needle:?}", answer.error());
+        }
+    }
+    h.backend.with_state(|s| assert!(s.spending_queries.is_empty()));
+}
+
+#[tokio::test]
+async fn spending_csv_has_decimal_columns_and_the_currency() {
+    let h = harness();
+    let answer = h.get("/api/v1/spending.csv?group_by=subject").await.expect(StatusCode::OK);
+    assert_eq!(answer.header(header::CONTENT_TYPE), "text/csv; charset=utf-8");
+    assert!(answer.header(header::CONTENT_DISPOSITION).contains("machinomy-spending-by-subject.csv"));
+    assert_eq!(
+        answer.text(),
+        "key,paid,received,payments,currency\r\n\
+         device:fridge,1.5,0,3,USD\r\n\
+         plugin:solar,0,0.00000025,1,USD\r\n"
+    );
+}
+
+#[tokio::test]
+async fn spending_csv_quotes_keys_and_defuses_formulas() {
+    let h = harness();
+    h.backend.with_state(|s| {
+        let row = |key: &str| machinomy_core::ReportRow {
+            key: key.to_owned(),
+            paid: Amount::from_base_units(1),
+            received: Amount::ZERO,
+            payments: 1,
+        };
+        s.report_rows = vec![
+            row("Acme, Inc."),
+            row("the \"best\" grocer"),
+            row("=HYPERLINK(\"http://evil\",\"click\")"),
+            row("+1"),
+            row("-1"),
+            row("@SUM(A1)"),
+            row("line\nbreak"),
+        ];
+    });
+    let text = h.get("/api/v1/spending.csv?group_by=payee").await.expect(StatusCode::OK).text();
+    let lines: Vec<_> = text.split("\r\n").collect();
+    assert_eq!(
+        lines,
+        [
+            "key,paid,received,payments,currency",
+            "\"Acme, Inc.\",0.000000001,0,1,USD",
+            "\"the \"\"best\"\" grocer\",0.000000001,0,1,USD",
+            "\"'=HYPERLINK(\"\"http://evil\"\",\"\"click\"\")\",0.000000001,0,1,USD",
+            "'+1,0.000000001,0,1,USD",
+            "'-1,0.000000001,0,1,USD",
+            "'@SUM(A1),0.000000001,0,1,USD",
+            "\"line\nbreak\",0.000000001,0,1,USD",
+            "",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_empty_report_is_just_the_header() {
+    let h = harness_with(MemoryBackend::empty());
+    let text = h.get("/api/v1/spending.csv").await.expect(StatusCode::OK).text();
+    assert_eq!(text, "key,paid,received,payments,currency\r\n");
+}
+
+// ---- backend failures ----
+
+#[tokio::test]
+async fn backend_errors_map_to_statuses() {
+    let h = harness();
+    let cases = [
+        (BackendError::NotFound("no such thing".into()), StatusCode::NOT_FOUND, "no such thing"),
+        (BackendError::Invalid("bad idea".into()), StatusCode::BAD_REQUEST, "bad idea"),
+        (BackendError::Conflict("too late".into()), StatusCode::CONFLICT, "too late"),
+        (BackendError::Unavailable("the hub is shutting down".into()), StatusCode::SERVICE_UNAVAILABLE, "shutting"),
+    ];
+    for (error, status, needle) in cases {
+        h.backend.fail_next(error);
+        h.get("/api/v1/status").await.expect_error(status, needle);
+    }
+}
+
+#[tokio::test]
+async fn internal_errors_hide_their_detail() {
+    let h = harness();
+    h.backend.fail_next(BackendError::Internal("sled: corrupted page 0x1f at /var/lib/machinomy".into()));
+    let error = h.get("/api/v1/budgets").await.expect_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+    assert_eq!(error, INTERNAL_ERROR_MESSAGE);
+    assert!(!error.contains("sled"));
+}
+
+// ---- parsing helpers ----
+
+#[test]
+fn times_are_unix_seconds_or_utc_dates() {
+    assert_eq!(parse_time("0"), Some(Timestamp(0)));
+    assert_eq!(parse_time("1795521600"), Some(Timestamp(1_795_521_600)));
+    assert_eq!(parse_time("2026-11-24"), Some(Timestamp(1_795_478_400)));
+    assert_eq!(parse_time("2024-02-29"), Some(Timestamp::from_civil(2024, 2, 29)));
+    assert_eq!(parse_time("1970-01-01"), Some(Timestamp(0)));
+    for bad in ["", "2025-02-29", "2026-04-31", "2026-00-10", "2026-11-00", "+5", " 5", "2026-11-24-1", "20261124x"] {
+        assert_eq!(parse_time(bad), None, "{bad:?}");
+    }
+}
+
+#[test]
+fn approval_ids_are_plain_whole_numbers() {
+    assert_eq!(parse_approval_id("0").unwrap(), 0);
+    assert_eq!(parse_approval_id("18446744073709551615").unwrap(), u64::MAX);
+    for bad in ["", "+1", "18446744073709551616", " 1"] {
+        assert!(parse_approval_id(bad).is_err(), "{bad:?}");
+    }
+}

@@ -1,0 +1,23 @@
+//! The hub's HTTP surface. Knows HTTP and JSON and nothing else: the hub plugs in through the
+//! [`Backend`] trait and serves [`router`].
+//!
+//! ```text
+//! let app = machinomy_web::router(Arc::new(hub_backend), AdminAuth::new(token)?);
+//! axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+//! ```
+
+mod api;
+mod auth;
+pub mod backend;
+mod csv;
+mod error;
+mod extract;
+pub mod model;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+pub use api::router;
+pub use auth::{AdminAuth, AuthError, Principal};
+pub use backend::{Backend, BackendError};
+pub use error::{ApiError, INTERNAL_ERROR_MESSAGE};
+pub use extract::BODY_LIMIT;

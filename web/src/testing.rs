@@ -1,0 +1,303 @@
+//! An in-memory [`Backend`] for tests of the HTTP layer (enabled by the `testing` feature).
+//!
+//! [`MemoryBackend::sample`] holds a small, fixed home: two channels, a budget, approvals and a
+//! spending report. Tests read and change its state with [`MemoryBackend::with_state`], see what
+//! the handlers passed in (`decisions`, `spending_queries`), and make the next call fail with
+//! [`MemoryBackend::fail_next`].
+
+use std::sync::{Mutex, PoisonError};
+
+use machinomy_core::{
+    Amount, Approval, Budget, ChannelId, ChannelStatus, Currency, LedgerId, Period, PublicKey, ReportRow, SpendRequest,
+    Subject, Timestamp, Verdict,
+};
+
+use crate::backend::{Backend, BackendError};
+use crate::model::{BudgetView, ChannelView, HubStatus, Role, SpendingQuery, SpendingReport};
+
+/// "Now" in the sample home: 2026-11-24 12:00 UTC.
+pub const SAMPLE_NOW: Timestamp = Timestamp(1_795_521_600);
+
+/// The sample home's open channel (this hub pays on it).
+pub const OPEN_CHANNEL: ChannelId = ChannelId::from_bytes([0x11; 32]);
+/// The sample home's settled channel (this hub is paid on it).
+pub const SETTLED_CHANNEL: ChannelId = ChannelId::from_bytes([0x22; 32]);
+/// A pending approval of the sample home.
+pub const PENDING_APPROVAL: u64 = 7;
+/// An approval the owner already approved.
+pub const APPROVED_APPROVAL: u64 = 3;
+
+/// Everything the double knows; public so tests can arrange and inspect it.
+#[derive(Debug, Clone)]
+pub struct MemoryState {
+    pub now: Timestamp,
+    pub status: HubStatus,
+    pub channels: Vec<ChannelView>,
+    pub budgets: Vec<BudgetView>,
+    /// Kept in id order; listed newest first.
+    pub approvals: Vec<Approval>,
+    /// What every spending query answers (the double does not filter).
+    pub report_rows: Vec<ReportRow>,
+    /// Every `decide` call: (id, verdict, by).
+    pub decisions: Vec<(u64, Verdict, String)>,
+    /// Every spending query, as the handler built it.
+    pub spending_queries: Vec<SpendingQuery>,
+    /// Makes the next backend call fail with this error.
+    pub fail_next: Option<BackendError>,
+}
+
+/// The in-memory backend.
+#[derive(Debug)]
+pub struct MemoryBackend {
+    state: Mutex<MemoryState>,
+}
+
+fn key(byte: u8) -> PublicKey {
+    PublicKey::from_bytes([byte; 32])
+}
+
+fn request(subject: &str, payee: &str, amount: u128, memo: &str, created_at: Timestamp) -> SpendRequest {
+    SpendRequest {
+        subject: subject.parse().unwrap_or(Subject::Device("sample".to_owned())),
+        payee: payee.to_owned(),
+        amount: Amount::from_base_units(amount),
+        memo: memo.to_owned(),
+        reference: format!("req-{}", created_at.secs()),
+        created_at,
+    }
+}
+
+fn budget_view(budget: Budget, now: Timestamp, spent: Amount) -> BudgetView {
+    let (start, end) = (budget.period.start(now), budget.period.end(now));
+    BudgetView { budget, currency: Currency::usd(), spent_this_period: spent, period_start: start, period_end: end }
+}
+
+impl MemoryBackend {
+    /// A home with nothing in it.
+    pub fn empty() -> MemoryBackend {
+        let now = SAMPLE_NOW;
+        let status = HubStatus {
+            name: "test-home".to_owned(),
+            version: "0.0.0-test".to_owned(),
+            public_key: key(0x01),
+            started_at: Timestamp(now.secs() - 3_600),
+            uptime_secs: 3_600,
+            currency: Currency::usd(),
+            channels_open: 0,
+            approvals_pending: 0,
+            budgets: 0,
+        };
+        MemoryBackend::from_state(MemoryState {
+            now,
+            status,
+            channels: Vec::new(),
+            budgets: Vec::new(),
+            approvals: Vec::new(),
+            report_rows: Vec::new(),
+            decisions: Vec::new(),
+            spending_queries: Vec::new(),
+            fail_next: None,
+        })
+    }
+
+    /// The sample home described in the module docs.
+    pub fn sample() -> MemoryBackend {
+        let backend = MemoryBackend::empty();
+        backend.with_state(|s| {
+            let now = s.now;
+            s.channels = vec![
+                ChannelView {
+                    id: OPEN_CHANNEL,
+                    role: Role::Sender,
+                    ledger: LedgerId::credit(),
+                    counterparty: key(0x02),
+                    currency: Currency::usd(),
+                    capacity: Amount::from_base_units(10_000_000_000),
+                    spent: Amount::from_base_units(1_500_000_000),
+                    remaining: Amount::from_base_units(8_500_000_000),
+                    status: ChannelStatus::Open,
+                    opened_at: Timestamp(now.secs() - 86_400),
+                    settlement_period_secs: 86_400,
+                },
+                ChannelView {
+                    id: SETTLED_CHANNEL,
+                    role: Role::Receiver,
+                    ledger: LedgerId::credit(),
+                    counterparty: key(0x03),
+                    currency: Currency::usd(),
+                    capacity: Amount::from_base_units(5_000),
+                    spent: Amount::from_base_units(5_000),
+                    remaining: Amount::ZERO,
+                    status: ChannelStatus::Settled {
+                        at: Timestamp(now.secs() - 60),
+                        amount: Amount::from_base_units(5_000),
+                    },
+                    opened_at: Timestamp(now.secs() - 7 * 86_400),
+                    settlement_period_secs: 3_600,
+                },
+            ];
+            let fridge = Budget {
+                subject: Subject::Device("fridge".to_owned()),
+                period: Period::Day,
+                limit: Amount::from_base_units(5_000),
+                auto_approve: Amount::from_base_units(500),
+            };
+            s.budgets = vec![budget_view(fridge, now, Amount::from_base_units(1_200))];
+            let mut approved = Approval::new(
+                APPROVED_APPROVAL,
+                request("device:fridge", "grocer", 900, "milk", Timestamp(now.secs() - 7_200)),
+                Timestamp(now.secs() + 3_600),
+            );
+            approved.state = machinomy_core::ApprovalState::Approved {
+                by: "admin-token".to_owned(),
+                at: Timestamp(now.secs() - 7_000),
+            };
+            let pending = Approval::new(
+                PENDING_APPROVAL,
+                request("device:fridge", "grocer", 4_000, "weekly groceries", Timestamp(now.secs() - 60)),
+                Timestamp(now.secs() + 3_600),
+            );
+            s.approvals = vec![approved, pending];
+            s.report_rows = vec![
+                ReportRow {
+                    key: "device:fridge".to_owned(),
+                    paid: Amount::from_base_units(1_500_000_000),
+                    received: Amount::ZERO,
+                    payments: 3,
+                },
+                ReportRow {
+                    key: "plugin:solar".to_owned(),
+                    paid: Amount::ZERO,
+                    received: Amount::from_base_units(250),
+                    payments: 1,
+                },
+            ];
+            s.status.channels_open = 1;
+            s.status.approvals_pending = 1;
+            s.status.budgets = 1;
+        });
+        backend
+    }
+
+    pub fn from_state(state: MemoryState) -> MemoryBackend {
+        MemoryBackend { state: Mutex::new(state) }
+    }
+
+    /// Reads or changes the state.
+    pub fn with_state<R>(&self, f: impl FnOnce(&mut MemoryState) -> R) -> R {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&mut state)
+    }
+
+    /// Makes the next backend call fail with `error`.
+    pub fn fail_next(&self, error: BackendError) {
+        self.with_state(|s| s.fail_next = Some(error));
+    }
+
+    /// Runs `f` on the state unless a failure was queued.
+    fn call<R>(&self, f: impl FnOnce(&mut MemoryState) -> Result<R, BackendError>) -> Result<R, BackendError> {
+        self.with_state(|s| match s.fail_next.take() {
+            Some(error) => Err(error),
+            None => f(s),
+        })
+    }
+}
+
+fn no_channel(id: ChannelId) -> BackendError {
+    BackendError::NotFound(format!("there is no channel {id}"))
+}
+
+fn no_approval(id: u64) -> BackendError {
+    BackendError::NotFound(format!("there is no approval {id}"))
+}
+
+impl Backend for MemoryBackend {
+    async fn status(&self) -> Result<HubStatus, BackendError> {
+        self.call(|s| Ok(s.status.clone()))
+    }
+
+    async fn channels(&self) -> Result<Vec<ChannelView>, BackendError> {
+        self.call(|s| Ok(s.channels.clone()))
+    }
+
+    async fn channel(&self, id: ChannelId) -> Result<ChannelView, BackendError> {
+        self.call(|s| s.channels.iter().find(|c| c.id == id).cloned().ok_or_else(|| no_channel(id)))
+    }
+
+    async fn close_channel(&self, id: ChannelId) -> Result<ChannelView, BackendError> {
+        self.call(|s| {
+            let now = s.now;
+            let channel = s.channels.iter_mut().find(|c| c.id == id).ok_or_else(|| no_channel(id))?;
+            if !channel.status.is_open() {
+                return Err(BackendError::Conflict(format!("channel {id} is already {}", channel.status.name())));
+            }
+            channel.status = ChannelStatus::Closing {
+                since: now,
+                settle_after: now.saturating_add_secs(channel.settlement_period_secs),
+                final_amount: channel.spent,
+            };
+            Ok(channel.clone())
+        })
+    }
+
+    async fn budgets(&self) -> Result<Vec<BudgetView>, BackendError> {
+        self.call(|s| Ok(s.budgets.clone()))
+    }
+
+    async fn set_budget(&self, budget: Budget) -> Result<BudgetView, BackendError> {
+        self.call(|s| {
+            let view = budget_view(budget, s.now, Amount::ZERO);
+            match s.budgets.iter_mut().find(|b| b.budget.subject == view.budget.subject) {
+                Some(existing) => {
+                    let spent = existing.spent_this_period;
+                    *existing = BudgetView { spent_this_period: spent, ..view };
+                    Ok(existing.clone())
+                }
+                None => {
+                    s.budgets.push(view.clone());
+                    Ok(view)
+                }
+            }
+        })
+    }
+
+    async fn approvals(&self, pending_only: bool) -> Result<Vec<Approval>, BackendError> {
+        self.call(|s| Ok(s.approvals.iter().rev().filter(|a| !pending_only || a.is_pending()).cloned().collect()))
+    }
+
+    async fn approval(&self, id: u64) -> Result<Approval, BackendError> {
+        self.call(|s| s.approvals.iter().find(|a| a.id == id).cloned().ok_or_else(|| no_approval(id)))
+    }
+
+    async fn decide(&self, id: u64, verdict: Verdict, by: String) -> Result<Approval, BackendError> {
+        self.call(|s| {
+            let now = s.now;
+            let approval = s.approvals.iter_mut().find(|a| a.id == id).ok_or_else(|| no_approval(id))?;
+            approval.decide(verdict.clone(), &by, now).map_err(|e| BackendError::Conflict(e.to_string()))?;
+            let approval = approval.clone();
+            s.decisions.push((id, verdict, by));
+            Ok(approval)
+        })
+    }
+
+    async fn spending(&self, query: SpendingQuery) -> Result<SpendingReport, BackendError> {
+        self.call(|s| {
+            s.spending_queries.push(query.clone());
+            let total = |pick: fn(&ReportRow) -> Amount| {
+                s.report_rows
+                    .iter()
+                    .try_fold(Amount::ZERO, |sum, row| sum.checked_add(pick(row)))
+                    .map_err(|e| BackendError::Internal(e.to_string()))
+            };
+            Ok(SpendingReport {
+                currency: s.status.currency.clone(),
+                group_by: query.group_by,
+                from: query.from,
+                to: query.to,
+                rows: s.report_rows.clone(),
+                total_paid: total(|r| r.paid)?,
+                total_received: total(|r| r.received)?,
+            })
+        })
+    }
+}
