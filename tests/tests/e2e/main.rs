@@ -1,0 +1,10 @@
+//! End-to-end tests: real `machinomy-hub` processes, each in its own temp dir on loopback port 0.
+//! One test binary; one module per topic; helpers in `machinomy_tests` (tests/src/lib.rs).
+
+mod api;
+mod bad_input;
+mod channels;
+mod cli;
+mod first_run;
+mod multi_hub;
+mod persistence;
