@@ -287,7 +287,7 @@ impl Payments {
             approval: None,
         };
         let next = ChannelRecord::Receiver(next);
-        self.inner.store.write(&[Write::Channel(&next), Write::Spending(&entry)])?;
+        self.inner.store.write(&[Write::Progress(&next), Write::Spending(&entry)])?;
         *record = next;
         Ok(())
     }
@@ -296,25 +296,70 @@ impl Payments {
     /// spending-ledger row and (if given) the approval's outcome are on disk before the promise
     /// is returned to be sent.
     pub async fn pay(&self, id: ChannelId, increment: Amount, meta: &OutgoingMeta, now: Timestamp) -> Result<Promise, PaymentError> {
+        self.update_sender(id, meta, now, |channel, identity| channel.pay(increment, identity).map(|p| (p, increment))).await
+    }
+
+    /// As sender: opens a stream on channel `id` (see `SenderChannel::open_stream`). The
+    /// stream's seed is persisted with the promise, so ticks survive a restart.
+    pub async fn open_stream(
+        &self,
+        id: ChannelId,
+        increment: Amount,
+        price_per_tick: Amount,
+        max_ticks: u64,
+        meta: &OutgoingMeta,
+        now: Timestamp,
+    ) -> Result<Promise, PaymentError> {
+        let seed = random_seed()?;
+        let promise = self
+            .update_sender(id, meta, now, |channel, identity| {
+                channel.open_stream(increment, price_per_tick, max_ticks, seed, identity).map(|p| (p, increment))
+            })
+            .await?;
+        Ok(promise)
+    }
+
+    /// As sender: the next tick of the channel's open stream, persisted before it is returned.
+    pub async fn tick(&self, id: ChannelId, meta: &OutgoingMeta, now: Timestamp) -> Result<machinomy_core::Tick, PaymentError> {
+        self.update_sender(id, meta, now, |channel, _| {
+            let price = channel.stream.as_ref().map_or(Amount::ZERO, |s| s.terms.price_per_tick);
+            channel.next_tick().map(|tick| (tick, price))
+        })
+        .await
+    }
+
+    /// Applies `change` to a sender channel and writes the new state with its spending row.
+    async fn update_sender<T>(
+        &self,
+        id: ChannelId,
+        meta: &OutgoingMeta,
+        now: Timestamp,
+        change: impl FnOnce(&mut SenderChannel, &SigningKey) -> Result<(T, Amount), ChannelError>,
+    ) -> Result<T, PaymentError> {
+        // Paying an approval must happen once: hold the spend lock until it is recorded as paid.
+        let _spend = match meta.approval {
+            Some(_) => Some(self.inner.spend.lock().await),
+            None => None,
+        };
         let mut approval = match meta.approval {
             Some(approval_id) => Some(self.payable_approval(approval_id)?),
             None => None,
         };
         let slot = self.channel_slot(&id)?;
-        let (promise, total) = {
+        let (value, amount, total) = {
             let mut record = slot.lock().map_err(|_| poisoned())?;
             let ChannelRecord::Sender(channel) = &*record else {
                 return Err(PaymentError::WrongSide { id, held: "receiver", wanted: "sender" });
             };
             let mut next = channel.clone();
-            let promise = next.pay(increment, &self.inner.identity)?;
+            let (value, amount) = change(&mut next, &self.inner.identity)?;
             let total = next.promised();
             let entry = SpendingEntry {
                 at: now,
                 direction: Direction::Out,
                 subject: meta.subject.clone(),
                 counterparty: meta.payee.clone(),
-                amount: increment,
+                amount,
                 memo: meta.memo.clone(),
                 channel: Some(id),
                 approval: meta.approval,
@@ -323,17 +368,20 @@ impl Payments {
                 approval.outcome = Some(SpendOutcome::Paid { at: now, channel: Some(id) });
             }
             let next = ChannelRecord::Sender(next);
-            let mut writes = vec![Write::Channel(&next), Write::Spending(&entry)];
+            let mut writes = vec![Write::Progress(&next)];
+            if !amount.is_zero() {
+                writes.push(Write::Spending(&entry));
+            }
             if let Some(approval) = approval.as_ref() {
                 writes.push(Write::Approval(approval));
             }
             self.inner.store.write(&writes)?;
             *record = next;
-            (promise, total)
+            (value, amount, total)
         };
         self.inner.store.commit().await?;
-        self.emit(HubEvent::PaymentSent { channel: id, amount: increment, total });
-        Ok(promise)
+        self.emit(HubEvent::PaymentSent { channel: id, amount, total });
+        Ok(value)
     }
 
     fn payable_approval(&self, id: u64) -> Result<Approval, PaymentError> {
@@ -543,6 +591,12 @@ fn set_settle_after(record: &mut ChannelRecord, settle_after: Timestamp) {
     if let machinomy_core::ChannelStatus::Closing { settle_after: s, .. } = status {
         *s = settle_after;
     }
+}
+
+fn random_seed() -> Result<[u8; 32], PaymentError> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| PaymentError::Store(StoreError::Io(format!("no randomness: {e}"))))?;
+    Ok(seed)
 }
 
 fn poisoned() -> PaymentError {

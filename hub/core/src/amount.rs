@@ -197,8 +197,7 @@ impl From<Currency> for CurrencyRepr {
 
 impl Currency {
     pub fn new(code: &str, decimals: u8) -> Result<Currency, AmountError> {
-        let valid = (1..=8).contains(&code.len())
-            && code.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+        let valid = (1..=8).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
         if !valid {
             return Err(AmountError::BadCurrencyCode(code.to_owned()));
         }
@@ -268,7 +267,10 @@ mod tests {
 
     #[test]
     fn refuses_more_decimals_than_the_currency_has() {
-        assert_eq!(parse("0.0000000001", 9), Err(AmountError::TooPrecise { input: "0.0000000001".into(), decimals: 9 }));
+        assert_eq!(
+            parse("0.0000000001", 9),
+            Err(AmountError::TooPrecise { input: "0.0000000001".into(), decimals: 9 })
+        );
         assert_eq!(parse("1.5", 0), Err(AmountError::TooPrecise { input: "1.5".into(), decimals: 0 }));
     }
 
@@ -391,7 +393,17 @@ mod tests {
 
     #[test]
     fn json_refuses_numbers_and_garbage_for_amounts() {
-        for json in ["1500", "1.5", "\"1.5\"", "\"-1\"", "\"\"", "\"abc\"", "null", "[]", "\"340282366920938463463374607431768211456\""] {
+        for json in [
+            "1500",
+            "1.5",
+            "\"1.5\"",
+            "\"-1\"",
+            "\"\"",
+            "\"abc\"",
+            "null",
+            "[]",
+            "\"340282366920938463463374607431768211456\"",
+        ] {
             assert!(serde_json::from_str::<Amount>(json).is_err(), "{json}");
         }
     }

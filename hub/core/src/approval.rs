@@ -38,9 +38,15 @@ pub enum ApprovalError {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum SpendOutcome {
-    Paid { at: Timestamp, channel: Option<ChannelId> },
+    Paid {
+        at: Timestamp,
+        channel: Option<ChannelId>,
+    },
     /// Nothing was paid (no route, no capacity …); the amount no longer counts against the budget.
-    Failed { at: Timestamp, reason: String },
+    Failed {
+        at: Timestamp,
+        reason: String,
+    },
 }
 
 /// The principal recorded when the budget itself decided (under the auto-approve threshold,
@@ -140,8 +146,6 @@ pub fn committed_since<'a>(
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 mod tests {
     use super::*;
-    use crate::amount::Amount;
-    use crate::budget::Subject;
 
     fn pending() -> Approval {
         let request = SpendRequest {
@@ -240,5 +244,107 @@ mod tests {
         assert_eq!(verdict, Verdict::Deny { reason: "x".into() });
         assert_eq!(serde_json::from_str::<Verdict>(r#"{"verdict":"approve"}"#).unwrap(), Verdict::Approve);
         assert!(serde_json::from_str::<Verdict>(r#"{"verdict":"maybe"}"#).is_err());
+    }
+
+    fn request_at(subject: &str, amount: u128, created_at: u64) -> SpendRequest {
+        SpendRequest {
+            subject: subject.parse().unwrap(),
+            payee: "grocer".into(),
+            amount: Amount::from_base_units(amount),
+            memo: String::new(),
+            reference: String::new(),
+            created_at: Timestamp(created_at),
+        }
+    }
+
+    #[test]
+    fn from_decision_records_the_budget_as_the_decider() {
+        let now = Timestamp(1_000);
+        let approved = Approval::from_decision(1, request_at("device:fridge", 5, 1_000), &Decision::Approved, now);
+        assert_eq!(approved.state, ApprovalState::Approved { by: BUDGET_PRINCIPAL.into(), at: now });
+        assert!(approved.counts_against_budget());
+
+        let expires_at = Timestamp(1_600);
+        let pending =
+            Approval::from_decision(2, request_at("device:fridge", 5, 1_000), &Decision::Pending { expires_at }, now);
+        assert!(pending.is_pending());
+        assert_eq!(pending.expires_at, expires_at);
+        assert!(!pending.counts_against_budget());
+
+        let denied = Decision::Denied { reason: crate::budget::DenyReason::ZeroAmount };
+        let denied = Approval::from_decision(3, request_at("device:fridge", 0, 1_000), &denied, now);
+        assert!(matches!(&denied.state, ApprovalState::Denied { by, at, .. } if by == BUDGET_PRINCIPAL && *at == now));
+        assert!(!denied.counts_against_budget());
+        // A decided request cannot be decided again by the owner.
+        let mut again = denied.clone();
+        assert_eq!(
+            again.decide(Verdict::Approve, "owner", now),
+            Err(ApprovalError::AlreadyDecided { id: 3, state: "denied" })
+        );
+    }
+
+    #[test]
+    fn only_approved_requests_whose_payment_did_not_fail_count_against_the_budget() {
+        let mut approval = pending();
+        assert!(!approval.counts_against_budget());
+        approval.decide(Verdict::Approve, "owner", Timestamp(1_100)).unwrap();
+        assert!(approval.counts_against_budget());
+        approval.outcome = Some(SpendOutcome::Paid { at: Timestamp(1_101), channel: None });
+        assert!(approval.counts_against_budget());
+        approval.outcome = Some(SpendOutcome::Failed { at: Timestamp(1_101), reason: "no route".into() });
+        assert!(!approval.counts_against_budget());
+        let mut expired = pending();
+        expired.expire_if_due(Timestamp(2_000));
+        assert!(!expired.counts_against_budget());
+    }
+
+    #[test]
+    fn committed_since_sums_the_subjects_counting_requests_made_from_then() {
+        let now = Timestamp(1_000);
+        let mut failed =
+            Approval::from_decision(4, request_at("device:fridge", 1_000, 2_000), &Decision::Approved, now);
+        failed.outcome = Some(SpendOutcome::Failed { at: now, reason: "no route".into() });
+        let mut owner_approved = Approval::new(5, request_at("device:fridge", 40, 2_500), Timestamp(9_000));
+        owner_approved.decide(Verdict::Approve, "owner", Timestamp(2_600)).unwrap();
+        let approvals = vec![
+            Approval::from_decision(1, request_at("device:fridge", 100, 500), &Decision::Approved, now),
+            Approval::from_decision(2, request_at("device:fridge", 7, 1_500), &Decision::Approved, now),
+            Approval::from_decision(3, request_at("device:oven", 9, 1_500), &Decision::Approved, now),
+            failed,
+            owner_approved,
+            Approval::new(6, request_at("device:fridge", 300, 2_700), Timestamp(9_000)),
+        ];
+        let fridge: Subject = "device:fridge".parse().unwrap();
+        assert_eq!(committed_since(&approvals, &fridge, Timestamp(0)), Ok(Amount::from_base_units(147)));
+        assert_eq!(committed_since(&approvals, &fridge, Timestamp(1_500)), Ok(Amount::from_base_units(47)));
+        assert_eq!(committed_since(&approvals, &fridge, Timestamp(1_501)), Ok(Amount::from_base_units(40)));
+        assert_eq!(committed_since(&approvals, &fridge, Timestamp(3_000)), Ok(Amount::ZERO));
+    }
+
+    #[test]
+    fn committed_since_reports_overflow() {
+        let now = Timestamp(1_000);
+        let approvals = vec![
+            Approval::from_decision(1, request_at("device:fridge", u128::MAX, 1_000), &Decision::Approved, now),
+            Approval::from_decision(2, request_at("device:fridge", 1, 1_000), &Decision::Approved, now),
+        ];
+        let fridge: Subject = "device:fridge".parse().unwrap();
+        assert_eq!(committed_since(&approvals, &fridge, Timestamp(0)), Err(AmountError::Overflow));
+    }
+
+    #[test]
+    fn outcomes_serialize_with_an_outcome_tag() {
+        let paid = SpendOutcome::Paid { at: Timestamp(5), channel: Some(ChannelId::from_bytes([1; 32])) };
+        let json = serde_json::to_string(&paid).unwrap();
+        assert!(json.starts_with(r#"{"outcome":"paid","at":5"#), "{json}");
+        assert_eq!(serde_json::from_str::<SpendOutcome>(&json).unwrap(), paid);
+        let mut approval = pending();
+        approval.outcome = Some(SpendOutcome::Failed { at: Timestamp(5), reason: "x".into() });
+        let json = serde_json::to_string(&approval).unwrap();
+        assert_eq!(serde_json::from_str::<Approval>(&json).unwrap(), approval);
+        // Stored approvals from before outcomes existed still read.
+        let old = serde_json::to_string(&pending()).unwrap();
+        assert!(!old.contains("outcome"));
+        assert_eq!(serde_json::from_str::<Approval>(&old).unwrap(), pending());
     }
 }

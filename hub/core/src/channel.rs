@@ -6,12 +6,14 @@
 //! Every transition is a method that either returns the new facts or a typed error and leaves
 //! the state untouched, so the caller can persist exactly what changed.
 
-use ed25519_dalek::SigningKey;
+use std::sync::OnceLock;
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 use crate::amount::{Amount, AmountError};
 use crate::ids::{ChannelId, LedgerId, PublicKey};
-use crate::promise::{BadSignature, Promise, PromiseBody, StreamTerms, MAX_STREAM_TICKS};
+use crate::promise::{BadSignature, MAX_STREAM_TICKS, Promise, PromiseBody, StreamTerms};
 use crate::stream::{HashChain, StreamVerifier, Tick, TickError};
 use crate::time::Timestamp;
 
@@ -35,8 +37,15 @@ pub struct ChannelTerms {
 pub enum ChannelStatus {
     Open,
     /// Closed to new promises; `final_amount` settles once `settle_after` has passed.
-    Closing { since: Timestamp, settle_after: Timestamp, final_amount: Amount },
-    Settled { at: Timestamp, amount: Amount },
+    Closing {
+        since: Timestamp,
+        settle_after: Timestamp,
+        final_amount: Amount,
+    },
+    Settled {
+        at: Timestamp,
+        amount: Amount,
+    },
 }
 
 impl ChannelStatus {
@@ -105,7 +114,13 @@ pub struct Acceptance {
     pub total: Amount,
 }
 
-fn close_status(id: ChannelId, status: ChannelStatus, final_amount: Amount, now: Timestamp, period: u64) -> Result<ChannelStatus, ChannelError> {
+fn close_status(
+    id: ChannelId,
+    status: ChannelStatus,
+    final_amount: Amount,
+    now: Timestamp,
+    period: u64,
+) -> Result<ChannelStatus, ChannelError> {
     match status {
         ChannelStatus::Open => {
             Ok(ChannelStatus::Closing { since: now, settle_after: now.saturating_add_secs(period), final_amount })
@@ -125,7 +140,7 @@ fn settle_status(id: ChannelId, status: ChannelStatus, now: Timestamp) -> Result
 }
 
 /// The receiver's side of a channel: verifies promises and ticks, keeps the best one.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ReceiverChannel {
     pub terms: ChannelTerms,
     pub status: ChannelStatus,
@@ -133,11 +148,35 @@ pub struct ReceiverChannel {
     pub best: Option<Promise>,
     /// The stream opened by `best`, if it opened one.
     pub stream: Option<StreamVerifier>,
+    /// `terms.sender` decoded once, on first use, with the bytes it was decoded from (the terms
+    /// are public, so the key may be replaced after the cache was filled).
+    #[serde(skip)]
+    sender_key: OnceLock<(PublicKey, Result<VerifyingKey, BadSignature>)>,
 }
+
+/// Equal when the channel state is; whether the sender key was decoded yet does not matter.
+impl PartialEq for ReceiverChannel {
+    fn eq(&self, other: &Self) -> bool {
+        self.terms == other.terms
+            && self.status == other.status
+            && self.best == other.best
+            && self.stream == other.stream
+    }
+}
+
+impl Eq for ReceiverChannel {}
 
 impl ReceiverChannel {
     pub fn new(terms: ChannelTerms) -> ReceiverChannel {
-        ReceiverChannel { terms, status: ChannelStatus::Open, best: None, stream: None }
+        ReceiverChannel { terms, status: ChannelStatus::Open, best: None, stream: None, sender_key: OnceLock::new() }
+    }
+
+    fn sender_key(&self) -> Result<VerifyingKey, BadSignature> {
+        let decode = || self.terms.sender.verifying_key().map_err(|_| BadSignature);
+        match self.sender_key.get_or_init(|| (self.terms.sender, decode())) {
+            (decoded_from, key) if *decoded_from == self.terms.sender => *key,
+            _ => decode(),
+        }
     }
 
     /// Everything accepted so far, ticks included.
@@ -179,7 +218,7 @@ impl ReceiverChannel {
             return Err(PromiseError::AboveCapacity { capacity: self.terms.capacity, got: ceiling });
         }
         // Signature last: it is the expensive check, and the cheap ones reject most garbage.
-        promise.verify(&self.terms.sender)?;
+        promise.verify_with(&self.sender_key()?)?;
         Ok(Acceptance { increment: body.amount.checked_sub(last)?, total: body.amount })
     }
 
@@ -251,6 +290,14 @@ pub struct SenderStream {
     chain: Option<HashChain>,
 }
 
+impl SenderStream {
+    /// Rebuilds a stream from what was stored; the chain is regenerated from `seed` on the
+    /// next tick.
+    pub fn restore(seed: [u8; 32], terms: StreamTerms, base: Amount, ticks_sent: u64) -> SenderStream {
+        SenderStream { seed, terms, base, ticks_sent, chain: None }
+    }
+}
+
 impl std::fmt::Debug for SenderStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SenderStream")
@@ -303,8 +350,9 @@ impl SenderChannel {
     /// open stream (its sent ticks are folded into the new amount).
     pub fn pay(&mut self, increment: Amount, key: &SigningKey) -> Result<Promise, ChannelError> {
         let total = self.next_total(increment)?;
-        let promise = PromiseBody { ledger: self.terms.ledger.clone(), channel: self.terms.id, amount: total, stream: None }
-            .sign(key);
+        let promise =
+            PromiseBody { ledger: self.terms.ledger.clone(), channel: self.terms.id, amount: total, stream: None }
+                .sign(key);
         self.latest = Some(promise.clone());
         self.stream = None;
         Ok(promise)
@@ -325,10 +373,19 @@ impl SenderChannel {
         let terms = StreamTerms { root: chain.root(), price_per_tick, max_ticks };
         let ceiling = terms.ceiling(base)?;
         if ceiling > self.terms.capacity {
-            return Err(ChannelError::InsufficientCapacity { increment, total: ceiling, capacity: self.terms.capacity });
+            return Err(ChannelError::InsufficientCapacity {
+                increment,
+                total: ceiling,
+                capacity: self.terms.capacity,
+            });
         }
-        let promise = PromiseBody { ledger: self.terms.ledger.clone(), channel: self.terms.id, amount: base, stream: Some(terms) }
-            .sign(key);
+        let promise = PromiseBody {
+            ledger: self.terms.ledger.clone(),
+            channel: self.terms.id,
+            amount: base,
+            stream: Some(terms),
+        }
+        .sign(key);
         self.latest = Some(promise.clone());
         self.stream = Some(SenderStream { seed, terms, base, ticks_sent: 0, chain: Some(chain) });
         Ok(promise)
@@ -419,7 +476,11 @@ mod tests {
 
     fn stream_promise(amount: u128, chain: &HashChain, price: u128) -> Promise {
         PromiseBody {
-            stream: Some(StreamTerms { root: chain.root(), price_per_tick: units(price), max_ticks: chain.max_ticks() }),
+            stream: Some(StreamTerms {
+                root: chain.root(),
+                price_per_tick: units(price),
+                max_ticks: chain.max_ticks(),
+            }),
             ..body(amount)
         }
         .sign(&alice())
@@ -459,7 +520,10 @@ mod tests {
         channel.accept(promise(100)).unwrap();
         let before = channel.clone();
         assert_eq!(channel.check(&promise(130)), Ok(Acceptance { increment: units(30), total: units(130) }));
-        assert_eq!(channel.check(&promise(100)), Err(PromiseError::NotIncreasing { last: units(100), got: units(100) }));
+        assert_eq!(
+            channel.check(&promise(100)),
+            Err(PromiseError::NotIncreasing { last: units(100), got: units(100) })
+        );
         assert_eq!(channel, before);
     }
 
@@ -500,7 +564,11 @@ mod tests {
     #[test]
     fn refuses_a_promise_above_capacity() {
         let mut channel = receiver();
-        refused(&mut channel, promise(CAPACITY + 1), PromiseError::AboveCapacity { capacity: units(CAPACITY), got: units(CAPACITY + 1) });
+        refused(
+            &mut channel,
+            promise(CAPACITY + 1),
+            PromiseError::AboveCapacity { capacity: units(CAPACITY), got: units(CAPACITY + 1) },
+        );
     }
 
     #[test]
@@ -544,6 +612,27 @@ mod tests {
         refused(&mut channel, promise(100), PromiseError::BadSignature(BadSignature));
     }
 
+    #[test]
+    fn a_replaced_sender_key_is_the_one_that_verifies() {
+        let mut channel = receiver();
+        channel.accept(promise(100)).unwrap();
+        // The terms are public: whoever changes the sender must not be verified against the old key.
+        channel.terms.sender = PublicKey::from(mallory().verifying_key());
+        refused(&mut channel, promise(200), PromiseError::BadSignature(BadSignature));
+        assert_eq!(channel.accept(body(200).sign(&mallory())).unwrap().increment, units(100));
+    }
+
+    #[test]
+    fn equality_is_about_the_channel_state_not_what_was_decoded() {
+        let mut used = receiver();
+        assert!(used.check(&promise(100)).is_ok());
+        assert_eq!(used, receiver());
+        used.accept(promise(100)).unwrap();
+        let restored: ReceiverChannel = serde_json::from_str(&serde_json::to_string(&used).unwrap()).unwrap();
+        assert_eq!(restored, used);
+        assert_ne!(restored, receiver());
+    }
+
     // ---- receiver: streams ----
 
     #[test]
@@ -551,7 +640,11 @@ mod tests {
         let chain = HashChain::new([4; 32], 10).unwrap();
         let mut channel = receiver();
         // 100 + 10 * 91 = 1010 > 1000, though the amount itself is well within.
-        refused(&mut channel, stream_promise(100, &chain, 91), PromiseError::AboveCapacity { capacity: units(CAPACITY), got: units(1_010) });
+        refused(
+            &mut channel,
+            stream_promise(100, &chain, 91),
+            PromiseError::AboveCapacity { capacity: units(CAPACITY), got: units(1_010) },
+        );
         assert_eq!(channel.accept(stream_promise(100, &chain, 90)).unwrap().total, units(100));
     }
 
@@ -595,7 +688,10 @@ mod tests {
         channel.accept(stream_promise(100, &chain, 20)).unwrap();
         let before = channel.clone();
         assert_eq!(channel.accept_tick(&[0; 32]), Err(ChannelError::Tick(TickError::WrongPreimage)));
-        assert_eq!(channel.accept_tick(&chain.tick(2).unwrap().preimage), Err(ChannelError::Tick(TickError::WrongPreimage)));
+        assert_eq!(
+            channel.accept_tick(&chain.tick(2).unwrap().preimage),
+            Err(ChannelError::Tick(TickError::WrongPreimage))
+        );
         assert_eq!(channel, before);
     }
 
@@ -625,7 +721,10 @@ mod tests {
         let mut channel = receiver();
         channel.accept(stream_promise(100, &chain, 20)).unwrap();
         channel.close(Timestamp(5_000)).unwrap();
-        assert_eq!(channel.accept_tick(&chain.tick(1).unwrap().preimage), Err(ChannelError::NotOpen(terms().id, "closing")));
+        assert_eq!(
+            channel.accept_tick(&chain.tick(1).unwrap().preimage),
+            Err(ChannelError::NotOpen(terms().id, "closing"))
+        );
         assert_eq!(channel.accepted(), units(100));
     }
 
@@ -653,7 +752,10 @@ mod tests {
         channel.accept(stream_promise(100, &first, 20)).unwrap();
         channel.accept_tick(&first.tick(1).unwrap().preimage).unwrap();
         assert_eq!(channel.accept(stream_promise(130, &second, 10)).unwrap().increment, units(10));
-        assert_eq!(channel.accept_tick(&first.tick(2).unwrap().preimage), Err(ChannelError::Tick(TickError::WrongPreimage)));
+        assert_eq!(
+            channel.accept_tick(&first.tick(2).unwrap().preimage),
+            Err(ChannelError::Tick(TickError::WrongPreimage))
+        );
         assert_eq!(channel.accept_tick(&second.tick(1).unwrap().preimage).unwrap().total, units(140));
     }
 
@@ -668,7 +770,11 @@ mod tests {
         assert_eq!(channel.close(Timestamp(5_000)), Ok(units(120)));
         assert_eq!(
             channel.status,
-            ChannelStatus::Closing { since: Timestamp(5_000), settle_after: Timestamp(5_000), final_amount: units(120) }
+            ChannelStatus::Closing {
+                since: Timestamp(5_000),
+                settle_after: Timestamp(5_000),
+                final_amount: units(120)
+            }
         );
         assert_eq!(channel.close(Timestamp(5_001)), Err(ChannelError::NotOpen(terms().id, "closing")));
         assert_eq!(channel.settle(Timestamp(5_000)), Ok(units(120)));
@@ -687,7 +793,11 @@ mod tests {
     #[test]
     fn top_up_raises_the_capacity_while_open() {
         let mut channel = receiver();
-        refused(&mut channel, promise(1_500), PromiseError::AboveCapacity { capacity: units(CAPACITY), got: units(1_500) });
+        refused(
+            &mut channel,
+            promise(1_500),
+            PromiseError::AboveCapacity { capacity: units(CAPACITY), got: units(1_500) },
+        );
         assert_eq!(channel.top_up(units(500)), Ok(units(1_500)));
         assert_eq!(channel.accept(promise(1_500)).unwrap().total, units(1_500));
         assert_eq!(channel.top_up(Amount::MAX), Err(ChannelError::Amount(AmountError::Overflow)));
@@ -710,7 +820,8 @@ mod tests {
 
     #[test]
     fn channel_status_json_is_tagged_by_state() {
-        let closing = ChannelStatus::Closing { since: Timestamp(1), settle_after: Timestamp(2), final_amount: units(3) };
+        let closing =
+            ChannelStatus::Closing { since: Timestamp(1), settle_after: Timestamp(2), final_amount: units(3) };
         let json = serde_json::to_string(&closing).unwrap();
         assert_eq!(json, r#"{"state":"closing","since":1,"settle_after":2,"final_amount":"3"}"#);
         assert_eq!(serde_json::from_str::<ChannelStatus>(&json).unwrap(), closing);
@@ -741,7 +852,11 @@ mod tests {
         let before = channel.latest.clone();
         assert_eq!(
             channel.pay(units(101), &alice()),
-            Err(ChannelError::InsufficientCapacity { increment: units(101), total: units(1_001), capacity: units(CAPACITY) })
+            Err(ChannelError::InsufficientCapacity {
+                increment: units(101),
+                total: units(1_001),
+                capacity: units(CAPACITY)
+            })
         );
         assert_eq!(channel.pay(Amount::MAX, &alice()), Err(ChannelError::Amount(AmountError::Overflow)));
         assert_eq!(channel.latest, before);
@@ -764,7 +879,10 @@ mod tests {
         let id = terms().id;
         assert_eq!(channel.pay(units(1), &alice()), Err(ChannelError::NotOpen(id, "closing")));
         assert_eq!(channel.next_tick(), Err(ChannelError::NotOpen(id, "closing")));
-        assert_eq!(channel.open_stream(units(1), units(1), 1, [9; 32], &alice()), Err(ChannelError::NotOpen(id, "closing")));
+        assert_eq!(
+            channel.open_stream(units(1), units(1), 1, [9; 32], &alice()),
+            Err(ChannelError::NotOpen(id, "closing"))
+        );
         assert_eq!(channel.top_up(units(1)), Err(ChannelError::NotOpen(id, "closing")));
     }
 
@@ -774,8 +892,14 @@ mod tests {
         channel.pay(units(100), &alice()).unwrap();
         assert_eq!(channel.close(Timestamp(5_000)), Ok(units(100)));
         let settle_after = Timestamp(5_000 + 3_600);
-        assert_eq!(channel.status, ChannelStatus::Closing { since: Timestamp(5_000), settle_after, final_amount: units(100) });
-        assert_eq!(channel.settle(Timestamp(8_599)), Err(ChannelError::SettlementPeriodRunning { id: terms().id, settle_after }));
+        assert_eq!(
+            channel.status,
+            ChannelStatus::Closing { since: Timestamp(5_000), settle_after, final_amount: units(100) }
+        );
+        assert_eq!(
+            channel.settle(Timestamp(8_599)),
+            Err(ChannelError::SettlementPeriodRunning { id: terms().id, settle_after })
+        );
         assert_eq!(channel.settle(Timestamp(8_600)), Ok(units(100)));
         assert_eq!(channel.status, ChannelStatus::Settled { at: Timestamp(8_600), amount: units(100) });
     }
@@ -785,9 +909,16 @@ mod tests {
         let mut channel = sender();
         assert_eq!(
             channel.open_stream(units(100), units(91), 10, [9; 32], &alice()),
-            Err(ChannelError::InsufficientCapacity { increment: units(100), total: units(1_010), capacity: units(CAPACITY) })
+            Err(ChannelError::InsufficientCapacity {
+                increment: units(100),
+                total: units(1_010),
+                capacity: units(CAPACITY)
+            })
         );
-        assert_eq!(channel.open_stream(units(100), units(1), 0, [9; 32], &alice()), Err(ChannelError::Tick(TickError::BadLength(0))));
+        assert_eq!(
+            channel.open_stream(units(100), units(1), 0, [9; 32], &alice()),
+            Err(ChannelError::Tick(TickError::BadLength(0)))
+        );
         assert_eq!(channel.open_stream(Amount::ZERO, units(1), 1, [9; 32], &alice()), Err(ChannelError::ZeroPayment));
         assert!(channel.stream.is_none() && channel.latest.is_none());
     }

@@ -109,9 +109,9 @@ impl LedgerId {
 
     pub fn new(id: &str) -> Result<LedgerId, IdError> {
         let valid = (1..=Self::MAX_LEN).contains(&id.len())
-            && id.bytes().all(|b| {
-                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b':' | b'-' | b'_' | b'.')
-            });
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b':' | b'-' | b'_' | b'.'));
         if valid { Ok(LedgerId(id.to_owned())) } else { Err(IdError::BadLedgerId(id.to_owned())) }
     }
 
@@ -168,13 +168,18 @@ mod tests {
     #[test]
     fn hex_of_the_wrong_length_or_alphabet_is_refused() {
         let bad = IdError::BadHex { what: "a channel id", len: 64 };
-        for text in ["", "00", &"0".repeat(63), &"0".repeat(65), &"0".repeat(66), &"g".repeat(64), &format!("0x{}", "0".repeat(62))] {
+        for text in [
+            "",
+            "00",
+            &"0".repeat(63),
+            &"0".repeat(65),
+            &"0".repeat(66),
+            &"g".repeat(64),
+            &format!("0x{}", "0".repeat(62)),
+        ] {
             assert_eq!(text.parse::<ChannelId>(), Err(bad.clone()), "{text:?}");
         }
-        assert_eq!(
-            "zz".parse::<PublicKey>(),
-            Err(IdError::BadHex { what: "a public key", len: 64 })
-        );
+        assert_eq!("zz".parse::<PublicKey>(), Err(IdError::BadHex { what: "a public key", len: 64 }));
     }
 
     #[test]
@@ -212,7 +217,9 @@ mod tests {
 
     #[test]
     fn ledger_ids_are_validated() {
-        for good in ["credit", "ethereum:31337:0x5fbdb2315678afecb367f032d93f642f64180aa3", "a", "x-y_z.w", &"a".repeat(64)] {
+        for good in
+            ["credit", "ethereum:31337:0x5fbdb2315678afecb367f032d93f642f64180aa3", "a", "x-y_z.w", &"a".repeat(64)]
+        {
             let id = LedgerId::new(good).unwrap();
             assert_eq!(id.as_str(), good);
             assert_eq!(id.to_string(), good);

@@ -17,7 +17,9 @@ pub mod time;
 pub use amount::{Amount, AmountError, Currency};
 pub use approval::{Approval, ApprovalError, ApprovalState, BUDGET_PRINCIPAL, SpendOutcome, Verdict, committed_since};
 pub use budget::{Budget, BudgetError, Decision, DenyReason, Period, SpendRequest, Subject, evaluate};
-pub use channel::{Acceptance, ChannelError, ChannelStatus, ChannelTerms, PromiseError, ReceiverChannel, SenderChannel};
+pub use channel::{
+    Acceptance, ChannelError, ChannelStatus, ChannelTerms, PromiseError, ReceiverChannel, SenderChannel,
+};
 pub use ids::{ChannelId, IdError, LedgerId, PublicKey};
 pub use promise::{Promise, PromiseBody, Signature, StreamTerms};
 pub use spending::{Direction, GroupBy, ReportRow, SpendingEntry};

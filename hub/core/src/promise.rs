@@ -3,7 +3,7 @@
 //! The signed bytes are canonical and domain-separated, so a signature made for a promise can
 //! never be replayed as anything else, nor on another ledger or channel.
 
-use ed25519_dalek::{Signature as DalekSignature, Signer, SigningKey};
+use ed25519_dalek::{Signature as DalekSignature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 use crate::amount::Amount;
@@ -181,6 +181,12 @@ impl Promise {
     /// Checks the signature against `sender` (strict verification: no malleable signatures).
     pub fn verify(&self, sender: &PublicKey) -> Result<(), BadSignature> {
         let key = sender.verifying_key().map_err(|_| BadSignature)?;
+        self.verify_with(&key)
+    }
+
+    /// As [`Promise::verify`], with the sender's key already decoded (decoding a key costs
+    /// about a third of a verification, so channels keep theirs).
+    pub fn verify_with(&self, key: &VerifyingKey) -> Result<(), BadSignature> {
         let signature = DalekSignature::from_bytes(&self.signature.0);
         key.verify_strict(&self.body.canonical_bytes(), &signature).map_err(|_| BadSignature)
     }
@@ -276,7 +282,11 @@ mod tests {
         for body in [plain(), streamed()] {
             let bytes = body.canonical_bytes();
             for len in 0..bytes.len() {
-                assert_eq!(PromiseBody::from_canonical_bytes(&bytes[..len]), Err(DecodeError::Truncated), "length {len}");
+                assert_eq!(
+                    PromiseBody::from_canonical_bytes(&bytes[..len]),
+                    Err(DecodeError::Truncated),
+                    "length {len}"
+                );
             }
         }
     }

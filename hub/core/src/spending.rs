@@ -71,9 +71,12 @@ pub fn report<'a>(
             GroupBy::Payee => entry.counterparty.clone(),
             GroupBy::Day => entry.at.date_string(),
         };
-        let row = rows
-            .entry(key)
-            .or_insert_with_key(|key| ReportRow { key: key.clone(), paid: Amount::ZERO, received: Amount::ZERO, payments: 0 });
+        let row = rows.entry(key).or_insert_with_key(|key| ReportRow {
+            key: key.clone(),
+            paid: Amount::ZERO,
+            received: Amount::ZERO,
+            payments: 0,
+        });
         match entry.direction {
             Direction::Out => row.paid = row.paid.checked_add(entry.amount)?,
             Direction::In => row.received = row.received.checked_add(entry.amount)?,
@@ -84,7 +87,11 @@ pub fn report<'a>(
 }
 
 /// What `subject` paid out since `since` (the start of its budget period).
-pub fn spent_since<'a>(entries: impl IntoIterator<Item = &'a SpendingEntry>, subject: &Subject, since: Timestamp) -> Result<Amount, AmountError> {
+pub fn spent_since<'a>(
+    entries: impl IntoIterator<Item = &'a SpendingEntry>,
+    subject: &Subject,
+    since: Timestamp,
+) -> Result<Amount, AmountError> {
     entries
         .into_iter()
         .filter(|e| e.direction == Direction::Out && &e.subject == subject && e.at >= since)
@@ -146,7 +153,12 @@ mod tests {
         let rows = report(&ledger(), GroupBy::Payee, None, None).unwrap();
         assert_eq!(
             rows,
-            vec![row("forecaster", 8, 0, 2), row("grid", 0, 30, 1), row("grocer", 150, 0, 2), row("neighbour", 0, 5, 1)]
+            vec![
+                row("forecaster", 8, 0, 2),
+                row("grid", 0, 30, 1),
+                row("grocer", 150, 0, 2),
+                row("neighbour", 0, 5, 1)
+            ]
         );
     }
 

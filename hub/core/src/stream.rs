@@ -133,7 +133,10 @@ mod tests {
     #[test]
     fn a_chain_must_have_one_to_the_maximum_ticks() {
         assert_eq!(HashChain::new([0; 32], 0).unwrap_err(), TickError::BadLength(0));
-        assert_eq!(HashChain::new([0; 32], MAX_STREAM_TICKS + 1).unwrap_err(), TickError::BadLength(MAX_STREAM_TICKS + 1));
+        assert_eq!(
+            HashChain::new([0; 32], MAX_STREAM_TICKS + 1).unwrap_err(),
+            TickError::BadLength(MAX_STREAM_TICKS + 1)
+        );
         assert_eq!(HashChain::new([0; 32], u64::MAX).unwrap_err(), TickError::BadLength(u64::MAX));
         assert_eq!(HashChain::new([0; 32], 1).unwrap().max_ticks(), 1);
     }

@@ -4,7 +4,8 @@
 //! are written in one atomic batch. Keys are a one-byte kind and a sortable id:
 //!
 //! ```text
-//! c <channel id>           ChannelRecord      (this hub's side of a channel)
+//! c <channel id>           ChannelRecord      (this hub's side of a channel: terms, status)
+//! p <channel id>           progress           (best promise, stream position; see progress.rs)
 //! b <subject>              Budget
 //! a <approval id, u64 BE>  Approval
 //! s <at, u64 BE><seq BE>   SpendingEntry      (time-ordered, so reports read a range)
@@ -14,6 +15,8 @@
 //! await the commit before they tell anyone the write happened.
 
 mod commit;
+mod progress;
+mod wal;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,8 +29,11 @@ use commit::GroupCommit;
 /// The on-disk format this code reads and writes.
 pub const FORMAT_VERSION: &str = "1";
 const FORMAT_KEY: &[u8] = b"format";
+/// The write-ahead log, inside sled's directory so the store stays one directory.
+const WAL_FILE: &str = "machinomy.wal";
 
 const CHANNEL: u8 = b'c';
+const PROGRESS: u8 = b'p';
 const BUDGET: u8 = b'b';
 const APPROVAL: u8 = b'a';
 const SPENDING: u8 = b's';
@@ -86,7 +92,10 @@ pub struct Settlement {
 /// One write in an atomic batch.
 #[derive(Debug)]
 pub enum Write<'a> {
+    /// The whole channel: terms, status and progress.
     Channel(&'a ChannelRecord),
+    /// Only what a payment changes (the promise, the stream position): the hot path.
+    Progress(&'a ChannelRecord),
     Budget(&'a Budget),
     Approval(&'a Approval),
     Spending(&'a SpendingEntry),
@@ -109,7 +118,12 @@ struct Inner {
 impl Store {
     /// Opens the store at `path`, creating it if the directory is empty.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let db = sled::Config::new().path(path).mode(sled::Mode::HighThroughput).open().map_err(|e| match e {
+        let db = sled::Config::new()
+            .path(path)
+            .mode(sled::Mode::HighThroughput)
+            // Commits are made durable by the write-ahead log; sled persists in the background.
+            .flush_every_ms(Some(1000))
+            .open().map_err(|e| match e {
             sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock => {
                 StoreError::Locked { path: path.to_owned() }
             }
@@ -130,16 +144,30 @@ impl Store {
             }
         }
         let books = db.open_tree("books")?;
-        let commit = GroupCommit::start(db.clone()).map_err(|e| StoreError::Io(e.to_string()))?;
+        let wal_path = path.join(WAL_FILE);
+        let io = |e: std::io::Error| StoreError::Io(format!("{}: {e}", wal_path.display()));
+        let (mut wal, unapplied) = wal::Wal::open(&wal_path).map_err(io)?;
+        if !unapplied.is_empty() {
+            for batch in &unapplied {
+                commit::apply(&books, batch)?;
+            }
+            commit::checkpoint(&db, &mut wal).map_err(StoreError::Io)?;
+        }
+        let commit = GroupCommit::start(db.clone(), books.clone(), wal).map_err(io)?;
         Ok(Store { inner: Arc::new(Inner { db, books, commit }) })
     }
 
-    /// Writes all records in one atomic batch. Not yet durable: await [`Store::commit`].
+    /// Queues all records as one atomic batch. Not yet durable, nor visible to reads: await
+    /// [`Store::commit`], which returns once this batch is applied and on disk.
     pub fn write(&self, writes: &[Write<'_>]) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
+        let mut batch = Vec::with_capacity(writes.len() + 1);
         for write in writes {
             let (key, value) = match write {
-                Write::Channel(record) => (key(CHANNEL, record.id().as_bytes()), encode(record)?),
+                Write::Channel(record) => {
+                    batch.push((key(PROGRESS, record.id().as_bytes()), encode_progress(record)));
+                    (key(CHANNEL, record.id().as_bytes()), encode(record)?)
+                }
+                Write::Progress(record) => (key(PROGRESS, record.id().as_bytes()), encode_progress(record)),
                 Write::Budget(budget) => (key(BUDGET, budget.subject.to_string().as_bytes()), encode(budget)?),
                 Write::Approval(approval) => (key(APPROVAL, &approval.id.to_be_bytes()), encode(approval)?),
                 Write::Spending(entry) => {
@@ -150,10 +178,9 @@ impl Store {
                 }
                 Write::Settlement(s) => (key(SETTLEMENT, s.channel.as_bytes()), encode(s)?),
             };
-            batch.insert(key, value);
+            batch.push((key, value));
         }
-        self.inner.books.apply_batch(batch)?;
-        Ok(())
+        self.inner.commit.write(batch)
     }
 
     /// Waits until every write made before this call is on disk (fsynced). Concurrent callers
@@ -168,11 +195,22 @@ impl Store {
     }
 
     pub fn channels(&self) -> Result<Vec<ChannelRecord>, StoreError> {
-        self.scan(CHANNEL)
+        self.scan(CHANNEL)?.into_iter().map(|record| self.with_progress(record)).collect()
     }
 
     pub fn channel(&self, id: &ChannelId) -> Result<Option<ChannelRecord>, StoreError> {
-        self.get(&key(CHANNEL, id.as_bytes()))
+        self.get(&key(CHANNEL, id.as_bytes()))?.map(|record| self.with_progress(record)).transpose()
+    }
+
+    fn with_progress(&self, mut record: ChannelRecord) -> Result<ChannelRecord, StoreError> {
+        let progress_key = key(PROGRESS, record.id().as_bytes());
+        let Some(bytes) = self.inner.books.get(&progress_key)? else { return Ok(record) };
+        let applied = match &mut record {
+            ChannelRecord::Sender(c) => progress::apply_sender(c, &bytes),
+            ChannelRecord::Receiver(c) => progress::apply_receiver(c, &bytes),
+        };
+        applied.map_err(|message| corrupt(&progress_key, &message))?;
+        Ok(record)
     }
 
     pub fn budgets(&self) -> Result<Vec<Budget>, StoreError> {
@@ -250,6 +288,13 @@ fn key(kind: u8, id: &[u8]) -> Vec<u8> {
     key.push(kind);
     key.extend_from_slice(id);
     key
+}
+
+fn encode_progress(record: &ChannelRecord) -> Vec<u8> {
+    match record {
+        ChannelRecord::Sender(c) => progress::encode_sender(c),
+        ChannelRecord::Receiver(c) => progress::encode_receiver(c),
+    }
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
