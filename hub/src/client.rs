@@ -34,11 +34,16 @@ impl Client {
         let addr = datadir::read_api_addr(data_dir)
             .ok_or_else(|| ClientError::NotRunning(data_dir.join(datadir::RUN_DIR).display().to_string()))?;
         let token = datadir::read_admin_token(data_dir)?;
-        Ok(Client::new(&format!("http://{addr}"), &token))
+        Client::new(&format!("http://{addr}"), &token)
     }
 
-    pub fn new(base: &str, token: &str) -> Client {
-        Client { base: base.trim_end_matches('/').to_owned(), token: token.to_owned(), http: reqwest::Client::new() }
+    pub fn new(base: &str, token: &str) -> Result<Client, ClientError> {
+        // The admin API is local: never hand the admin token to an HTTP proxy from the environment.
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .map_err(|e| ClientError::Unreachable { url: base.to_owned(), message: error_chain(&e) })?;
+        Ok(Client { base: base.trim_end_matches('/').to_owned(), token: token.to_owned(), http })
     }
 
     pub fn base(&self) -> &str {
@@ -71,7 +76,7 @@ impl Client {
             .bearer_auth(&self.token)
             .send()
             .await
-            .map_err(|e| ClientError::Unreachable { url: self.base.clone(), message: e.to_string() })?;
+            .map_err(|e| ClientError::Unreachable { url: self.base.clone(), message: error_chain(&e) })?;
         if response.status().is_success() {
             return Ok(response);
         }
@@ -87,4 +92,17 @@ impl Client {
         let response = self.send(request).await?;
         response.json().await.map_err(|e| ClientError::BadAnswer(e.to_string()))
     }
+}
+
+/// An error with its causes, `a: b: c`, so "connection refused" is not lost behind
+/// "error sending request".
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
 }

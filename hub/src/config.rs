@@ -218,6 +218,12 @@ impl RawConfig {
             // A relative data dir is relative to the config file, not to wherever the hub was started.
             Some(dir) if dir.is_relative() => path.parent().unwrap_or(Path::new(".")).join(dir),
             Some(dir) => dir,
+            None if default_data_dir.as_os_str().is_empty() => {
+                return Err(key_error(
+                    "hub.data_dir",
+                    "is not set, and there is no HOME or XDG_DATA_HOME to default to".to_owned(),
+                ));
+            }
             None => default_data_dir.to_owned(),
         };
         let approval_ttl_secs = self.hub.approval_ttl_secs.unwrap_or(24 * 3600);
@@ -332,5 +338,26 @@ mod tests {
     fn relative_data_dir_is_relative_to_the_config_file() {
         let config = parse("[hub]\ndata_dir = \"data\"\n").unwrap();
         assert_eq!(config.hub.data_dir, Path::new("/etc/machinomy/data"));
+    }
+}
+
+#[cfg(test)]
+mod example {
+    use super::*;
+
+    /// The shipped example documents every key; it must parse, and to the values it shows.
+    #[test]
+    fn the_shipped_example_config_parses() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/hub.example.toml"));
+        let config = Config::load(path, Path::new("/unused")).unwrap();
+        assert_eq!(config.hub.name, "machinomy-hub");
+        assert_eq!(config.hub.data_dir, Path::new("/var/lib/machinomy"));
+        assert_eq!(config.hub.approval_ttl_secs, 86_400);
+        assert_eq!(config.hub.max_pending_approvals, 1000);
+        assert_eq!(config.web.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.credit.currency, Currency::usd());
+        assert_eq!(config.credit.settlement_period_secs, 86_400);
+        assert_eq!(config.budgets.len(), 1);
+        assert_eq!(config.budgets[0].auto_approve, Amount::from_base_units(2_500_000_000));
     }
 }

@@ -71,7 +71,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     hub.data_dir().write_api_addr(addr)?;
     info!(%addr, "admin API listening");
 
-    let auth = machinomy_web::AdminAuth::new(hub.data_dir().admin_token().to_owned()).map_err(DaemonError::Auth)?;
+    let auth = machinomy_web::AdminAuth::new(hub.data_dir().admin_token()).map_err(DaemonError::Auth)?;
     let app = machinomy_web::router(Arc::new(hub.clone()), auth);
     let server_stop = Shutdown(stop_rx.clone());
     let server = tokio::spawn(async move {

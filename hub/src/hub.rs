@@ -79,7 +79,8 @@ impl Hub {
         &self.inner.payments
     }
 
-    /// Flushes the books and stops the store; the last thing the daemon does.
+    /// Flushes the books and stops the store; the last thing the daemon does. The store's lock
+    /// is released when the last clone of the hub is dropped.
     pub async fn close(&self) -> Result<(), HubError> {
         self.inner.payments.store().close().await?;
         Ok(())

@@ -31,7 +31,11 @@ pub(crate) struct Args {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the hub daemon (creates config, keys and data dir on first run)
-    Run,
+    Run {
+        /// Serve the web UI and API here instead of `web.listen` (e.g. 127.0.0.1:0 for any free port)
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+    },
     /// Create the config, data dir, identity key and admin token, then exit
     Init,
     /// Ask the running hub how it is
@@ -134,17 +138,25 @@ pub(crate) fn execute(args: Args) -> Result<()> {
     runtime.block_on(dispatch(args))
 }
 
+/// The config file and the default data dir. With `--config`, no home directory is needed as
+/// long as the config names its data dir (a system service runs like that).
 fn paths(args: &Args) -> Result<(PathBuf, PathBuf)> {
-    let defaults = DefaultPaths::from_env()?;
-    Ok((args.config.clone().unwrap_or(defaults.config_file), defaults.data_dir))
+    match (DefaultPaths::from_env(), &args.config) {
+        (Ok(defaults), config) => Ok((config.clone().unwrap_or(defaults.config_file), defaults.data_dir)),
+        (Err(_), Some(config)) => Ok((config.clone(), PathBuf::new())),
+        (Err(e), None) => Err(e.into()),
+    }
 }
 
 async fn dispatch(args: Args) -> Result<()> {
     let (config_path, default_data) = paths(&args)?;
     match &args.command {
-        Command::Run => {
+        Command::Run { listen } => {
             init_logging();
-            let (config, created) = Config::load_or_create(&config_path, &default_data)?;
+            let (mut config, created) = Config::load_or_create(&config_path, &default_data)?;
+            if let Some(listen) = listen {
+                config.web.listen = *listen;
+            }
             if created {
                 tracing::info!(config = %config_path.display(), "first run: wrote a default config");
             }
@@ -167,7 +179,7 @@ async fn dispatch(args: Args) -> Result<()> {
 
 async fn admin(command: &Command, client: &Client, json: bool) -> Result<()> {
     match command {
-        Command::Run | Command::Init => bail!("not an admin command"),
+        Command::Run { .. } | Command::Init => bail!("not an admin command"),
         Command::Status => {
             let status: HubStatus = client.get("/api/v1/status").await?;
             output::show(json, &status, || output::status(&status, client.base()))

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: set up the machine, then formatting, lints and every test
+# (unit, property, handler, end-to-end against real hub processes, benchmarks in test mode).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packaging/setup-dev.sh
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --all-targets --locked
+cargo test --workspace --doc --locked

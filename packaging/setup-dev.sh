@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs what a fresh Debian machine lacks to build and test the hub. Idempotent: it checks
+# before it installs, so running it again costs a second. Run by packaging/run-tests.sh.
+set -euo pipefail
+
+say() { printf 'setup-dev: %s\n' "$*"; }
+
+sudo_if_needed() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# --- Debian packages --------------------------------------------------------------------------
+# build-essential, pkg-config: C toolchain for -sys crates.
+apt_packages=(build-essential pkg-config ca-certificates)
+missing=()
+for pkg in "${apt_packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    say "installing ${missing[*]}"
+    sudo_if_needed apt-get update -q
+    sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# --- Rust -------------------------------------------------------------------------------------
+# The toolchain comes from rustup (Rust 1.95, see rust-version in Cargo.toml); rustup itself
+# cannot be fetched from here, so its absence is an error with a clear message.
+if ! command -v cargo >/dev/null 2>&1; then
+    say "cargo not found: install Rust 1.95 with rustup (https://rustup.rs), then run this again" >&2
+    exit 1
+fi
+for component in rustfmt clippy; do
+    if ! rustup component list --installed 2>/dev/null | grep -q "^${component}"; then
+        say "adding the ${component} component"
+        rustup component add "$component"
+    fi
+done
+
+say "ready"
