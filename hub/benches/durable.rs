@@ -2,6 +2,8 @@
 //! 1, 8 and 64 channels accepting concurrently, against raw ed25519 verification measured in the
 //! same run. Prints `ratio durable_accepts_64/raw_verify = …` lines; goal ≥ 0.7 at 64 channels.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a benchmark stops at the first failure
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,8 +50,13 @@ async fn setup(channels: usize, per_channel: usize) -> Setup {
         promises.push(
             (1..=per_channel as u128)
                 .map(|n| {
-                    PromiseBody { ledger: terms.ledger.clone(), channel, amount: Amount::from_base_units(n), stream: None }
-                        .sign(&sender)
+                    PromiseBody {
+                        ledger: terms.ledger.clone(),
+                        channel,
+                        amount: Amount::from_base_units(n),
+                        stream: None,
+                    }
+                    .sign(&sender)
                 })
                 .collect(),
         );

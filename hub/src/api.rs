@@ -17,7 +17,9 @@ impl From<PaymentError> for BackendError {
             PaymentError::Approval(_)
             | PaymentError::NotPayable(_)
             | PaymentError::Channel(ChannelError::NotOpen(..) | ChannelError::NotClosing(_))
-            | PaymentError::Channel(ChannelError::SettlementPeriodRunning { .. }) => BackendError::Conflict(e.to_string()),
+            | PaymentError::Channel(ChannelError::SettlementPeriodRunning { .. }) => {
+                BackendError::Conflict(e.to_string())
+            }
             PaymentError::Store(_) => BackendError::Internal(e.to_string()),
             _ => BackendError::Invalid(e.to_string()),
         }

@@ -149,8 +149,8 @@ impl Config {
     /// Reads and validates the config at `path`. `default_data_dir` applies when the file does
     /// not set `hub.data_dir`.
     pub fn load(path: &Path, default_data_dir: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Config::parse(&text, path, default_data_dir)
     }
 
@@ -205,7 +205,8 @@ fn one_line(message: &str) -> String {
 
 impl RawConfig {
     fn validate(self, path: &Path, default_data_dir: &Path) -> Result<Config, ConfigError> {
-        let key_error = |key: &str, message: String| ConfigError::Key { path: path.to_owned(), key: key.to_owned(), message };
+        let key_error =
+            |key: &str, message: String| ConfigError::Key { path: path.to_owned(), key: key.to_owned(), message };
 
         let name = self.hub.name.unwrap_or_else(|| "machinomy-hub".to_owned());
         if name.trim().is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
@@ -242,9 +243,12 @@ impl RawConfig {
 
         let code = self.ledger.credit.currency.unwrap_or_else(|| "USD".to_owned());
         let decimals = self.ledger.credit.decimals.unwrap_or(9);
-        let currency = Currency::new(&code, decimals).map_err(|e| key_error("ledger.credit.currency", e.to_string()))?;
+        let currency =
+            Currency::new(&code, decimals).map_err(|e| key_error("ledger.credit.currency", e.to_string()))?;
         let max_credit_per_peer = match self.ledger.credit.max_credit_per_peer {
-            Some(text) => currency.parse(&text).map_err(|e| key_error("ledger.credit.max_credit_per_peer", e.to_string()))?,
+            Some(text) => {
+                currency.parse(&text).map_err(|e| key_error("ledger.credit.max_credit_per_peer", e.to_string()))?
+            }
             None => currency.parse("10").map_err(|e| key_error("ledger.credit.max_credit_per_peer", e.to_string()))?,
         };
         let settlement_period_secs = self.ledger.credit.settlement_period_secs.unwrap_or(24 * 3600);
@@ -252,11 +256,19 @@ impl RawConfig {
         let mut budgets: Vec<Budget> = Vec::with_capacity(self.budget.len());
         for (i, raw) in self.budget.into_iter().enumerate() {
             let key = |field: &str| format!("budget[{i}].{field}");
-            let subject: Subject = raw.subject.parse().map_err(|e: machinomy_core::BudgetError| key_error(&key("subject"), e.to_string()))?;
-            let period: Period = raw.period.parse().map_err(|e: machinomy_core::BudgetError| key_error(&key("period"), e.to_string()))?;
+            let subject: Subject = raw
+                .subject
+                .parse()
+                .map_err(|e: machinomy_core::BudgetError| key_error(&key("subject"), e.to_string()))?;
+            let period: Period = raw
+                .period
+                .parse()
+                .map_err(|e: machinomy_core::BudgetError| key_error(&key("period"), e.to_string()))?;
             let limit = currency.parse(&raw.limit).map_err(|e| key_error(&key("limit"), e.to_string()))?;
-            let auto_approve = currency.parse(&raw.auto_approve).map_err(|e| key_error(&key("auto_approve"), e.to_string()))?;
-            let budget = Budget::new(subject, period, limit, auto_approve).map_err(|e| key_error(&key("auto_approve"), e.to_string()))?;
+            let auto_approve =
+                currency.parse(&raw.auto_approve).map_err(|e| key_error(&key("auto_approve"), e.to_string()))?;
+            let budget = Budget::new(subject, period, limit, auto_approve)
+                .map_err(|e| key_error(&key("auto_approve"), e.to_string()))?;
             if budgets.iter().any(|b| b.subject == budget.subject) {
                 return Err(key_error(&key("subject"), format!("{} has a budget already", budget.subject)));
             }
@@ -302,9 +314,11 @@ mod tests {
         let err = parse("[web]\nlisten = \"not an address\"\n").unwrap_err().to_string();
         assert!(err.contains("web.listen"), "{err}");
         assert!(err.contains("/etc/machinomy/hub.toml"), "{err}");
-        let err = parse("[[budget]]\nsubject = \"device:x\"\nperiod = \"fortnight\"\nlimit = \"1\"\nauto_approve = \"0.1\"\n")
-            .unwrap_err()
-            .to_string();
+        let err = parse(
+            "[[budget]]\nsubject = \"device:x\"\nperiod = \"fortnight\"\nlimit = \"1\"\nauto_approve = \"0.1\"\n",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("budget[0].period"), "{err}");
     }
 

@@ -74,9 +74,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let auth = machinomy_web::AdminAuth::new(hub.data_dir().admin_token()).map_err(DaemonError::Auth)?;
     let app = machinomy_web::router(Arc::new(hub.clone()), auth);
     let server_stop = Shutdown(stop_rx.clone());
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app).with_graceful_shutdown(server_stop.wait()).await
-    });
+    let server =
+        tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(server_stop.wait()).await });
     let sweeper = tokio::spawn(expire_approvals(hub.clone(), Shutdown(stop_rx)));
 
     let reason = match signal.await {

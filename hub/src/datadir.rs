@@ -27,9 +27,13 @@ pub const API_ADDR_FILE: &str = "api.addr";
 pub enum DataDirError {
     #[error("data dir {0} is not a directory")]
     NotADirectory(PathBuf),
-    #[error("data dir {dir} has data but no {IDENTITY_FILE}; refusing to create a new identity over it (restore the key, or move the directory away to start afresh)")]
+    #[error(
+        "data dir {dir} has data but no {IDENTITY_FILE}; refusing to create a new identity over it (restore the key, or move the directory away to start afresh)"
+    )]
     MissingIdentity { dir: PathBuf },
-    #[error("data dir {dir} has an identity but no {STORE_DIR}/; refusing to start with empty books (restore the store, or move the directory away to start afresh)")]
+    #[error(
+        "data dir {dir} has an identity but no {STORE_DIR}/; refusing to start with empty books (restore the store, or move the directory away to start afresh)"
+    )]
     MissingStore { dir: PathBuf },
     #[error("{path} is corrupt: {reason}")]
     Corrupt { path: PathBuf, reason: String },
@@ -169,8 +173,7 @@ fn random<const N: usize>() -> Result<[u8; N], DataDirError> {
 }
 
 fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), DataDirError> {
-    let mut file =
-        fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io(path))?;
+    let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io(path))?;
     file.write_all(format!("{}\n", hex::encode(bytes)).as_bytes()).map_err(io(path))?;
     file.sync_all().map_err(io(path))
 }
@@ -181,8 +184,8 @@ fn read_secret<const N: usize>(path: &Path) -> Result<[u8; N], DataDirError> {
     if mode & 0o077 != 0 {
         return Err(DataDirError::TooOpen { path: path.to_owned(), mode });
     }
-    let text = fs::read_to_string(path)
-        .map_err(|e| DataDirError::Corrupt { path: path.to_owned(), reason: e.to_string() })?;
+    let text =
+        fs::read_to_string(path).map_err(|e| DataDirError::Corrupt { path: path.to_owned(), reason: e.to_string() })?;
     let mut bytes = [0u8; N];
     hex::decode_to_slice(text.trim(), &mut bytes).map_err(|_| DataDirError::Corrupt {
         path: path.to_owned(),

@@ -59,7 +59,8 @@ impl Hub {
             max_pending_approvals: config.hub.max_pending_approvals,
         };
         let payments = Payments::open(store, data_dir.identity().clone(), ledger, settings, &config.budgets).await?;
-        let hub = Hub { inner: Arc::new(HubInner { name: config.hub.name.clone(), started_at: now(), data_dir, payments }) };
+        let hub =
+            Hub { inner: Arc::new(HubInner { name: config.hub.name.clone(), started_at: now(), data_dir, payments }) };
         Ok((hub, created))
     }
 

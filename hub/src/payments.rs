@@ -117,11 +117,8 @@ impl Payments {
         settings: PaymentSettings,
         budgets: &[Budget],
     ) -> Result<Payments, PaymentError> {
-        let channels = store
-            .channels()?
-            .into_iter()
-            .map(|record| (record.id(), Arc::new(Mutex::new(record))))
-            .collect();
+        let channels =
+            store.channels()?.into_iter().map(|record| (record.id(), Arc::new(Mutex::new(record)))).collect();
         let pending = store.approvals()?.into_iter().filter(Approval::is_pending).map(|a| (a.id, a)).collect();
         let next_approval_id = store.next_approval_id()?;
         let writes: Vec<Write<'_>> = budgets.iter().map(Write::Budget).collect();
@@ -231,7 +228,12 @@ impl Payments {
 
     /// As receiver: accepts a promise. The answer comes only once the promise and its
     /// spending-ledger row are on disk.
-    pub async fn accept(&self, promise: Promise, meta: &IncomingMeta, now: Timestamp) -> Result<Acceptance, PaymentError> {
+    pub async fn accept(
+        &self,
+        promise: Promise,
+        meta: &IncomingMeta,
+        now: Timestamp,
+    ) -> Result<Acceptance, PaymentError> {
         let id = promise.body.channel;
         let slot = self.channel_slot(&id).map_err(|_| PromiseError::UnknownChannel(id))?;
         let acceptance = {
@@ -250,7 +252,13 @@ impl Payments {
     }
 
     /// As receiver: accepts the next tick of the channel's open stream. Durable before it returns.
-    pub async fn accept_tick(&self, id: ChannelId, preimage: &[u8; 32], meta: &IncomingMeta, now: Timestamp) -> Result<Acceptance, PaymentError> {
+    pub async fn accept_tick(
+        &self,
+        id: ChannelId,
+        preimage: &[u8; 32],
+        meta: &IncomingMeta,
+        now: Timestamp,
+    ) -> Result<Acceptance, PaymentError> {
         let slot = self.channel_slot(&id)?;
         let acceptance = {
             let mut record = slot.lock().map_err(|_| poisoned())?;
@@ -295,8 +303,15 @@ impl Payments {
     /// As sender: signs a promise paying `increment` more on channel `id`. The promise, the
     /// spending-ledger row and (if given) the approval's outcome are on disk before the promise
     /// is returned to be sent.
-    pub async fn pay(&self, id: ChannelId, increment: Amount, meta: &OutgoingMeta, now: Timestamp) -> Result<Promise, PaymentError> {
-        self.update_sender(id, meta, now, |channel, identity| channel.pay(increment, identity).map(|p| (p, increment))).await
+    pub async fn pay(
+        &self,
+        id: ChannelId,
+        increment: Amount,
+        meta: &OutgoingMeta,
+        now: Timestamp,
+    ) -> Result<Promise, PaymentError> {
+        self.update_sender(id, meta, now, |channel, identity| channel.pay(increment, identity).map(|p| (p, increment)))
+            .await
     }
 
     /// As sender: opens a stream on channel `id` (see `SenderChannel::open_stream`). The
@@ -320,7 +335,12 @@ impl Payments {
     }
 
     /// As sender: the next tick of the channel's open stream, persisted before it is returned.
-    pub async fn tick(&self, id: ChannelId, meta: &OutgoingMeta, now: Timestamp) -> Result<machinomy_core::Tick, PaymentError> {
+    pub async fn tick(
+        &self,
+        id: ChannelId,
+        meta: &OutgoingMeta,
+        now: Timestamp,
+    ) -> Result<machinomy_core::Tick, PaymentError> {
         self.update_sender(id, meta, now, |channel, _| {
             let price = channel.stream.as_ref().map_or(Amount::ZERO, |s| s.terms.price_per_tick);
             channel.next_tick().map(|tick| (tick, price))
@@ -497,7 +517,9 @@ impl Payments {
             None => Amount::ZERO,
         };
         let mut decision = evaluate(budget.as_ref(), spent, &request, now, self.inner.settings.approval_ttl_secs);
-        if matches!(decision, Decision::Pending { .. }) && state.pending.len() >= self.inner.settings.max_pending_approvals {
+        if matches!(decision, Decision::Pending { .. })
+            && state.pending.len() >= self.inner.settings.max_pending_approvals
+        {
             decision = Decision::Denied { reason: DenyReason::TooManyPending };
         }
         let id = state.next_approval_id;

@@ -1,12 +1,14 @@
 //! The payments books end to end in one process: a sender and a receiver hub with their own
 //! stores, restarts, and every refusal the receiver must make.
 
+#![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)] // test helpers fail the test
+
 use std::path::Path;
 use std::sync::Arc;
 
 use machinomy_core::{
-    Amount, ApprovalState, Budget, ChannelId, Currency, DenyReason, Period, PromiseBody, PromiseError,
-    PublicKey, SigningKey, SpendOutcome, SpendRequest, Subject, Timestamp, Verdict,
+    Amount, ApprovalState, Budget, ChannelId, Currency, DenyReason, Period, PromiseBody, PromiseError, PublicKey,
+    SigningKey, SpendOutcome, SpendRequest, Subject, Timestamp, Verdict,
 };
 use machinomy_hub::ledger::{CreditLedger, LedgerError, Proposal};
 use machinomy_hub::payments::{IncomingMeta, OutgoingMeta, PaymentError, PaymentSettings, Payments};
@@ -34,7 +36,12 @@ fn incoming() -> IncomingMeta {
 }
 
 fn outgoing(approval: Option<u64>) -> OutgoingMeta {
-    OutgoingMeta { subject: "plugin:weather-buyer".parse().unwrap(), payee: public(2).to_hex(), memo: "forecast".to_owned(), approval }
+    OutgoingMeta {
+        subject: "plugin:weather-buyer".parse().unwrap(),
+        payee: public(2).to_hex(),
+        memo: "forecast".to_owned(),
+        approval,
+    }
 }
 
 /// Opens a channel from hub 1 (sender) to hub 2 (receiver) of `capacity`.
@@ -117,18 +124,38 @@ async fn bad_promises_are_refused_and_change_nothing() {
     receiver.accept(good.clone(), &incoming(), NOW).await.unwrap();
 
     let sign = |amount: u128, with: u8, channel: ChannelId| {
-        PromiseBody { ledger: machinomy_core::LedgerId::credit(), channel, amount: Amount::from_base_units(amount), stream: None }
-            .sign(&key(with))
+        PromiseBody {
+            ledger: machinomy_core::LedgerId::credit(),
+            channel,
+            amount: Amount::from_base_units(amount),
+            stream: None,
+        }
+        .sign(&key(with))
     };
     let forged = sign(40, 9, channel);
-    assert!(matches!(receiver.accept(forged, &incoming(), NOW).await, Err(PaymentError::Promise(PromiseError::BadSignature(_)))));
+    assert!(matches!(
+        receiver.accept(forged, &incoming(), NOW).await,
+        Err(PaymentError::Promise(PromiseError::BadSignature(_)))
+    ));
     let decreasing = sign(20, 1, channel);
-    assert!(matches!(receiver.accept(decreasing, &incoming(), NOW).await, Err(PaymentError::Promise(PromiseError::NotIncreasing { .. }))));
+    assert!(matches!(
+        receiver.accept(decreasing, &incoming(), NOW).await,
+        Err(PaymentError::Promise(PromiseError::NotIncreasing { .. }))
+    ));
     let over = sign(101, 1, channel);
-    assert!(matches!(receiver.accept(over, &incoming(), NOW).await, Err(PaymentError::Promise(PromiseError::AboveCapacity { .. }))));
+    assert!(matches!(
+        receiver.accept(over, &incoming(), NOW).await,
+        Err(PaymentError::Promise(PromiseError::AboveCapacity { .. }))
+    ));
     let unknown = sign(40, 1, ChannelId::from_bytes([0xee; 32]));
-    assert!(matches!(receiver.accept(unknown, &incoming(), NOW).await, Err(PaymentError::Promise(PromiseError::UnknownChannel(_)))));
-    assert!(matches!(receiver.accept(good, &incoming(), NOW).await, Err(PaymentError::Promise(PromiseError::NotIncreasing { .. }))));
+    assert!(matches!(
+        receiver.accept(unknown, &incoming(), NOW).await,
+        Err(PaymentError::Promise(PromiseError::UnknownChannel(_)))
+    ));
+    assert!(matches!(
+        receiver.accept(good, &incoming(), NOW).await,
+        Err(PaymentError::Promise(PromiseError::NotIncreasing { .. }))
+    ));
 
     let ChannelRecord::Receiver(r) = receiver.channel(&channel).unwrap() else { panic!("receiver side expected") };
     assert_eq!(r.accepted(), Amount::from_base_units(30));
@@ -141,7 +168,12 @@ async fn a_proposal_above_the_credit_line_is_refused() {
     let sender = books(a.path(), 1, &[]).await;
     let receiver = books(b.path(), 2, &[]).await;
     open_pair(&sender, &receiver, 900_000).await;
-    let proposal = Proposal { channel: ChannelId::from_bytes(rand_id()), sender: sender.public_key(), capacity: Amount::from_base_units(200_000), settlement_period_secs: 3600 };
+    let proposal = Proposal {
+        channel: ChannelId::from_bytes(rand_id()),
+        sender: sender.public_key(),
+        capacity: Amount::from_base_units(200_000),
+        settlement_period_secs: 3600,
+    };
     let err = receiver.accept_proposal(&proposal, NOW).await.unwrap_err();
     assert!(matches!(err, PaymentError::Ledger(LedgerError::CreditLimit { .. })), "{err}");
     assert_eq!(receiver.channels().unwrap().len(), 1);
@@ -190,7 +222,10 @@ async fn closing_records_the_final_amount_for_settlement() {
     let settlements = receiver.store().settlements().unwrap();
     assert_eq!(settlements.len(), 1);
     assert_eq!(settlements[0].amount, Amount::from_base_units(77));
-    assert!(matches!(receiver.accept(p, &incoming(), NOW).await, Err(PaymentError::Promise(PromiseError::ChannelClosed(..)))));
+    assert!(matches!(
+        receiver.accept(p, &incoming(), NOW).await,
+        Err(PaymentError::Promise(PromiseError::ChannelClosed(..)))
+    ));
     receiver.settle(channel, NOW).await.unwrap();
     assert_eq!(receiver.store().settlements().unwrap()[0].settled_at, Some(NOW));
     // The sender's close waits out the settlement period before it can settle.
@@ -200,7 +235,13 @@ async fn closing_records_the_final_amount_for_settlement() {
 }
 
 fn fridge_budget() -> Budget {
-    Budget::new(Subject::Device("fridge".into()), Period::Day, Amount::from_base_units(100), Amount::from_base_units(20)).unwrap()
+    Budget::new(
+        Subject::Device("fridge".into()),
+        Period::Day,
+        Amount::from_base_units(100),
+        Amount::from_base_units(20),
+    )
+    .unwrap()
 }
 
 fn request(amount: u128, subject: &str) -> SpendRequest {
@@ -247,7 +288,9 @@ async fn the_pending_queue_is_bounded_and_pending_requests_expire() {
         assert!(books.request_spend(request(50, "device:fridge"), NOW).await.unwrap().is_pending());
     }
     let fourth = books.request_spend(request(50, "device:fridge"), NOW).await.unwrap();
-    assert!(matches!(fourth.state, ApprovalState::Denied { ref reason, .. } if reason == &DenyReason::TooManyPending.to_string()));
+    assert!(
+        matches!(fourth.state, ApprovalState::Denied { ref reason, .. } if reason == &DenyReason::TooManyPending.to_string())
+    );
     let expired = books.expire_due(NOW.saturating_add_secs(600)).await.unwrap();
     assert_eq!(expired.len(), 3);
     let err = books.decide(expired[0].id, Verdict::Approve, "owner", NOW.saturating_add_secs(601)).await.unwrap_err();
@@ -270,7 +313,9 @@ async fn decisions_and_pending_requests_survive_a_restart() {
     assert_eq!(books.budgets().unwrap(), vec![fridge_budget()]);
     let all = books.approvals(false, NOW).await.unwrap();
     assert_eq!(all.len(), 2);
-    assert!(matches!(all.iter().find(|a| a.id == approved.id).unwrap().state, ApprovalState::Approved { ref by, .. } if by == "owner"));
+    assert!(
+        matches!(all.iter().find(|a| a.id == approved.id).unwrap().state, ApprovalState::Approved { ref by, .. } if by == "owner")
+    );
     let still_pending = books.approvals(true, NOW).await.unwrap();
     assert_eq!(still_pending.iter().map(|a| a.id).collect::<Vec<_>>(), vec![pending.id]);
     let next = books.request_spend(request(1, "device:fridge"), NOW).await.unwrap();
@@ -280,8 +325,14 @@ async fn decisions_and_pending_requests_survive_a_restart() {
 #[tokio::test]
 async fn paying_an_approval_marks_it_paid_once_and_failures_release_the_budget() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let budget = Budget::new("plugin:weather-buyer".parse().unwrap(), Period::Day, Amount::from_base_units(100), Amount::from_base_units(50)).unwrap();
-    let sender = books(a.path(), 1, &[budget.clone()]).await;
+    let budget = Budget::new(
+        "plugin:weather-buyer".parse().unwrap(),
+        Period::Day,
+        Amount::from_base_units(100),
+        Amount::from_base_units(50),
+    )
+    .unwrap();
+    let sender = books(a.path(), 1, std::slice::from_ref(&budget)).await;
     let receiver = books(b.path(), 2, &[]).await;
     let channel = open_pair(&sender, &receiver, 1000).await;
     let approval = sender.request_spend(request(40, "plugin:weather-buyer"), NOW).await.unwrap();

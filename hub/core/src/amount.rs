@@ -16,6 +16,8 @@ pub const MAX_DECIMALS: u8 = 38;
 pub enum AmountError {
     #[error("amount is empty")]
     Empty,
+    #[error("amount {0:?} must be a whole number of base units (digits only)")]
+    NotBaseUnits(String),
     #[error("amount {0:?} is not a plain decimal number (digits with at most one '.')")]
     NotDecimal(String),
     #[error("amount {input:?} has more than {decimals} decimal places")]
@@ -148,7 +150,7 @@ impl FromStr for Amount {
             return Err(AmountError::Empty);
         }
         if !s.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(AmountError::NotDecimal(s.to_owned()));
+            return Err(AmountError::NotBaseUnits(s.to_owned()));
         }
         s.parse::<u128>().map(Amount).map_err(|_| AmountError::Overflow)
     }
@@ -344,8 +346,8 @@ mod tests {
         assert_eq!("1500".parse::<Amount>(), Ok(Amount::from_base_units(1500)));
         assert_eq!("000".parse::<Amount>(), Ok(Amount::ZERO));
         assert_eq!("".parse::<Amount>(), Err(AmountError::Empty));
-        assert_eq!("+1".parse::<Amount>(), Err(not_decimal("+1")));
-        assert_eq!("1.5".parse::<Amount>(), Err(not_decimal("1.5")));
+        assert_eq!("+1".parse::<Amount>(), Err(AmountError::NotBaseUnits("+1".to_owned())));
+        assert_eq!("1.5".parse::<Amount>(), Err(AmountError::NotBaseUnits("1.5".to_owned())));
         assert_eq!("340282366920938463463374607431768211456".parse::<Amount>(), Err(AmountError::Overflow));
         assert_eq!(Amount::from_base_units(1500).to_string(), "1500");
     }

@@ -160,12 +160,29 @@ impl FromStr for Period {
 
 /// How much a subject may spend per period, and how much per payment without asking.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "BudgetRepr")]
 pub struct Budget {
     pub subject: Subject,
     pub period: Period,
     pub limit: Amount,
     pub auto_approve: Amount,
+}
+
+/// The wire form, validated through [`Budget::new`] on the way in.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BudgetRepr {
+    subject: Subject,
+    period: Period,
+    limit: Amount,
+    auto_approve: Amount,
+}
+
+impl TryFrom<BudgetRepr> for Budget {
+    type Error = BudgetError;
+    fn try_from(r: BudgetRepr) -> Result<Self, Self::Error> {
+        Budget::new(r.subject, r.period, r.limit, r.auto_approve)
+    }
 }
 
 impl Budget {

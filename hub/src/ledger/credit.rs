@@ -18,7 +18,12 @@ pub struct CreditLedger {
 }
 
 impl CreditLedger {
-    pub fn new(receiver: PublicKey, currency: Currency, max_credit_per_peer: Amount, min_settlement_period_secs: u64) -> Self {
+    pub fn new(
+        receiver: PublicKey,
+        currency: Currency,
+        max_credit_per_peer: Amount,
+        min_settlement_period_secs: u64,
+    ) -> Self {
         CreditLedger { id: LedgerId::credit(), currency, receiver, max_credit_per_peer, min_settlement_period_secs }
     }
 
@@ -40,7 +45,12 @@ impl Ledger for CreditLedger {
         &self.currency
     }
 
-    fn open<'a>(&'a self, proposal: &'a Proposal, granted_to_sender: Amount, now: Timestamp) -> LedgerFuture<'a, ChannelTerms> {
+    fn open<'a>(
+        &'a self,
+        proposal: &'a Proposal,
+        granted_to_sender: Amount,
+        now: Timestamp,
+    ) -> LedgerFuture<'a, ChannelTerms> {
         Box::pin(async move {
             if proposal.capacity.is_zero() {
                 return Err(LedgerError::ZeroCapacity);
@@ -67,7 +77,12 @@ impl Ledger for CreditLedger {
         })
     }
 
-    fn top_up<'a>(&'a self, terms: &'a ChannelTerms, additional: Amount, granted_to_sender: Amount) -> LedgerFuture<'a, Amount> {
+    fn top_up<'a>(
+        &'a self,
+        terms: &'a ChannelTerms,
+        additional: Amount,
+        granted_to_sender: Amount,
+    ) -> LedgerFuture<'a, Amount> {
         Box::pin(async move {
             if additional.is_zero() {
                 return Err(LedgerError::ZeroCapacity);
@@ -86,7 +101,12 @@ impl Ledger for CreditLedger {
         })
     }
 
-    fn settle<'a>(&'a self, _terms: &'a ChannelTerms, final_amount: Amount, _now: Timestamp) -> LedgerFuture<'a, Amount> {
+    fn settle<'a>(
+        &'a self,
+        _terms: &'a ChannelTerms,
+        final_amount: Amount,
+        _now: Timestamp,
+    ) -> LedgerFuture<'a, Amount> {
         // Settled outside the system: recording it is all there is to do.
         Box::pin(async move { Ok(final_amount) })
     }
@@ -134,7 +154,10 @@ mod tests {
         assert_eq!(ledger.open(&proposal(0), Amount::ZERO, Timestamp(0)).await, Err(LedgerError::ZeroCapacity));
         let mut short = proposal(10);
         short.settlement_period_secs = 1;
-        assert!(matches!(ledger.open(&short, Amount::ZERO, Timestamp(0)).await, Err(LedgerError::SettlementTooShort { .. })));
+        assert!(matches!(
+            ledger.open(&short, Amount::ZERO, Timestamp(0)).await,
+            Err(LedgerError::SettlementTooShort { .. })
+        ));
     }
 
     #[tokio::test]
@@ -142,6 +165,9 @@ mod tests {
         let ledger = ledger();
         let terms = ledger.open(&proposal(900), Amount::ZERO, Timestamp(0)).await.unwrap();
         assert!(ledger.top_up(&terms, Amount::from_base_units(200), terms.capacity).await.is_err());
-        assert_eq!(ledger.top_up(&terms, Amount::from_base_units(100), terms.capacity).await, Ok(Amount::from_base_units(1000)));
+        assert_eq!(
+            ledger.top_up(&terms, Amount::from_base_units(100), terms.capacity).await,
+            Ok(Amount::from_base_units(1000))
+        );
     }
 }

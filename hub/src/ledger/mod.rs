@@ -55,10 +55,20 @@ pub trait Ledger: Send + Sync + std::fmt::Debug {
 
     /// As receiver: the terms on which to open `proposal`, given the capacity already granted
     /// to the same sender on channels still open.
-    fn open<'a>(&'a self, proposal: &'a Proposal, granted_to_sender: Amount, now: Timestamp) -> LedgerFuture<'a, ChannelTerms>;
+    fn open<'a>(
+        &'a self,
+        proposal: &'a Proposal,
+        granted_to_sender: Amount,
+        now: Timestamp,
+    ) -> LedgerFuture<'a, ChannelTerms>;
 
     /// As receiver: the new capacity after raising `terms` by `additional`.
-    fn top_up<'a>(&'a self, terms: &'a ChannelTerms, additional: Amount, granted_to_sender: Amount) -> LedgerFuture<'a, Amount>;
+    fn top_up<'a>(
+        &'a self,
+        terms: &'a ChannelTerms,
+        additional: Amount,
+        granted_to_sender: Amount,
+    ) -> LedgerFuture<'a, Amount>;
 
     /// Either side: close with the final amount this side holds.
     fn close<'a>(&'a self, terms: &'a ChannelTerms, final_amount: Amount, now: Timestamp) -> LedgerFuture<'a, Closing>;

@@ -44,9 +44,8 @@ pub(super) struct GroupCommit {
 impl GroupCommit {
     pub(super) fn start(db: sled::Db, books: sled::Tree, wal: Wal) -> std::io::Result<GroupCommit> {
         let (requests, rx) = sync_channel(QUEUE);
-        let thread = std::thread::Builder::new()
-            .name("store-commit".to_owned())
-            .spawn(move || run(&db, &books, wal, &rx))?;
+        let thread =
+            std::thread::Builder::new().name("store-commit".to_owned()).spawn(move || run(&db, &books, wal, &rx))?;
         Ok(GroupCommit { requests, thread: std::sync::Mutex::new(Some(thread)) })
     }
 

@@ -63,6 +63,8 @@ impl From<sled::Error> for StoreError {
 
 /// This hub's side of a channel, as stored.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+// Both sides are a few hundred bytes; boxing one would only add an allocation per payment.
+#[allow(clippy::large_enum_variant)]
 #[serde(tag = "role", rename_all = "lowercase")]
 pub enum ChannelRecord {
     Sender(SenderChannel),
@@ -123,13 +125,16 @@ impl Store {
             .mode(sled::Mode::HighThroughput)
             // Commits are made durable by the write-ahead log; sled persists in the background.
             .flush_every_ms(Some(1000))
-            .open().map_err(|e| match e {
-            sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock => {
-                StoreError::Locked { path: path.to_owned() }
-            }
-            sled::Error::Io(ref io) if io.to_string().contains("lock") => StoreError::Locked { path: path.to_owned() },
-            other => StoreError::Open { path: path.to_owned(), message: other.to_string() },
-        })?;
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                    StoreError::Locked { path: path.to_owned() }
+                }
+                sled::Error::Io(ref io) if io.to_string().contains("lock") => {
+                    StoreError::Locked { path: path.to_owned() }
+                }
+                other => StoreError::Open { path: path.to_owned(), message: other.to_string() },
+            })?;
         match db.get(FORMAT_KEY)? {
             Some(found) if found.as_ref() != FORMAT_VERSION.as_bytes() => {
                 return Err(StoreError::Format {

@@ -53,11 +53,22 @@ fn approval(id: u64, created: u64) -> Approval {
 async fn every_committed_record_is_there_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let mut channel = receiver_channel(7);
-    let promise = PromiseBody { ledger: LedgerId::credit(), channel: channel.terms.id, amount: Amount::from_base_units(40), stream: None }
-        .sign(&key(1));
+    let promise = PromiseBody {
+        ledger: LedgerId::credit(),
+        channel: channel.terms.id,
+        amount: Amount::from_base_units(40),
+        stream: None,
+    }
+    .sign(&key(1));
     channel.accept(promise.clone()).unwrap();
     let record = ChannelRecord::Receiver(channel);
-    let budget = Budget::new(Subject::Device("fridge".into()), Period::Week, Amount::from_base_units(100), Amount::from_base_units(10)).unwrap();
+    let budget = Budget::new(
+        Subject::Device("fridge".into()),
+        Period::Week,
+        Amount::from_base_units(100),
+        Amount::from_base_units(10),
+    )
+    .unwrap();
     let settlement = Settlement {
         channel: ChannelId::from_bytes([7; 32]),
         sender: PublicKey::from(key(1).verifying_key()),
@@ -123,7 +134,8 @@ async fn spending_reads_a_time_range() {
         store.write(&[Write::Spending(&entry(at, at.into()))]).unwrap();
     }
     store.commit().await.unwrap();
-    let got: Vec<u64> = store.spending(Some(Timestamp(20)), Some(Timestamp(40))).unwrap().iter().map(|e| e.at.secs()).collect();
+    let got: Vec<u64> =
+        store.spending(Some(Timestamp(20)), Some(Timestamp(40))).unwrap().iter().map(|e| e.at.secs()).collect();
     assert_eq!(got, vec![20, 30]);
 }
 
@@ -188,7 +200,13 @@ async fn batches_left_in_the_log_are_replayed_on_open() {
         store.close().await.unwrap();
     }
     // As if the hub died after syncing the log but before sled persisted the batch.
-    let budget = Budget::new(Subject::Device("oven".into()), Period::Day, Amount::from_base_units(9), Amount::from_base_units(1)).unwrap();
+    let budget = Budget::new(
+        Subject::Device("oven".into()),
+        Period::Day,
+        Amount::from_base_units(9),
+        Amount::from_base_units(1),
+    )
+    .unwrap();
     {
         let (mut wal, pending) = wal::Wal::open(&dir.path().join(WAL_FILE)).unwrap();
         assert!(pending.is_empty(), "a clean close leaves an empty log");
@@ -204,7 +222,13 @@ async fn batches_left_in_the_log_are_replayed_on_open() {
 async fn writes_become_visible_once_committed() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let budget = Budget::new(Subject::Device("oven".into()), Period::Day, Amount::from_base_units(9), Amount::from_base_units(1)).unwrap();
+    let budget = Budget::new(
+        Subject::Device("oven".into()),
+        Period::Day,
+        Amount::from_base_units(9),
+        Amount::from_base_units(1),
+    )
+    .unwrap();
     store.write(&[Write::Budget(&budget)]).unwrap();
     store.commit().await.unwrap();
     assert_eq!(store.budget(&budget.subject).unwrap(), Some(budget));

@@ -42,21 +42,17 @@ impl Wal {
     }
 
     pub(super) fn append(&mut self, batch: &[Entry]) {
-        let start = self.pending.len();
-        self.pending.extend_from_slice(&[0u8; HEADER]);
-        put_u32(&mut self.pending, batch.len());
+        let mut payload = Vec::with_capacity(4 + batch.iter().map(|(k, v)| 8 + k.len() + v.len()).sum::<usize>());
+        put_u32(&mut payload, batch.len());
         for (key, value) in batch {
-            put_u32(&mut self.pending, key.len());
-            self.pending.extend_from_slice(key);
-            put_u32(&mut self.pending, value.len());
-            self.pending.extend_from_slice(value);
+            put_u32(&mut payload, key.len());
+            payload.extend_from_slice(key);
+            put_u32(&mut payload, value.len());
+            payload.extend_from_slice(value);
         }
-        let payload_len = self.pending.len() - start - HEADER;
-        let checksum = blake3::hash(self.pending.get(start + HEADER..).unwrap_or_default());
-        if let Some(header) = self.pending.get_mut(start..start + HEADER) {
-            header[..4].copy_from_slice(&(payload_len as u32).to_be_bytes());
-            header[4..].copy_from_slice(&checksum.as_bytes()[..8]);
-        }
+        put_u32(&mut self.pending, payload.len());
+        self.pending.extend(blake3::hash(&payload).as_bytes().iter().take(8));
+        self.pending.extend_from_slice(&payload);
     }
 
     /// Writes what was appended and waits until it is on the device.

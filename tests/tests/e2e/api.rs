@@ -58,7 +58,7 @@ async fn malformed_requests_are_400_and_unknown_things_404_with_an_error_message
         (r#"{"subject": "device:tv", "period": "#, "not valid JSON"),
         (r#"{"subject": "device:tv", "period": "fortnight", "limit": "1", "auto_approve": "0"}"#, "period"),
         (r#"{"subject": "device:tv", "period": "day", "limit": 1, "auto_approve": "0"}"#, "limit"),
-        (r#"{"subject": "device:tv", "period": "day", "limit": "1", "auto_approve": "2"}"#, "invalid budget"),
+        (r#"{"subject": "device:tv", "period": "day", "limit": "1", "auto_approve": "2"}"#, "above the limit"),
         (r#"{"subject": "device:tv", "period": "day", "limit": "1", "auto_approve": "0", "owner": "me"}"#, "owner"),
         ("", "needs a JSON body"),
     ];

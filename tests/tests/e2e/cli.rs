@@ -45,7 +45,9 @@ async fn usage_errors_exit_non_zero() {
         let out = hub.cli(args).await.unwrap();
         assert_eq!(out.status.code(), Some(2), "{out}");
         assert!(out.stdout.is_empty(), "{out}");
-        assert!(out.stderr.starts_with("error: "), "{out}");
+        // One clear line, like every other error.
+        assert!(out.stderr.starts_with("machinomy-hub: "), "{out}");
+        assert_eq!(out.stderr.trim_end().lines().count(), 1, "{out}");
     }
 }
 

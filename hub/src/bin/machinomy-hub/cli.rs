@@ -223,7 +223,8 @@ async fn admin(command: &Command, client: &Client, json: bool) -> Result<()> {
             output::show(json, &approval, || output::approvals(std::slice::from_ref(&approval), &status.currency))
         }
         Command::Approvals(ApprovalCommand::Approve { id }) => {
-            let approval: Approval = client.post(&format!("/api/v1/approvals/{id}/approve"), &serde_json::json!({})).await?;
+            let approval: Approval =
+                client.post(&format!("/api/v1/approvals/{id}/approve"), &serde_json::json!({})).await?;
             let status: HubStatus = client.get("/api/v1/status").await?;
             output::show(json, &approval, || output::approvals(std::slice::from_ref(&approval), &status.currency))
         }

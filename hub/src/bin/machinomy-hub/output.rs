@@ -98,7 +98,8 @@ pub(crate) fn budgets(budgets: &[BudgetView]) -> String {
     if budgets.is_empty() {
         return "no budgets\n".to_owned();
     }
-    let mut out = format!("{:<32}  {:<6}  {:>16}  {:>16}  {:>16}\n", "SUBJECT", "PERIOD", "SPENT", "LIMIT", "AUTO-APPROVE");
+    let mut out =
+        format!("{:<32}  {:<6}  {:>16}  {:>16}  {:>16}\n", "SUBJECT", "PERIOD", "SPENT", "LIMIT", "AUTO-APPROVE");
     for b in budgets {
         let _ = writeln!(
             out,
