@@ -40,21 +40,23 @@ impl Shutdown {
     }
 }
 
-/// Resolves on the first ctrl-c or SIGTERM.
-async fn termination() -> Result<&'static str, DaemonError> {
+/// Registers the ctrl-c and SIGTERM handlers now, so a signal during start-up is not the default
+/// "die at once"; the future resolves on the first of them.
+fn termination() -> Result<impl std::future::Future<Output = &'static str>, DaemonError> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).map_err(|e| DaemonError::Signal("SIGTERM", e))?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| DaemonError::Signal("SIGINT", e))?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
     })
 }
 
 /// Runs the hub until a termination signal.
 pub async fn run(config: Config) -> Result<(), DaemonError> {
-    // Install the handlers first, so a signal during start-up is not the default "die now".
-    let signal = tokio::spawn(termination());
+    let signal = termination()?;
     let (hub, created) = Hub::open(&config).await?;
     if created {
         info!(data_dir = %hub.data_dir().root().display(), "first run: created identity, admin token and store");
@@ -78,14 +80,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(server_stop.wait()).await });
     let sweeper = tokio::spawn(expire_approvals(hub.clone(), Shutdown(stop_rx)));
 
-    let reason = match signal.await {
-        Ok(Ok(name)) => name,
-        Ok(Err(e)) => return Err(e),
-        Err(e) => {
-            warn!(error = %e, "signal task failed; shutting down");
-            "signal task failure"
-        }
-    };
+    let reason = signal.await;
     info!(reason, "shutting down");
     let _ = stop_tx.send(true);
     match server.await {
