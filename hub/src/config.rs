@@ -34,6 +34,34 @@ struct RawConfig {
     ledger: RawLedgers,
     #[serde(default)]
     budget: Vec<RawBudget>,
+    #[serde(default)]
+    p2p: RawP2p,
+    #[serde(default)]
+    sell: Vec<RawSell>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawP2p {
+    enabled: Option<bool>,
+    listen: Option<Vec<String>>,
+    bootstrap: Option<Vec<String>>,
+    mdns: Option<bool>,
+    relay_server: Option<bool>,
+    relays: Option<Vec<String>>,
+    channel_capacity: Option<String>,
+    offer_ttl_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSell {
+    name: String,
+    price: String,
+    #[serde(default)]
+    description: String,
+    topic: Option<String>,
+    text: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -86,6 +114,45 @@ pub struct Config {
     pub credit: CreditSettings,
     /// Budgets from the file; applied at start, so the file wins over the API for these subjects.
     pub budgets: Vec<Budget>,
+    pub p2p: P2pSettings,
+    /// Services this hub sells to peers.
+    pub sell: Vec<SellSettings>,
+}
+
+#[derive(Debug, Clone)]
+pub struct P2pSettings {
+    pub enabled: bool,
+    /// Multiaddrs to listen on.
+    pub listen: Vec<String>,
+    /// Multiaddrs (with `/p2p/<peer id>`) to connect to at start.
+    pub bootstrap: Vec<String>,
+    pub mdns: bool,
+    /// Relay other hubs' connections (for hubs behind NATs).
+    pub relay_server: bool,
+    /// Relays to be reachable through.
+    pub relays: Vec<String>,
+    /// Credit to ask for when this hub opens a channel to a seller.
+    pub channel_capacity: Amount,
+    /// How long this hub's offers stay valid; they are re-announced well before.
+    pub offer_ttl_secs: u64,
+}
+
+/// A service this hub sells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SellSettings {
+    pub name: String,
+    pub price: Amount,
+    pub description: String,
+    pub answer: ServiceAnswer,
+}
+
+/// What answers a call to a sold service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceAnswer {
+    /// The latest retained state of a device topic (`machinomy/<device>/state`).
+    DeviceState { device: String },
+    /// A fixed reply (a price list, a notice, a test fixture).
+    Text(String),
 }
 
 #[derive(Debug, Clone)]
@@ -275,7 +342,63 @@ impl RawConfig {
             budgets.push(budget);
         }
 
+        let p2p = self.p2p;
+        let p2p = P2pSettings {
+            enabled: p2p.enabled.unwrap_or(true),
+            listen: p2p
+                .listen
+                .unwrap_or_else(|| vec!["/ip4/0.0.0.0/tcp/4001".to_owned(), "/ip4/0.0.0.0/udp/4001/quic-v1".to_owned()]),
+            bootstrap: p2p.bootstrap.unwrap_or_default(),
+            mdns: p2p.mdns.unwrap_or(true),
+            relay_server: p2p.relay_server.unwrap_or(false),
+            relays: p2p.relays.unwrap_or_default(),
+            channel_capacity: currency
+                .parse(p2p.channel_capacity.as_deref().unwrap_or("1"))
+                .map_err(|e| key_error("p2p.channel_capacity", e.to_string()))?,
+            offer_ttl_secs: match p2p.offer_ttl_secs.unwrap_or(3600) {
+                0 => return Err(key_error("p2p.offer_ttl_secs", "must be more than 0".to_owned())),
+                ttl => ttl,
+            },
+        };
+        for (key, addrs) in [("p2p.listen", &p2p.listen), ("p2p.bootstrap", &p2p.bootstrap), ("p2p.relays", &p2p.relays)] {
+            if let Some(bad) = addrs.iter().find(|a| !a.starts_with('/') || a.chars().any(char::is_whitespace)) {
+                return Err(key_error(key, format!("{bad:?} is not a multiaddr (like /ip4/192.0.2.1/tcp/4001)")));
+            }
+        }
+
+        let mut sell: Vec<SellSettings> = Vec::with_capacity(self.sell.len());
+        for (i, raw) in self.sell.into_iter().enumerate() {
+            let key = |field: &str| format!("sell[{i}].{field}");
+            let valid_name = (1..=machinomy_core::wire::MAX_NAME).contains(&raw.name.len())
+                && raw.name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+            if !valid_name {
+                return Err(key_error(&key("name"), "must be 1 to 64 characters of a-z, A-Z, 0-9, '-', '_' or '.'".to_owned()));
+            }
+            if sell.iter().any(|s| s.name == raw.name) {
+                return Err(key_error(&key("name"), format!("{:?} is sold twice", raw.name)));
+            }
+            let price = currency.parse(&raw.price).map_err(|e| key_error(&key("price"), e.to_string()))?;
+            if raw.description.len() > machinomy_core::wire::MAX_DESCRIPTION {
+                return Err(key_error(&key("description"), "is longer than 512 bytes".to_owned()));
+            }
+            let answer = match (raw.topic, raw.text) {
+                (Some(topic), None) => {
+                    let device = topic
+                        .strip_prefix("machinomy/")
+                        .and_then(|rest| rest.strip_suffix("/state"))
+                        .filter(|d| !d.is_empty() && d.len() <= 64 && d.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'))
+                        .ok_or_else(|| key_error(&key("topic"), format!("{topic:?} is not a device state topic (machinomy/<device>/state)")))?;
+                    ServiceAnswer::DeviceState { device: device.to_owned() }
+                }
+                (None, Some(text)) => ServiceAnswer::Text(text),
+                _ => return Err(key_error(&key("topic"), "set exactly one of `topic` or `text`".to_owned())),
+            };
+            sell.push(SellSettings { name: raw.name, price, description: raw.description, answer });
+        }
+
         Ok(Config {
+            p2p,
+            sell,
             path: path.to_owned(),
             hub: HubSettings { name, data_dir, approval_ttl_secs, max_pending_approvals },
             web: WebSettings { listen },

@@ -44,6 +44,8 @@ pub enum PaymentError {
     UnknownLedger(String),
     #[error("the amount overflows")]
     Overflow,
+    #[error("the promise pays {got}, but this costs {required}")]
+    Underpaid { required: Amount, got: Amount },
 }
 
 /// Something happened that a listener (the web UI, a bridge, a plugin) may care about.
@@ -105,6 +107,22 @@ struct SpendState {
     next_approval_id: u64,
     /// Pending approvals, kept in memory: bounded by `max_pending_approvals`.
     pending: BTreeMap<u64, Approval>,
+    /// What each subject has committed in its current budget period, so a spend request does
+    /// not rescan the period's approvals: (period start, amount). Changed only under this lock,
+    /// together with the approvals it sums; dropped whenever a budget changes.
+    committed: HashMap<Subject, (Timestamp, Amount)>,
+}
+
+impl SpendState {
+    /// Adds `delta` (or takes it away) to a subject's cached total, if the total is cached for
+    /// the period containing `at`.
+    fn adjust(&mut self, subject: &Subject, period_start: Timestamp, delta: Amount, add: bool) {
+        if let Some((start, total)) = self.committed.get_mut(subject) {
+            if *start == period_start {
+                *total = if add { total.checked_add(delta).unwrap_or(Amount::MAX) } else { total.saturating_sub(delta) };
+            }
+        }
+    }
 }
 
 impl Payments {
@@ -136,7 +154,7 @@ impl Payments {
                 ledger,
                 settings,
                 channels: RwLock::new(channels),
-                spend: tokio::sync::Mutex::new(SpendState { next_approval_id, pending }),
+                spend: tokio::sync::Mutex::new(SpendState { next_approval_id, pending, committed: HashMap::new() }),
                 events,
             }),
         })
@@ -234,6 +252,19 @@ impl Payments {
         meta: &IncomingMeta,
         now: Timestamp,
     ) -> Result<Acceptance, PaymentError> {
+        self.accept_at_least(promise, Amount::ZERO, meta, now).await
+    }
+
+    /// As [`Payments::accept`], refusing (and recording nothing) unless the promise pays at
+    /// least `required` more than everything accepted so far: a service's price is checked
+    /// under the channel's lock, so concurrent calls cannot both count the same increment.
+    pub async fn accept_at_least(
+        &self,
+        promise: Promise,
+        required: Amount,
+        meta: &IncomingMeta,
+        now: Timestamp,
+    ) -> Result<Acceptance, PaymentError> {
         let id = promise.body.channel;
         let slot = self.channel_slot(&id).map_err(|_| PromiseError::UnknownChannel(id))?;
         let acceptance = {
@@ -243,12 +274,59 @@ impl Payments {
             };
             let mut next = channel.clone();
             let acceptance = next.accept(promise)?;
+            if acceptance.increment < required {
+                return Err(PaymentError::Underpaid { required, got: acceptance.increment });
+            }
             self.record_incoming(&mut record, next, acceptance, meta, now)?;
             acceptance
         };
         self.inner.store.commit().await?;
         self.emit(HubEvent::PaymentReceived { channel: id, amount: acceptance.increment, total: acceptance.total });
         Ok(acceptance)
+    }
+
+    /// A receipt for an acceptance on channel `id`, signed by this hub.
+    pub fn receipt(&self, id: ChannelId, acceptance: Acceptance, now: Timestamp) -> machinomy_core::wire::Receipt {
+        machinomy_core::wire::Receipt::sign(id, acceptance.total, acceptance.increment, now, &self.inner.identity)
+    }
+
+    /// An open channel this hub pays `receiver` on with at least `room` left, if there is one.
+    pub fn outgoing_with_room(&self, receiver: &PublicKey, room: Amount) -> Result<Option<ChannelId>, PaymentError> {
+        Ok(self.channels()?.iter().find_map(|record| match record {
+            ChannelRecord::Sender(c) if &c.terms.receiver == receiver && c.status.is_open() && c.remaining() >= room => {
+                Some(c.terms.id)
+            }
+            _ => None,
+        }))
+    }
+
+    /// As sender: adopts the receiver's durable view of channel `id` (see `SenderChannel::resync`).
+    pub async fn resync_outgoing(&self, id: ChannelId, best: Option<Promise>) -> Result<Amount, PaymentError> {
+        let slot = self.channel_slot(&id)?;
+        let promised = {
+            let mut record = slot.lock().map_err(|_| poisoned())?;
+            let ChannelRecord::Sender(channel) = &*record else {
+                return Err(PaymentError::WrongSide { id, held: "receiver", wanted: "sender" });
+            };
+            let mut next = channel.clone();
+            let promised = next.resync(best)?;
+            let next = ChannelRecord::Sender(next);
+            self.inner.store.write(&[Write::Progress(&next)])?;
+            *record = next;
+            promised
+        };
+        self.inner.store.commit().await?;
+        self.emit(HubEvent::ChannelChanged { channel: id });
+        Ok(promised)
+    }
+
+    /// As receiver: the best promise held on channel `id` from `sender`, for a resync.
+    pub fn incoming_state(&self, id: ChannelId, sender: &PublicKey) -> Result<(Amount, Option<Promise>), PaymentError> {
+        match self.channel(&id)? {
+            ChannelRecord::Receiver(c) if &c.terms.sender == sender => Ok((c.accepted(), c.best)),
+            // Another hub's channel is none of this peer's business: same answer as unknown.
+            _ => Err(PaymentError::UnknownChannel(id)),
+        }
     }
 
     /// As receiver: accepts the next tick of the channel's open stream. Durable before it returns.
@@ -414,11 +492,12 @@ impl Payments {
 
     /// Records that an approved spend could not be paid, releasing its budget.
     pub async fn spend_failed(&self, id: u64, reason: &str, now: Timestamp) -> Result<Approval, PaymentError> {
-        let _guard = self.inner.spend.lock().await;
+        let mut state = self.inner.spend.lock().await;
         let mut approval = self.payable_approval(id)?;
         approval.outcome = Some(SpendOutcome::Failed { at: now, reason: reason.to_owned() });
         self.inner.store.write(&[Write::Approval(&approval)])?;
         self.inner.store.commit().await?;
+        state.committed.remove(&approval.request.subject);
         Ok(approval)
     }
 
@@ -493,10 +572,24 @@ impl Payments {
     }
 
     pub async fn set_budget(&self, budget: Budget) -> Result<(), PaymentError> {
-        let _guard = self.inner.spend.lock().await;
+        let mut state = self.inner.spend.lock().await;
         self.inner.store.write(&[Write::Budget(&budget)])?;
         self.inner.store.commit().await?;
+        state.committed.remove(&budget.subject);
         Ok(())
+    }
+
+    /// The committed total for `budget`'s subject this period, from the cache or the store.
+    fn committed(&self, state: &mut SpendState, budget: &Budget, now: Timestamp) -> Result<Amount, PaymentError> {
+        let start = budget.period.start(now);
+        if let Some((cached_start, total)) = state.committed.get(&budget.subject) {
+            if *cached_start == start {
+                return Ok(*total);
+            }
+        }
+        let total = self.spent_this_period(budget, now)?;
+        state.committed.insert(budget.subject.clone(), (start, total));
+        Ok(total)
     }
 
     /// What `subject` has committed to spend in the budget period containing `now`.
@@ -513,7 +606,7 @@ impl Payments {
         let mut state = self.inner.spend.lock().await;
         let budget = self.inner.store.budget(&request.subject)?;
         let spent = match &budget {
-            Some(budget) => self.spent_this_period(budget, now)?,
+            Some(budget) => self.committed(&mut state, budget, now)?,
             None => Amount::ZERO,
         };
         let mut decision = evaluate(budget.as_ref(), spent, &request, now, self.inner.settings.approval_ttl_secs);
@@ -529,6 +622,12 @@ impl Payments {
         state.next_approval_id += 1;
         if approval.is_pending() {
             state.pending.insert(id, approval.clone());
+        }
+        if approval.counts_against_budget() {
+            if let Some(budget) = &budget {
+                let start = budget.period.start(approval.request.created_at);
+                state.adjust(&approval.request.subject, start, approval.request.amount, true);
+            }
         }
         drop(state);
         self.emit(HubEvent::ApprovalCreated { approval: approval.clone() });
@@ -565,6 +664,8 @@ impl Payments {
             self.inner.store.write(&[Write::Approval(&approval)])?;
             self.inner.store.commit().await?;
             state.pending.remove(&id);
+            // The owner's approval counts against the period the request was made in.
+            state.committed.remove(&approval.request.subject);
         }
         drop(state);
         result?;

@@ -109,9 +109,7 @@ async fn set_budget<B: Backend>(
     State(backend): State<Arc<B>>,
     JsonBody(budget): JsonBody<machinomy_core::Budget>,
 ) -> Result<Json<BudgetView>, ApiError> {
-    // Deserializing does not check the rule between the amounts; the constructor does.
-    let budget = machinomy_core::Budget::new(budget.subject, budget.period, budget.limit, budget.auto_approve)
-        .map_err(|error| ApiError::bad_request(format!("invalid budget: {error}")))?;
+    // `Budget` deserializes through `Budget::new`, so a threshold above the limit never gets here.
     Ok(Json(backend.set_budget(budget).await?))
 }
 

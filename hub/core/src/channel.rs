@@ -414,6 +414,26 @@ impl SenderChannel {
         Ok(tick)
     }
 
+    /// Adopts the receiver's durable view after a reconnect: `best` is the best promise it
+    /// holds (which must be ours, for this channel). Promises the receiver never stored are
+    /// forgotten, so the next payment pays for what was really delivered; the sender's liability
+    /// never exceeds the largest promise it ever signed, so trusting the receiver here is safe.
+    pub fn resync(&mut self, best: Option<Promise>) -> Result<Amount, PromiseError> {
+        if let Some(promise) = &best {
+            if promise.body.channel != self.terms.id {
+                return Err(PromiseError::WrongChannel { expected: self.terms.id, got: promise.body.channel });
+            }
+            promise.verify(&self.terms.sender)?;
+            if promise.body.amount > self.terms.capacity {
+                return Err(PromiseError::AboveCapacity { capacity: self.terms.capacity, got: promise.body.amount });
+            }
+        }
+        // A stream's position is not known to the receiver's answer; it restarts with the next payment.
+        self.stream = None;
+        self.latest = best;
+        Ok(self.promised())
+    }
+
     /// Closes the channel; the receiver may settle once the period has passed.
     pub fn close(&mut self, now: Timestamp) -> Result<Amount, ChannelError> {
         let final_amount = self.promised();
@@ -986,5 +1006,51 @@ mod tests {
         assert_eq!(channel.top_up(units(10)), Ok(units(CAPACITY + 10)));
         assert_eq!(channel.remaining(), units(10));
         assert_eq!(channel.pay(units(10), &alice()).unwrap().body.amount, units(CAPACITY + 10));
+    }
+}
+
+#[cfg(test)]
+mod resync_tests {
+    use super::*;
+    use crate::ids::LedgerId;
+
+    fn terms() -> ChannelTerms {
+        ChannelTerms {
+            id: ChannelId::from_bytes([3; 32]),
+            ledger: LedgerId::credit(),
+            sender: PublicKey::from(SigningKey::from_bytes(&[1; 32]).verifying_key()),
+            receiver: PublicKey::from(SigningKey::from_bytes(&[2; 32]).verifying_key()),
+            capacity: Amount::from_base_units(100),
+            settlement_period_secs: 0,
+            opened_at: Timestamp(0),
+        }
+    }
+
+    #[test]
+    fn a_sender_adopts_what_the_receiver_durably_holds() {
+        let key = SigningKey::from_bytes(&[1; 32]);
+        let mut sender = SenderChannel::new(terms());
+        let mut receiver = ReceiverChannel::new(terms());
+        let first = sender.pay(Amount::from_base_units(10), &key).unwrap();
+        receiver.accept(first).unwrap();
+        // The second promise is lost with the receiver's crash.
+        let _lost = sender.pay(Amount::from_base_units(10), &key).unwrap();
+        assert_eq!(sender.resync(receiver.best.clone()), Ok(Amount::from_base_units(10)));
+        let next = sender.pay(Amount::from_base_units(10), &key).unwrap();
+        assert_eq!(receiver.accept(next).unwrap().increment, Amount::from_base_units(10));
+    }
+
+    #[test]
+    fn a_forged_or_foreign_resync_is_refused_and_changes_nothing() {
+        let key = SigningKey::from_bytes(&[1; 32]);
+        let mut sender = SenderChannel::new(terms());
+        sender.pay(Amount::from_base_units(10), &key).unwrap();
+        let forged = PromiseBody { ledger: LedgerId::credit(), channel: terms().id, amount: Amount::from_base_units(5), stream: None }
+            .sign(&SigningKey::from_bytes(&[9; 32]));
+        assert!(matches!(sender.resync(Some(forged)), Err(PromiseError::BadSignature(_))));
+        let other = PromiseBody { ledger: LedgerId::credit(), channel: ChannelId::from_bytes([4; 32]), amount: Amount::from_base_units(5), stream: None }
+            .sign(&key);
+        assert!(matches!(sender.resync(Some(other)), Err(PromiseError::WrongChannel { .. })));
+        assert_eq!(sender.promised(), Amount::from_base_units(10));
     }
 }

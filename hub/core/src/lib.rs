@@ -13,6 +13,7 @@ pub mod promise;
 pub mod spending;
 pub mod stream;
 pub mod time;
+pub mod wire;
 
 pub use amount::{Amount, AmountError, Currency};
 pub use approval::{Approval, ApprovalError, ApprovalState, BUDGET_PRINCIPAL, SpendOutcome, Verdict, committed_since};

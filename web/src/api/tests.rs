@@ -329,7 +329,7 @@ async fn a_threshold_above_the_limit_is_400_and_changes_nothing() {
     let body = json!({"subject": "device:fridge", "period": "day", "limit": "500", "auto_approve": "501"});
     let error = h.send_json(Method::PUT, "/api/v1/budgets", body.to_string()).await;
     let error = error.expect_error(StatusCode::BAD_REQUEST, "auto-approve threshold 501 is above the limit 500");
-    assert!(error.starts_with("invalid budget"), "{error}");
+    assert!(error.starts_with("invalid request body"), "{error}");
     h.backend.with_state(|s| assert_eq!(s.budgets[0].budget.limit, Amount::from_base_units(5_000)));
 }
 
