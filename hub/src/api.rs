@@ -16,6 +16,7 @@ impl From<PaymentError> for BackendError {
             PaymentError::UnknownChannel(_) | PaymentError::UnknownApproval(_) => BackendError::NotFound(e.to_string()),
             PaymentError::Approval(_)
             | PaymentError::NotPayable(_)
+            | PaymentError::ConfigManaged(_)
             | PaymentError::Channel(ChannelError::NotOpen(..) | ChannelError::NotClosing(_))
             | PaymentError::Channel(ChannelError::SettlementPeriodRunning { .. }) => {
                 BackendError::Conflict(e.to_string())

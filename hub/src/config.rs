@@ -93,6 +93,7 @@ struct RawCredit {
     decimals: Option<u8>,
     max_credit_per_peer: Option<String>,
     settlement_period_secs: Option<u64>,
+    min_settlement_period_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -175,7 +176,10 @@ pub struct CreditSettings {
     pub currency: Currency,
     /// The most credit this hub grants any one peer across its open channels.
     pub max_credit_per_peer: Amount,
+    /// The settlement period this hub asks for when it opens a channel.
     pub settlement_period_secs: u64,
+    /// The shortest settlement period it accepts from a peer opening a channel to it.
+    pub min_settlement_period_secs: u64,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -276,7 +280,7 @@ impl RawConfig {
             |key: &str, message: String| ConfigError::Key { path: path.to_owned(), key: key.to_owned(), message };
 
         let name = self.hub.name.unwrap_or_else(|| "machinomy-hub".to_owned());
-        if name.trim().is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+        if name.trim().is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
             return Err(key_error("hub.name", "must be 1 to 64 printable characters".to_owned()));
         }
         let data_dir = match self.hub.data_dir {
@@ -319,6 +323,13 @@ impl RawConfig {
             None => currency.parse("10").map_err(|e| key_error("ledger.credit.max_credit_per_peer", e.to_string()))?,
         };
         let settlement_period_secs = self.ledger.credit.settlement_period_secs.unwrap_or(24 * 3600);
+        let min_settlement_period_secs = self.ledger.credit.min_settlement_period_secs.unwrap_or(3600);
+        if settlement_period_secs < min_settlement_period_secs {
+            return Err(key_error(
+                "ledger.credit.settlement_period_secs",
+                format!("is shorter than min_settlement_period_secs ({min_settlement_period_secs})"),
+            ));
+        }
 
         let mut budgets: Vec<Budget> = Vec::with_capacity(self.budget.len());
         for (i, raw) in self.budget.into_iter().enumerate() {
@@ -402,7 +413,7 @@ impl RawConfig {
             path: path.to_owned(),
             hub: HubSettings { name, data_dir, approval_ttl_secs, max_pending_approvals },
             web: WebSettings { listen },
-            credit: CreditSettings { currency, max_credit_per_peer, settlement_period_secs },
+            credit: CreditSettings { currency, max_credit_per_peer, settlement_period_secs, min_settlement_period_secs },
             budgets,
         })
     }

@@ -12,12 +12,15 @@ use crate::hub::{Hub, HubError, now};
 
 /// How often pending approvals are checked for expiry.
 const EXPIRY_SWEEP: Duration = Duration::from_secs(5);
+/// How long in-flight requests get to finish after a stop signal; then the server is cut off so
+/// the books are flushed well inside a service manager's stop timeout, whatever clients do.
+const DRAIN: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error(transparent)]
     Hub(#[from] HubError),
-    #[error("cannot listen on {addr} (web.listen in {config}): {source}")]
+    #[error("cannot listen on {addr} (web.listen in {config}, or run --listen)")]
     Listen { addr: std::net::SocketAddr, config: String, source: std::io::Error },
     #[error("cannot install the {0} signal handler: {1}")]
     Signal(&'static str, std::io::Error),
@@ -72,6 +75,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let addr = listener.local_addr().map_err(DaemonError::Serve)?;
     hub.data_dir().write_api_addr(addr)?;
     info!(%addr, "admin API listening");
+    if !addr.ip().is_loopback() {
+        warn!(%addr, "the admin API listens beyond this machine: anyone who reaches it and holds the token can move money");
+    }
 
     let auth = machinomy_web::AdminAuth::new(hub.data_dir().admin_token()).map_err(DaemonError::Auth)?;
     let app = machinomy_web::router(Arc::new(hub.clone()), auth);
@@ -83,10 +89,15 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let reason = signal.await;
     info!(reason, "shutting down");
     let _ = stop_tx.send(true);
-    match server.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => warn!(error = %e, "API server stopped with an error"),
-        Err(e) => warn!(error = %e, "API server task failed"),
+    let abort = server.abort_handle();
+    match tokio::time::timeout(DRAIN, server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => warn!(error = %e, "API server stopped with an error"),
+        Ok(Err(e)) => warn!(error = %e, "API server task failed"),
+        Err(_) => {
+            warn!(seconds = DRAIN.as_secs(), "requests still open after the drain period; closing them");
+            abort.abort();
+        }
     }
     let _ = sweeper.await;
     hub.data_dir().clear_api_addr();

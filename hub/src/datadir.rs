@@ -6,9 +6,12 @@
 //! <data_dir>/store/         the sled database (see store/)
 //! <data_dir>/run/api.addr   where the running daemon's API listens (written at start)
 //! ```
-//! A first run creates all of it at once (in a sibling directory renamed into place), so a
-//! directory that has some of it but not the rest is damage, reported and never "repaired" by
-//! writing over it.
+//! A first run builds all of it in `<data_dir>/.init/` and moves the pieces into place with the
+//! identity key last (the data dir itself may be a mount point, as systemd's StateDirectory is,
+//! so it is filled in place rather than renamed). A data dir with a `.init/` but no identity is
+//! an interrupted first run holding nothing of value, and is started again; any other
+//! directory that has some of the pieces but not the rest is damage, reported and never
+//! "repaired" by writing over it.
 
 use std::fs;
 use std::io::Write;
@@ -22,6 +25,7 @@ pub const TOKEN_FILE: &str = "admin.token";
 pub const STORE_DIR: &str = "store";
 pub const RUN_DIR: &str = "run";
 pub const API_ADDR_FILE: &str = "api.addr";
+const INIT_DIR: &str = ".init";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataDirError {
@@ -45,6 +49,8 @@ pub enum DataDirError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("cannot gather randomness: {0}")]
     Random(String),
+    #[error("cannot create the store: {0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DataDirError + '_ {
@@ -64,9 +70,13 @@ impl DataDir {
     pub fn open_or_create(root: &Path) -> Result<(DataDir, bool), DataDirError> {
         match fs::metadata(root) {
             Ok(meta) if !meta.is_dir() => Err(DataDirError::NotADirectory(root.to_owned())),
+            Ok(_) if interrupted_first_run(root) => Ok((DataDir::create(root)?, true)),
             Ok(_) if !is_empty_dir(root)? => Ok((DataDir::open(root)?, false)),
             Ok(_) => Ok((DataDir::create(root)?, true)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((DataDir::create(root)?, true)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                fs::DirBuilder::new().recursive(true).mode(0o700).create(root).map_err(io(root))?;
+                Ok((DataDir::create(root)?, true))
+            }
             Err(e) => Err(io(root)(e)),
         }
     }
@@ -83,7 +93,9 @@ impl DataDir {
         if !identity_path.exists() {
             return Err(DataDirError::MissingIdentity { dir: root.to_owned() });
         }
-        if !root.join(STORE_DIR).is_dir() {
+        // `create` leaves an initialised store, so an empty store directory is lost books.
+        let store = root.join(STORE_DIR);
+        if !store.is_dir() || is_empty_dir(&store)? {
             return Err(DataDirError::MissingStore { dir: root.to_owned() });
         }
         let identity = SigningKey::from_bytes(&read_secret::<32>(&identity_path)?);
@@ -99,18 +111,26 @@ impl DataDir {
         Ok(DataDir { root: root.to_owned(), identity, admin_token })
     }
 
+    /// Fills an empty (or interrupted) data dir: everything is made in `.init/`, then moved in
+    /// with the identity last, so no identity ever exists without its store and token.
     fn create(root: &Path) -> Result<DataDir, DataDirError> {
-        let parent = root.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        fs::create_dir_all(parent).map_err(io(parent))?;
-        let name = root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "data".to_owned());
-        let staging = parent.join(format!(".{name}.init-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&staging);
+        let staging = root.join(INIT_DIR);
+        for leftover in [STORE_DIR, TOKEN_FILE, INIT_DIR] {
+            let path = root.join(leftover);
+            let _ = fs::remove_dir_all(&path).or_else(|_| fs::remove_file(&path));
+        }
+        fs::set_permissions(root, fs::Permissions::from_mode(0o700)).map_err(io(root))?;
         fs::DirBuilder::new().mode(0o700).create(&staging).map_err(io(&staging))?;
-        write_secret(&staging.join(IDENTITY_FILE), &random::<32>()?)?;
+        let store = staging.join(STORE_DIR);
+        fs::DirBuilder::new().mode(0o700).create(&store).map_err(io(&store))?;
+        crate::store::initialize(&store)?;
         write_secret(&staging.join(TOKEN_FILE), &random::<32>()?)?;
-        fs::DirBuilder::new().mode(0o700).create(staging.join(STORE_DIR)).map_err(io(&staging))?;
-        // Renaming over an empty directory (one made by a package manager, say) is allowed.
-        fs::rename(&staging, root).map_err(io(root))?;
+        write_secret(&staging.join(IDENTITY_FILE), &random::<32>()?)?;
+        for piece in [STORE_DIR, TOKEN_FILE, IDENTITY_FILE] {
+            fs::rename(staging.join(piece), root.join(piece)).map_err(io(root))?;
+        }
+        fs::remove_dir(&staging).map_err(io(&staging))?;
+        sync_dir(root)?;
         DataDir::open(root)
     }
 
@@ -162,6 +182,16 @@ pub fn read_admin_token(root: &Path) -> Result<String, DataDirError> {
     Ok(hex::encode(read_secret::<32>(&path)?))
 }
 
+/// A first run that stopped before its identity was moved in: nothing in it was ever used.
+fn interrupted_first_run(root: &Path) -> bool {
+    root.join(INIT_DIR).is_dir() && !root.join(IDENTITY_FILE).exists()
+}
+
+/// Makes the directory's entries (the renames) durable.
+fn sync_dir(dir: &Path) -> Result<(), DataDirError> {
+    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+}
+
 fn is_empty_dir(path: &Path) -> Result<bool, DataDirError> {
     Ok(fs::read_dir(path).map_err(io(path))?.next().is_none())
 }
@@ -180,6 +210,9 @@ fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), DataDirError> {
 
 fn read_secret<const N: usize>(path: &Path) -> Result<[u8; N], DataDirError> {
     let meta = fs::metadata(path).map_err(io(path))?;
+    if !meta.is_file() {
+        return Err(DataDirError::Corrupt { path: path.to_owned(), reason: "is not a regular file".to_owned() });
+    }
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(DataDirError::TooOpen { path: path.to_owned(), mode });
@@ -252,6 +285,39 @@ mod tests {
         fs::write(&root, "x").unwrap();
         assert!(matches!(DataDir::open_or_create(&root), Err(DataDirError::NotADirectory(_))));
         assert_eq!(fs::read_to_string(&root).unwrap(), "x");
+    }
+
+    #[test]
+    fn an_interrupted_first_run_is_started_again_but_an_emptied_store_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("data");
+        fs::create_dir_all(root.join(INIT_DIR).join(STORE_DIR)).unwrap();
+        fs::create_dir_all(root.join(STORE_DIR)).unwrap();
+        let (dir, created) = DataDir::open_or_create(&root).unwrap();
+        assert!(created);
+        assert!(!root.join(INIT_DIR).exists());
+        let identity = dir.public_key();
+        drop(dir);
+        for entry in fs::read_dir(root.join(STORE_DIR)).unwrap() {
+            let path = entry.unwrap().path();
+            fs::remove_dir_all(&path).or_else(|_| fs::remove_file(&path)).unwrap();
+        }
+        assert!(matches!(DataDir::open_or_create(&root), Err(DataDirError::MissingStore { .. })));
+        assert_eq!(identity_in(&root), identity, "the identity is never replaced");
+    }
+
+    fn identity_in(root: &Path) -> PublicKey {
+        PublicKey::from(SigningKey::from_bytes(&read_secret::<32>(&root.join(IDENTITY_FILE)).unwrap()).verifying_key())
+    }
+
+    #[test]
+    fn a_directory_where_the_key_should_be_is_corrupt_not_too_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("data");
+        DataDir::open_or_create(&root).unwrap();
+        fs::remove_file(root.join(IDENTITY_FILE)).unwrap();
+        fs::create_dir(root.join(IDENTITY_FILE)).unwrap();
+        assert!(matches!(DataDir::open(&root), Err(DataDirError::Corrupt { .. })));
     }
 
     #[test]

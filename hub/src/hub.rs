@@ -51,8 +51,7 @@ impl Hub {
             data_dir.public_key(),
             config.credit.currency.clone(),
             config.credit.max_credit_per_peer,
-            // A sender may not propose a shorter period than this hub would give itself.
-            config.credit.settlement_period_secs.min(3600),
+            config.credit.min_settlement_period_secs,
         ));
         let settings = PaymentSettings {
             approval_ttl_secs: config.hub.approval_ttl_secs,

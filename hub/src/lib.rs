@@ -8,6 +8,8 @@ pub mod daemon;
 pub mod datadir;
 pub mod hub;
 pub mod ledger;
+pub mod market;
+pub mod net;
 pub mod payments;
 pub mod store;
 

@@ -46,6 +46,8 @@ pub enum PaymentError {
     Overflow,
     #[error("the promise pays {got}, but this costs {required}")]
     Underpaid { required: Amount, got: Amount },
+    #[error("{0}'s budget is set in the config file; change it there (it is applied at every start)")]
+    ConfigManaged(Subject),
 }
 
 /// Something happened that a listener (the web UI, a bridge, a plugin) may care about.
@@ -96,6 +98,8 @@ struct Inner {
     me: PublicKey,
     ledger: Arc<dyn Ledger>,
     settings: PaymentSettings,
+    /// Subjects whose budgets come from the config file, which wins at every start.
+    config_budgets: Vec<Subject>,
     channels: RwLock<HashMap<ChannelId, Arc<Mutex<ChannelRecord>>>>,
     /// Serialises spend decisions so two requests never both fit the same budget headroom.
     spend: tokio::sync::Mutex<SpendState>,
@@ -153,6 +157,7 @@ impl Payments {
                 me,
                 ledger,
                 settings,
+                config_budgets: budgets.iter().map(|b| b.subject.clone()).collect(),
                 channels: RwLock::new(channels),
                 spend: tokio::sync::Mutex::new(SpendState { next_approval_id, pending, committed: HashMap::new() }),
                 events,
@@ -572,6 +577,9 @@ impl Payments {
     }
 
     pub async fn set_budget(&self, budget: Budget) -> Result<(), PaymentError> {
+        if self.inner.config_budgets.contains(&budget.subject) {
+            return Err(PaymentError::ConfigManaged(budget.subject));
+        }
         let mut state = self.inner.spend.lock().await;
         self.inner.store.write(&[Write::Budget(&budget)])?;
         self.inner.store.commit().await?;
