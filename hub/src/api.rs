@@ -2,10 +2,14 @@
 //! HTTP-shaped ones.
 
 use machinomy_core::{Approval, Budget, ChannelId, Verdict, spending};
-use machinomy_web::model::{BudgetView, ChannelView, HubStatus, Role, SpendingQuery, SpendingReport};
+use machinomy_web::model::{
+    BudgetView, CallBody, CallResult, ChannelView, HubStatus, OfferView, PeerView, Role, ServicesView, SpendingQuery,
+    SpendingReport,
+};
 use machinomy_web::{Backend, BackendError};
 
 use crate::hub::{Hub, now};
+use crate::market::MarketError;
 use crate::payments::PaymentError;
 use crate::store::ChannelRecord;
 
@@ -88,6 +92,11 @@ impl Backend for Hub {
             channels_open: channels.iter().filter(|c| channel_is_open(c)).count() as u64,
             approvals_pending: payments.approvals(true, now).await?.len() as u64,
             budgets: payments.budgets()?.len() as u64,
+            peer_id: self.market().net().map(|n| n.peer_id()),
+            p2p_addrs: match self.market().net() {
+                Some(net) => net.listen_addrs().await.unwrap_or_default(),
+                None => Vec::new(),
+            },
         })
     }
 
@@ -127,6 +136,35 @@ impl Backend for Hub {
         Ok(self.payments().decide(id, verdict, &by, now()).await?)
     }
 
+    async fn peers(&self) -> Result<Vec<PeerView>, BackendError> {
+        let Some(net) = self.market().net() else { return Ok(Vec::new()) };
+        let peers = net.peers().await.map_err(|e| BackendError::Unavailable(e.to_string()))?;
+        Ok(peers
+            .into_iter()
+            .map(|p| PeerView { key: p.key, peer_id: p.peer_id, addrs: p.addrs, connected: p.connected })
+            .collect())
+    }
+
+    async fn services(&self) -> Result<ServicesView, BackendError> {
+        let now = now();
+        Ok(ServicesView {
+            own: self.market().own_offers(now).iter().map(offer_view).collect(),
+            seen: self.market().offers(now).iter().map(offer_view).collect(),
+        })
+    }
+
+    async fn call_service(&self, service: String, call: CallBody) -> Result<CallResult, BackendError> {
+        let bought = self.market().call(&service, call.body.into_bytes(), &call.subject).await?;
+        Ok(CallResult {
+            service,
+            seller: bought.seller,
+            price: bought.price,
+            currency: self.payments().currency().clone(),
+            body: String::from_utf8_lossy(&bought.body).into_owned(),
+            receipt: bought.receipt,
+        })
+    }
+
     async fn spending(&self, query: SpendingQuery) -> Result<SpendingReport, BackendError> {
         let entries = self.payments().spending(query.from, query.to)?;
         let rows = spending::report(&entries, query.group_by, query.from, query.to)
@@ -143,6 +181,32 @@ impl Backend for Hub {
             total_received: sum(|r| r.received).map_err(|e| BackendError::Internal(e.to_string()))?,
             rows,
         })
+    }
+}
+
+impl From<MarketError> for BackendError {
+    fn from(e: MarketError) -> Self {
+        match e {
+            MarketError::NoSeller(_) => BackendError::NotFound(e.to_string()),
+            MarketError::Pending { .. } | MarketError::Denied(_) | MarketError::Refused(_) => {
+                BackendError::Conflict(e.to_string())
+            }
+            MarketError::NoNetwork | MarketError::Net(_) | MarketError::BadAnswer(_) => {
+                BackendError::Unavailable(e.to_string())
+            }
+            MarketError::Payment(p) => p.into(),
+        }
+    }
+}
+
+fn offer_view(offer: &machinomy_core::wire::ServiceOffer) -> OfferView {
+    OfferView {
+        service: offer.name.clone(),
+        seller: offer.seller,
+        price: offer.price,
+        currency: offer.currency_code.clone(),
+        description: offer.description.clone(),
+        expires_at: offer.expires_at,
     }
 }
 

@@ -11,6 +11,11 @@ use crate::datadir;
 pub enum ClientError {
     #[error("the hub is not running (no API address in {0}); start it with `machinomy-hub run`")]
     NotRunning(String),
+    /// A stale `run/api.addr` (the hub was killed): nothing listens there any more.
+    #[error("the hub is not running (nothing answers at {0}); start it with `machinomy-hub run`")]
+    NotAnswering(String),
+    #[error("no admin token at {0}; restarting the hub creates a new one")]
+    NoToken(String),
     #[error("cannot reach the hub at {url}: {message}")]
     Unreachable { url: String, message: String },
     #[error("{0}")]
@@ -33,6 +38,10 @@ impl Client {
     pub fn for_data_dir(data_dir: &Path) -> Result<Client, ClientError> {
         let addr = datadir::read_api_addr(data_dir)
             .ok_or_else(|| ClientError::NotRunning(data_dir.join(datadir::RUN_DIR).display().to_string()))?;
+        let token_path = data_dir.join(datadir::TOKEN_FILE);
+        if !token_path.exists() {
+            return Err(ClientError::NoToken(token_path.display().to_string()));
+        }
         let token = datadir::read_admin_token(data_dir)?;
         Client::new(&format!("http://{addr}"), &token)
     }
@@ -72,11 +81,7 @@ impl Client {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
-        let response = request
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .map_err(|e| ClientError::Unreachable { url: self.base.clone(), message: error_chain(&e) })?;
+        let response = request.bearer_auth(&self.token).send().await.map_err(|e| self.unreachable(&e))?;
         if response.status().is_success() {
             return Ok(response);
         }
@@ -86,6 +91,14 @@ impl Client {
             .map(|b| b.error)
             .unwrap_or_else(|_| format!("HTTP {status}"));
         Err(ClientError::Api(message))
+    }
+
+    fn unreachable(&self, error: &reqwest::Error) -> ClientError {
+        if error.is_connect() {
+            let addr = self.base.strip_prefix("http://").unwrap_or(&self.base);
+            return ClientError::NotAnswering(addr.to_owned());
+        }
+        ClientError::Unreachable { url: self.base.clone(), message: error_chain(error) }
     }
 
     async fn json<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> Result<T, ClientError> {

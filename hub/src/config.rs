@@ -356,9 +356,9 @@ impl RawConfig {
         let p2p = self.p2p;
         let p2p = P2pSettings {
             enabled: p2p.enabled.unwrap_or(true),
-            listen: p2p
-                .listen
-                .unwrap_or_else(|| vec!["/ip4/0.0.0.0/tcp/4001".to_owned(), "/ip4/0.0.0.0/udp/4001/quic-v1".to_owned()]),
+            listen: p2p.listen.unwrap_or_else(|| {
+                vec!["/ip4/0.0.0.0/tcp/4001".to_owned(), "/ip4/0.0.0.0/udp/4001/quic-v1".to_owned()]
+            }),
             bootstrap: p2p.bootstrap.unwrap_or_default(),
             mdns: p2p.mdns.unwrap_or(true),
             relay_server: p2p.relay_server.unwrap_or(false),
@@ -371,7 +371,9 @@ impl RawConfig {
                 ttl => ttl,
             },
         };
-        for (key, addrs) in [("p2p.listen", &p2p.listen), ("p2p.bootstrap", &p2p.bootstrap), ("p2p.relays", &p2p.relays)] {
+        for (key, addrs) in
+            [("p2p.listen", &p2p.listen), ("p2p.bootstrap", &p2p.bootstrap), ("p2p.relays", &p2p.relays)]
+        {
             if let Some(bad) = addrs.iter().find(|a| !a.starts_with('/') || a.chars().any(char::is_whitespace)) {
                 return Err(key_error(key, format!("{bad:?} is not a multiaddr (like /ip4/192.0.2.1/tcp/4001)")));
             }
@@ -380,10 +382,11 @@ impl RawConfig {
         let mut sell: Vec<SellSettings> = Vec::with_capacity(self.sell.len());
         for (i, raw) in self.sell.into_iter().enumerate() {
             let key = |field: &str| format!("sell[{i}].{field}");
-            let valid_name = (1..=machinomy_core::wire::MAX_NAME).contains(&raw.name.len())
-                && raw.name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-            if !valid_name {
-                return Err(key_error(&key("name"), "must be 1 to 64 characters of a-z, A-Z, 0-9, '-', '_' or '.'".to_owned()));
+            if !machinomy_core::wire::valid_service_name(&raw.name) {
+                return Err(key_error(
+                    &key("name"),
+                    "must be 1 to 64 characters of a-z, A-Z, 0-9, '-', '_' or '.'".to_owned(),
+                ));
             }
             if sell.iter().any(|s| s.name == raw.name) {
                 return Err(key_error(&key("name"), format!("{:?} is sold twice", raw.name)));
@@ -397,8 +400,18 @@ impl RawConfig {
                     let device = topic
                         .strip_prefix("machinomy/")
                         .and_then(|rest| rest.strip_suffix("/state"))
-                        .filter(|d| !d.is_empty() && d.len() <= 64 && d.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'))
-                        .ok_or_else(|| key_error(&key("topic"), format!("{topic:?} is not a device state topic (machinomy/<device>/state)")))?;
+                        .filter(|d| {
+                            !d.is_empty()
+                                && d.len() <= 64
+                                && d.bytes()
+                                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+                        })
+                        .ok_or_else(|| {
+                            key_error(
+                                &key("topic"),
+                                format!("{topic:?} is not a device state topic (machinomy/<device>/state)"),
+                            )
+                        })?;
                     ServiceAnswer::DeviceState { device: device.to_owned() }
                 }
                 (None, Some(text)) => ServiceAnswer::Text(text),
@@ -413,7 +426,12 @@ impl RawConfig {
             path: path.to_owned(),
             hub: HubSettings { name, data_dir, approval_ttl_secs, max_pending_approvals },
             web: WebSettings { listen },
-            credit: CreditSettings { currency, max_credit_per_peer, settlement_period_secs, min_settlement_period_secs },
+            credit: CreditSettings {
+                currency,
+                max_credit_per_peer,
+                settlement_period_secs,
+                min_settlement_period_secs,
+            },
             budgets,
         })
     }

@@ -30,6 +30,8 @@ pub enum DaemonError {
     Auth(machinomy_web::AuthError),
     #[error("the API server failed: {0}")]
     Serve(std::io::Error),
+    #[error("the peer network could not start: {0}")]
+    Net(#[from] crate::net::NetError),
 }
 
 /// A shutdown signal every task can wait on.
@@ -66,7 +68,6 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     }
     info!(name = hub.name(), identity = %hub.data_dir().public_key(), "hub open");
 
-    let (stop_tx, stop_rx) = watch::channel(false);
     let listener = tokio::net::TcpListener::bind(config.web.listen).await.map_err(|source| DaemonError::Listen {
         addr: config.web.listen,
         config: config.path.display().to_string(),
@@ -79,12 +80,37 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         warn!(%addr, "the admin API listens beyond this machine: anyone who reaches it and holds the token can move money");
     }
 
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut background = Vec::new();
+    let net = if config.p2p.enabled {
+        let net_config = crate::net::NetConfig {
+            listen: config.p2p.listen.clone(),
+            bootstrap: config.p2p.bootstrap.clone(),
+            mdns: config.p2p.mdns,
+            relay_server: config.p2p.relay_server,
+            relays: config.p2p.relays.clone(),
+        };
+        let (handle, task) =
+            crate::net::start(hub.data_dir().identity(), &net_config, Arc::new(hub.market().clone())).await?;
+        info!(peer_id = handle.peer_id(), "peer network up");
+        hub.market().attach(handle);
+        background.push(tokio::spawn(announce_offers(
+            hub.clone(),
+            config.p2p.offer_ttl_secs,
+            Shutdown(stop_rx.clone()),
+        )));
+        background.push(tokio::spawn(pay_approved_invoices(hub.clone(), Shutdown(stop_rx.clone()))));
+        Some(task)
+    } else {
+        info!("peer network disabled (p2p.enabled = false)");
+        None
+    };
     let auth = machinomy_web::AdminAuth::new(hub.data_dir().admin_token()).map_err(DaemonError::Auth)?;
     let app = machinomy_web::router(Arc::new(hub.clone()), auth);
     let server_stop = Shutdown(stop_rx.clone());
     let server =
         tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(server_stop.wait()).await });
-    let sweeper = tokio::spawn(expire_approvals(hub.clone(), Shutdown(stop_rx)));
+    background.push(tokio::spawn(expire_approvals(hub.clone(), Shutdown(stop_rx))));
 
     let reason = signal.await;
     info!(reason, "shutting down");
@@ -99,7 +125,12 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             abort.abort();
         }
     }
-    let _ = sweeper.await;
+    for task in background {
+        let _ = task.await;
+    }
+    if let Some(net) = net {
+        net.shutdown().await;
+    }
     hub.data_dir().clear_api_addr();
     hub.close().await?;
     info!("stopped; books flushed");
@@ -118,6 +149,50 @@ async fn expire_approvals(hub: Hub, shutdown: Shutdown) {
                     warn!(error = %e, "could not expire pending approvals");
                 }
             }
+        }
+    }
+}
+
+/// Announces this hub's offers now and again well before they expire.
+async fn announce_offers(hub: Hub, ttl_secs: u64, shutdown: Shutdown) {
+    if hub.market().own_offers(now()).is_empty() {
+        return;
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs((ttl_secs / 3).max(1)));
+    let stop = shutdown.wait();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tick.tick() => match hub.market().announce().await {
+                Ok(count) => info!(count, "announced offers"),
+                Err(e) => warn!(error = %e, "could not announce offers"),
+            },
+        }
+    }
+}
+
+/// Pays invoices from peers once the owner approves them (the invoice was answered "pending").
+async fn pay_approved_invoices(hub: Hub, shutdown: Shutdown) {
+    use crate::payments::HubEvent;
+    let mut events = hub.payments().subscribe();
+    let stop = shutdown.wait();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            event = events.recv() => match event {
+                Ok(HubEvent::ApprovalDecided { approval }) => {
+                    if let Err(e) = hub.market().pay_approved_invoice(&approval).await {
+                        warn!(approval = approval.id, error = %e, "could not pay an approved invoice");
+                    }
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    warn!(missed, "fell behind on hub events; some approved invoices may need paying by hand");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            },
         }
     }
 }

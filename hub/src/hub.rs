@@ -8,6 +8,7 @@ use machinomy_core::Timestamp;
 use crate::config::Config;
 use crate::datadir::{DataDir, DataDirError};
 use crate::ledger::CreditLedger;
+use crate::market::{DeviceStates, Market};
 use crate::payments::{PaymentError, PaymentSettings, Payments};
 use crate::store::{Store, StoreError};
 
@@ -39,6 +40,8 @@ struct HubInner {
     started_at: Timestamp,
     data_dir: DataDir,
     payments: Payments,
+    market: Market,
+    devices: Arc<DeviceStates>,
 }
 
 impl Hub {
@@ -58,8 +61,26 @@ impl Hub {
             max_pending_approvals: config.hub.max_pending_approvals,
         };
         let payments = Payments::open(store, data_dir.identity().clone(), ledger, settings, &config.budgets).await?;
-        let hub =
-            Hub { inner: Arc::new(HubInner { name: config.hub.name.clone(), started_at: now(), data_dir, payments }) };
+        let devices = Arc::new(DeviceStates::default());
+        let market = Market::new(
+            payments.clone(),
+            data_dir.identity().clone(),
+            config.credit.currency.clone(),
+            config.sell.clone(),
+            config.p2p.clone(),
+            config.credit.settlement_period_secs,
+            devices.clone(),
+        );
+        let hub = Hub {
+            inner: Arc::new(HubInner {
+                name: config.hub.name.clone(),
+                started_at: now(),
+                data_dir,
+                payments,
+                market,
+                devices,
+            }),
+        };
         Ok((hub, created))
     }
 
@@ -77,6 +98,15 @@ impl Hub {
 
     pub fn payments(&self) -> &Payments {
         &self.inner.payments
+    }
+
+    pub fn market(&self) -> &Market {
+        &self.inner.market
+    }
+
+    /// The latest state of each device, for services that sell it.
+    pub fn devices(&self) -> &Arc<DeviceStates> {
+        &self.inner.devices
     }
 
     /// Flushes the books and stops the store; the last thing the daemon does. The store's lock

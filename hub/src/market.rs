@@ -95,6 +95,9 @@ struct Inner {
     devices: Arc<DeviceStates>,
     /// Offers seen, by (service, seller).
     offers: Mutex<BTreeMap<(String, PublicKey), ServiceOffer>>,
+    /// Channels whose last promise's fate is unknown (the call failed and the seller could not
+    /// be asked): resynced before anything more is paid on them, so nothing is paid twice.
+    unsettled: Mutex<std::collections::HashSet<ChannelId>>,
     /// Set once the net layer runs (it needs this market as its handler first).
     net: OnceLock<NetHandle>,
 }
@@ -121,6 +124,7 @@ impl Market {
                 settlement_period_secs,
                 devices,
                 offers: Mutex::new(BTreeMap::new()),
+                unsettled: Mutex::new(std::collections::HashSet::new()),
                 net: OnceLock::new(),
             }),
         }
@@ -140,7 +144,16 @@ impl Market {
         self.inner
             .sell
             .iter()
-            .map(|s| ServiceOffer::sign(&s.name, s.price, self.inner.currency.code(), &s.description, expires, &self.inner.identity))
+            .map(|s| {
+                ServiceOffer::sign(
+                    &s.name,
+                    s.price,
+                    self.inner.currency.code(),
+                    &s.description,
+                    expires,
+                    &self.inner.identity,
+                )
+            })
             .collect()
     }
 
@@ -185,7 +198,11 @@ impl Market {
         }
         offer.verify(now).map_err(|e| e.to_string())?;
         if offer.currency_code != self.inner.currency.code() {
-            return Err(format!("offer is priced in {}, this hub uses {}", offer.currency_code, self.inner.currency.code()));
+            return Err(format!(
+                "offer is priced in {}, this hub uses {}",
+                offer.currency_code,
+                self.inner.currency.code()
+            ));
         }
         self.remember(offer);
         Ok(())
@@ -207,12 +224,19 @@ impl Market {
         }
     }
 
-    async fn on_proposal(&self, from: PublicKey, proposal: ChannelProposal) -> Result<machinomy_core::ChannelTerms, WireError> {
+    async fn on_proposal(
+        &self,
+        from: PublicKey,
+        proposal: ChannelProposal,
+    ) -> Result<machinomy_core::ChannelTerms, WireError> {
         if proposal.sender != from {
             return Err(WireError::new(ErrorCode::BadRequest, "the proposal's sender is not the peer that sent it"));
         }
         if proposal.ledger != self.inner.ledger {
-            return Err(WireError::new(ErrorCode::WrongLedger, format!("this hub takes channels on {}, not {}", self.inner.ledger, proposal.ledger)));
+            return Err(WireError::new(
+                ErrorCode::WrongLedger,
+                format!("this hub takes channels on {}, not {}", self.inner.ledger, proposal.ledger),
+            ));
         }
         let proposal = Proposal {
             channel: proposal.channel,
@@ -241,12 +265,9 @@ impl Market {
     }
 
     async fn on_call(&self, from: PublicKey, call: ServiceCall) -> Result<(Vec<u8>, Receipt), WireError> {
-        let service = self
-            .inner
-            .sell
-            .iter()
-            .find(|s| s.name == call.service)
-            .ok_or_else(|| WireError::new(ErrorCode::UnknownService, format!("this hub does not sell {:?}", call.service)))?;
+        let service = self.inner.sell.iter().find(|s| s.name == call.service).ok_or_else(|| {
+            WireError::new(ErrorCode::UnknownService, format!("this hub does not sell {:?}", call.service))
+        })?;
         if call.body.len() > wire::MAX_BODY {
             return Err(WireError::new(ErrorCode::BadRequest, "the request body is too large"));
         }
@@ -258,24 +279,22 @@ impl Market {
             ServiceAnswer::DeviceState { device } => match self.inner.devices.get(device) {
                 Some(state) => (state, Subject::Device(device.clone())),
                 None => {
-                    return Err(WireError::new(ErrorCode::ServiceUnavailable, format!("device {device} has reported no state yet")));
+                    return Err(WireError::new(
+                        ErrorCode::ServiceUnavailable,
+                        format!("device {device} has reported no state yet"),
+                    ));
                 }
             },
         };
         let meta = IncomingMeta { subject, memo: format!("service {}", service.name) };
-        let acceptance = self
-            .inner
-            .payments
-            .accept_at_least(call.promise, service.price, &meta, now())
-            .await
-            .map_err(|e| match e {
-                PaymentError::Underpaid { required, .. } => WireError {
-                    code: ErrorCode::PaymentRequired,
-                    message: e.to_string(),
-                    required: Some(required),
-                },
+        let acceptance = self.inner.payments.accept_at_least(call.promise, service.price, &meta, now()).await.map_err(
+            |e| match e {
+                PaymentError::Underpaid { required, .. } => {
+                    WireError { code: ErrorCode::PaymentRequired, message: e.to_string(), required: Some(required) }
+                }
                 other => wire_error(&other),
-            })?;
+            },
+        )?;
         Ok((body, self.inner.payments.receipt(channel, acceptance, now())))
     }
 
@@ -318,7 +337,20 @@ impl Market {
 
     /// A channel to `seller` with room for `amount`, opening one if needed.
     async fn channel_to(&self, seller: &PublicKey, amount: Amount) -> Result<ChannelId, MarketError> {
+        let unsettled: Vec<ChannelId> =
+            self.inner.unsettled.lock().map(|u| u.iter().copied().collect()).unwrap_or_default();
+        for channel in unsettled {
+            if matches!(self.inner.payments.channel(&channel), Ok(ChannelRecord::Sender(c)) if &c.terms.receiver == seller)
+            {
+                self.resync(seller, channel).await;
+            }
+        }
         if let Some(id) = self.inner.payments.outgoing_with_room(seller, amount)? {
+            if self.inner.unsettled.lock().map(|u| u.contains(&id)).unwrap_or(true) {
+                return Err(MarketError::BadAnswer(format!(
+                    "channel {id} to the seller has a payment of unknown fate and the seller cannot be asked yet"
+                )));
+            }
             return Ok(id);
         }
         let net = self.net().ok_or(MarketError::NoNetwork)?;
@@ -390,7 +422,8 @@ impl Market {
     /// Buys one call of `service` for `subject`, inside `subject`'s budget.
     pub async fn call(&self, service: &str, body: Vec<u8>, subject: &Subject) -> Result<Bought, MarketError> {
         let sellers = self.sellers(service).await?;
-        let offer = sellers.into_iter().min_by_key(|o| o.price).ok_or_else(|| MarketError::NoSeller(service.to_owned()))?;
+        let offer =
+            sellers.into_iter().min_by_key(|o| o.price).ok_or_else(|| MarketError::NoSeller(service.to_owned()))?;
         let request = SpendRequest {
             subject: subject.clone(),
             payee: offer.seller.to_hex(),
@@ -415,10 +448,18 @@ impl Market {
         result
     }
 
-    async fn call_paid(&self, offer: &ServiceOffer, service: &str, body: Vec<u8>, subject: &Subject, approval: u64) -> Result<Bought, MarketError> {
+    async fn call_paid(
+        &self,
+        offer: &ServiceOffer,
+        service: &str,
+        body: Vec<u8>,
+        subject: &Subject,
+        approval: u64,
+    ) -> Result<Bought, MarketError> {
         let net = self.net().ok_or(MarketError::NoNetwork)?;
         let seller = offer.seller;
-        let promise = self.promise_to(&seller, offer.price, subject, &format!("service {service}"), Some(approval)).await?;
+        let promise =
+            self.promise_to(&seller, offer.price, subject, &format!("service {service}"), Some(approval)).await?;
         let channel = promise.body.channel;
         let total = promise.body.amount;
         let call = ServiceCall { service: service.to_owned(), body, promise };
@@ -443,17 +484,74 @@ impl Market {
         }
     }
 
-    /// Adopts the seller's durable view of a channel after a failed or unanswered call.
-    pub async fn resync(&self, seller: &PublicKey, channel: ChannelId) {
-        let Some(net) = self.net() else { return };
-        match net.channel(*seller, ChannelRequest::Resync { channel }).await {
-            Ok(ChannelResponse::State { best, .. }) => {
-                if let Err(e) = self.inner.payments.resync_outgoing(channel, best).await {
-                    warn!(%channel, error = %e, "could not resync a channel");
+    /// Pays an invoice the owner approved after it waited (see `on_invoice`): a promise for
+    /// the invoiced amount, sent with the invoice's reference. Other approvals are ignored.
+    pub async fn pay_approved_invoice(&self, approval: &machinomy_core::Approval) -> Result<(), MarketError> {
+        let Subject::Peer(payee) = &approval.request.subject else { return Ok(()) };
+        let owner_approved =
+            matches!(&approval.state, ApprovalState::Approved { by, .. } if by != machinomy_core::BUDGET_PRINCIPAL);
+        if !owner_approved || approval.outcome.is_some() || approval.request.payee != *payee {
+            return Ok(());
+        }
+        let Ok(payee) = payee.parse::<PublicKey>() else { return Ok(()) };
+        let net = self.net().ok_or(MarketError::NoNetwork)?;
+        let memo = format!("invoice {}", approval.request.reference);
+        let result = async {
+            let promise = self
+                .promise_to(&payee, approval.request.amount, &approval.request.subject, &memo, Some(approval.id))
+                .await?;
+            let channel = promise.body.channel;
+            match net.pay(payee, PayRequest { promise, memo }).await {
+                Ok(PayResponse::Receipt(receipt)) if receipt.verify(&payee).is_ok() => Ok(()),
+                Ok(PayResponse::Receipt(_)) => Err(MarketError::BadAnswer("the receipt does not verify".to_owned())),
+                Ok(PayResponse::Error(e)) => {
+                    self.resync(&payee, channel).await;
+                    Err(MarketError::Refused(e))
+                }
+                Err(e) => {
+                    self.resync(&payee, channel).await;
+                    Err(e.into())
                 }
             }
-            Ok(other) => warn!(%channel, answer = ?other, "seller did not resync"),
-            Err(e) => warn!(%channel, error = %e, "seller unreachable for a resync"),
+        }
+        .await;
+        if let Err(e) = &result {
+            let _ = self.inner.payments.spend_failed(approval.id, &e.to_string(), now()).await;
+        }
+        result
+    }
+
+    /// Adopts the seller's durable view of a channel after a failed or unanswered call; until
+    /// that succeeds the channel is kept out of use.
+    pub async fn resync(&self, seller: &PublicKey, channel: ChannelId) {
+        let mark = |unsettled: bool| {
+            if let Ok(mut set) = self.inner.unsettled.lock() {
+                if unsettled {
+                    set.insert(channel);
+                } else {
+                    set.remove(&channel);
+                }
+            }
+        };
+        let Some(net) = self.net() else { return mark(true) };
+        match net.channel(*seller, ChannelRequest::Resync { channel }).await {
+            Ok(ChannelResponse::State { best, .. }) => {
+                match self.inner.payments.resync_outgoing(channel, best, now()).await {
+                    Ok(_) => mark(false),
+                    Err(e) => {
+                        warn!(%channel, error = %e, "could not resync a channel");
+                        mark(true);
+                    }
+                }
+            }
+            Ok(other) => {
+                warn!(%channel, answer = ?other, "seller did not resync");
+                mark(true);
+            }
+            Err(e) => {
+                warn!(%channel, error = %e, "seller unreachable for a resync");
+                mark(true);
+            }
         }
     }
 }

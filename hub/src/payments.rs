@@ -123,7 +123,8 @@ impl SpendState {
     fn adjust(&mut self, subject: &Subject, period_start: Timestamp, delta: Amount, add: bool) {
         if let Some((start, total)) = self.committed.get_mut(subject) {
             if *start == period_start {
-                *total = if add { total.checked_add(delta).unwrap_or(Amount::MAX) } else { total.saturating_sub(delta) };
+                *total =
+                    if add { total.checked_add(delta).unwrap_or(Amount::MAX) } else { total.saturating_sub(delta) };
             }
         }
     }
@@ -298,7 +299,9 @@ impl Payments {
     /// An open channel this hub pays `receiver` on with at least `room` left, if there is one.
     pub fn outgoing_with_room(&self, receiver: &PublicKey, room: Amount) -> Result<Option<ChannelId>, PaymentError> {
         Ok(self.channels()?.iter().find_map(|record| match record {
-            ChannelRecord::Sender(c) if &c.terms.receiver == receiver && c.status.is_open() && c.remaining() >= room => {
+            ChannelRecord::Sender(c)
+                if &c.terms.receiver == receiver && c.status.is_open() && c.remaining() >= room =>
+            {
                 Some(c.terms.id)
             }
             _ => None,
@@ -306,17 +309,41 @@ impl Payments {
     }
 
     /// As sender: adopts the receiver's durable view of channel `id` (see `SenderChannel::resync`).
-    pub async fn resync_outgoing(&self, id: ChannelId, best: Option<Promise>) -> Result<Amount, PaymentError> {
+    /// Whatever that withdraws — promises the receiver never stored, for things never
+    /// delivered — goes into the spending ledger as money back, so the books match the channel.
+    pub async fn resync_outgoing(
+        &self,
+        id: ChannelId,
+        best: Option<Promise>,
+        now: Timestamp,
+    ) -> Result<Amount, PaymentError> {
         let slot = self.channel_slot(&id)?;
         let promised = {
             let mut record = slot.lock().map_err(|_| poisoned())?;
             let ChannelRecord::Sender(channel) = &*record else {
                 return Err(PaymentError::WrongSide { id, held: "receiver", wanted: "sender" });
             };
+            let before = channel.promised();
+            let receiver = channel.terms.receiver;
             let mut next = channel.clone();
             let promised = next.resync(best)?;
+            let withdrawn = before.saturating_sub(promised);
+            let entry = SpendingEntry {
+                at: now,
+                direction: Direction::In,
+                subject: Subject::Peer(receiver.to_hex()),
+                counterparty: receiver.to_hex(),
+                amount: withdrawn,
+                memo: "withdrawn: a promise the receiver never stored".to_owned(),
+                channel: Some(id),
+                approval: None,
+            };
             let next = ChannelRecord::Sender(next);
-            self.inner.store.write(&[Write::Progress(&next)])?;
+            let mut writes = vec![Write::Progress(&next)];
+            if !withdrawn.is_zero() {
+                writes.push(Write::Spending(&entry));
+            }
+            self.inner.store.write(&writes)?;
             *record = next;
             promised
         };

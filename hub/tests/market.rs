@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use machinomy_core::PublicKey;
 use machinomy_core::wire::ErrorCode;
 use machinomy_core::{Amount, Budget, Currency, Period, SigningKey, Subject};
 use machinomy_hub::config::{P2pSettings, SellSettings, ServiceAnswer};
@@ -13,7 +14,6 @@ use machinomy_hub::market::{DeviceStates, Market, MarketError};
 use machinomy_hub::net::{self, NetConfig, NetTask};
 use machinomy_hub::payments::{PaymentSettings, Payments};
 use machinomy_hub::store::{ChannelRecord, Store};
-use machinomy_core::PublicKey;
 
 const PRICE: u128 = 1_000;
 
@@ -48,8 +48,10 @@ async fn hub(seed: u8, sell: Vec<SellSettings>, budgets: &[Budget], bootstrap: V
     let payments = Payments::open(store, key.clone(), ledger, settings, budgets).await.unwrap();
     let devices = Arc::new(DeviceStates::default());
     let settings = p2p(bootstrap);
-    let market = Market::new(payments.clone(), key.clone(), Currency::usd(), sell, settings.clone(), 3600, devices.clone());
-    let config = NetConfig { listen: settings.listen.clone(), bootstrap: settings.bootstrap.clone(), ..NetConfig::default() };
+    let market =
+        Market::new(payments.clone(), key.clone(), Currency::usd(), sell, settings.clone(), 3600, devices.clone());
+    let config =
+        NetConfig { listen: settings.listen.clone(), bootstrap: settings.bootstrap.clone(), ..NetConfig::default() };
     let (handle, task) = net::start(&key, &config, Arc::new(market.clone())).await.unwrap();
     market.attach(handle);
     TestHub { _dir: dir, payments, market, task: Some(task), devices }
@@ -68,11 +70,22 @@ impl TestHub {
 }
 
 fn weather(answer: ServiceAnswer) -> SellSettings {
-    SellSettings { name: "weather".to_owned(), price: Amount::from_base_units(PRICE), description: "local forecast".to_owned(), answer }
+    SellSettings {
+        name: "weather".to_owned(),
+        price: Amount::from_base_units(PRICE),
+        description: "local forecast".to_owned(),
+        answer,
+    }
 }
 
 fn buyer_budget(limit: u128, auto: u128) -> Budget {
-    Budget::new("plugin:weather-buyer".parse().unwrap(), Period::Day, Amount::from_base_units(limit), Amount::from_base_units(auto)).unwrap()
+    Budget::new(
+        "plugin:weather-buyer".parse().unwrap(),
+        Period::Day,
+        Amount::from_base_units(limit),
+        Amount::from_base_units(auto),
+    )
+    .unwrap()
 }
 
 fn buyer_subject() -> Subject {
@@ -127,7 +140,8 @@ async fn a_thousand_paid_calls_agree_on_both_hubs_to_the_base_unit() {
 
 #[tokio::test]
 async fn a_device_state_service_answers_with_the_latest_state_and_charges_nothing_without_one() {
-    let seller = hub(4, vec![weather(ServiceAnswer::DeviceState { device: "station".to_owned() })], &[], Vec::new()).await;
+    let seller =
+        hub(4, vec![weather(ServiceAnswer::DeviceState { device: "station".to_owned() })], &[], Vec::new()).await;
     let buyer = hub(3, Vec::new(), &[buyer_budget(10 * PRICE, PRICE)], seller.addrs().await).await;
     buyer.market.net().unwrap().dial(&seller.addrs().await[0]).await.unwrap();
     seller.market.announce().await.unwrap();

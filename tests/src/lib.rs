@@ -245,6 +245,8 @@ enum ConfigMode {
 pub struct TestHubBuilder {
     name: String,
     hub_lines: Vec<String>,
+    /// `None`: the peer network is off. `Some`: on, on loopback only, with these extra lines.
+    p2p_lines: Option<Vec<String>>,
     extra: Vec<String>,
 }
 
@@ -258,6 +260,14 @@ impl TestHubBuilder {
     /// A line in the `[hub]` table, e.g. `approval_ttl_secs = 60`.
     pub fn hub_line(mut self, line: &str) -> Self {
         self.hub_lines.push(line.to_owned());
+        self
+    }
+
+    /// Turns the peer network on: listening on loopback only (TCP and QUIC, free ports), mDNS off
+    /// (it would send multicast beyond loopback); `lines` go into the `[p2p]` table
+    /// (e.g. `bootstrap = ["/ip4/127.0.0.1/tcp/…/p2p/…"]`).
+    pub fn p2p(mut self, lines: &[&str]) -> Self {
+        self.p2p_lines = Some(lines.iter().map(|l| (*l).to_owned()).collect());
         self
     }
 
@@ -276,6 +286,15 @@ impl TestHubBuilder {
             let _ = writeln!(text, "{line}");
         }
         text.push_str("\n[web]\nlisten = \"127.0.0.1:0\"\n");
+        match &self.p2p_lines {
+            None => text.push_str("\n[p2p]\nenabled = false\n"),
+            Some(lines) => {
+                text.push_str(P2P_LOOPBACK);
+                for line in lines {
+                    let _ = writeln!(text, "{line}");
+                }
+            }
+        }
         for extra in &self.extra {
             let _ = write!(text, "\n{extra}\n");
         }
@@ -290,6 +309,10 @@ impl TestHubBuilder {
         Ok(hub)
     }
 }
+
+/// The `[p2p]` table of a test hub on the peer network: loopback only, no mDNS.
+pub const P2P_LOOPBACK: &str =
+    "\n[p2p]\nlisten = [\"/ip4/127.0.0.1/tcp/0\", \"/ip4/127.0.0.1/udp/0/quic-v1\"]\nmdns = false\n";
 
 /// A TOML basic string.
 fn toml_string(text: &str) -> String {
@@ -334,7 +357,7 @@ struct Running {
 
 impl TestHub {
     pub fn builder() -> TestHubBuilder {
-        TestHubBuilder { name: "test-hub".to_owned(), hub_lines: Vec::new(), extra: Vec::new() }
+        TestHubBuilder { name: "test-hub".to_owned(), hub_lines: Vec::new(), p2p_lines: None, extra: Vec::new() }
     }
 
     /// A hub with the default test config: `data_dir = "data"`, `listen = "127.0.0.1:0"`.

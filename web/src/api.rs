@@ -4,7 +4,7 @@
 //! |--------|-----------------------------------|------------------------------------------|
 //! | GET    | `/healthz`                        | `ok` (no auth)                           |
 //! | GET    | `/api/v1/status`                  | [`HubStatus`]                            |
-//! | GET    | `/api/v1/channels`                | `[ChannelView]`                          |
+//! | GET    | `/api/v1/channels?peer=`          | `[ChannelView]`, only those with `peer` (a public key) when given |
 //! | GET    | `/api/v1/channels/{id}`           | [`ChannelView`]                          |
 //! | POST   | `/api/v1/channels/{id}/close`     | [`ChannelView`] in its new state         |
 //! | GET    | `/api/v1/budgets`                 | `[BudgetView]`                           |
@@ -15,6 +15,9 @@
 //! | POST   | `/api/v1/approvals/{id}/deny`     | `Approval`; optional [`DenyBody`]        |
 //! | GET    | `/api/v1/spending?group_by=&from=&to=` | [`SpendingReport`]                  |
 //! | GET    | `/api/v1/spending.csv?…`          | the same report as `text/csv`            |
+//! | GET    | `/api/v1/peers`                   | `[PeerView]`                             |
+//! | GET    | `/api/v1/services`                | [`ServicesView`] (own and seen offers)   |
+//! | POST   | `/api/v1/services/{name}/call`    | [`CallResult`]; body: [`CallBody`]; 409 while an approval is pending |
 //!
 //! Everything under `/api/v1` needs `Authorization: Bearer <admin token>`. Errors are
 //! `{"error": "..."}` (see [`ApiError`]).
@@ -28,7 +31,7 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, http::StatusCode};
-use machinomy_core::{Approval, ChannelId, GroupBy, Timestamp, Verdict};
+use machinomy_core::{Approval, ChannelId, GroupBy, PublicKey, Timestamp, Verdict};
 use serde::Deserialize;
 
 use crate::auth::{AdminAuth, Principal, require_auth};
@@ -36,7 +39,10 @@ use crate::backend::Backend;
 use crate::csv::spending_csv;
 use crate::error::ApiError;
 use crate::extract::{ApiPath, ApiQuery, BODY_LIMIT, JsonBody, OptionalJson};
-use crate::model::{BudgetView, ChannelView, DenyBody, HubStatus, SpendingQuery, SpendingReport};
+use crate::model::{
+    BudgetView, CallBody, CallResult, ChannelView, DenyBody, HubStatus, PeerView, ServicesView, SpendingQuery,
+    SpendingReport,
+};
 
 /// The hub's HTTP service: `/healthz` and the admin API over `backend`, guarded by `auth`.
 ///
@@ -55,6 +61,9 @@ pub fn router<B: Backend>(backend: Arc<B>, auth: AdminAuth) -> Router {
         .route("/api/v1/approvals/{id}/deny", post(deny::<B>))
         .route("/api/v1/spending", get(spending::<B>))
         .route("/api/v1/spending.csv", get(spending_csv_report::<B>))
+        .route("/api/v1/peers", get(peers::<B>))
+        .route("/api/v1/services", get(services::<B>))
+        .route("/api/v1/services/{name}/call", post(call_service::<B>))
         .method_not_allowed_fallback(method_not_allowed)
         // `route_layer`: authentication runs for every API route, including a wrong method.
         .route_layer(middleware::from_fn_with_state(Arc::new(auth), require_auth))
@@ -83,8 +92,25 @@ async fn status<B: Backend>(State(backend): State<Arc<B>>) -> Result<Json<HubSta
     Ok(Json(backend.status().await?))
 }
 
-async fn channels<B: Backend>(State(backend): State<Arc<B>>) -> Result<Json<Vec<ChannelView>>, ApiError> {
-    Ok(Json(backend.channels().await?))
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChannelsParams {
+    peer: Option<String>,
+}
+
+async fn channels<B: Backend>(
+    State(backend): State<Arc<B>>,
+    ApiQuery(params): ApiQuery<ChannelsParams>,
+) -> Result<Json<Vec<ChannelView>>, ApiError> {
+    let peer = match params.peer.as_deref() {
+        None | Some("") => None,
+        Some(text) => Some(parse_peer_key(text)?),
+    };
+    let mut channels = backend.channels().await?;
+    if let Some(peer) = peer {
+        channels.retain(|c| c.counterparty == peer);
+    }
+    Ok(Json(channels))
 }
 
 async fn channel<B: Backend>(
@@ -223,6 +249,42 @@ async fn spending_csv_report<B: Backend>(
         headers.insert(header::CONTENT_DISPOSITION, value);
     }
     Ok(response)
+}
+
+async fn peers<B: Backend>(State(backend): State<Arc<B>>) -> Result<Json<Vec<PeerView>>, ApiError> {
+    Ok(Json(backend.peers().await?))
+}
+
+async fn services<B: Backend>(State(backend): State<Arc<B>>) -> Result<Json<ServicesView>, ApiError> {
+    Ok(Json(backend.services().await?))
+}
+
+async fn call_service<B: Backend>(
+    State(backend): State<Arc<B>>,
+    ApiPath(name): ApiPath<String>,
+    JsonBody(call): JsonBody<CallBody>,
+) -> Result<Json<CallResult>, ApiError> {
+    check_service_name(&name)?;
+    Ok(Json(backend.call_service(name, call).await?))
+}
+
+/// The longest service name (the peer protocol's limit on an offer's name).
+const MAX_SERVICE_NAME: usize = machinomy_core::wire::MAX_NAME;
+
+/// A service name: 1 to 64 characters of `A-Z a-z 0-9 - _ .` (what a URL path carries unescaped).
+fn check_service_name(name: &str) -> Result<(), ApiError> {
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.');
+    if (1..=MAX_SERVICE_NAME).contains(&name.len()) && name.bytes().all(allowed) {
+        return Ok(());
+    }
+    Err(ApiError::bad_request(format!(
+        "the service name must be 1 to {MAX_SERVICE_NAME} characters of A-Z, a-z, 0-9, '-', '_' or '.', not {name:?}"
+    )))
+}
+
+fn parse_peer_key(text: &str) -> Result<PublicKey, ApiError> {
+    text.parse()
+        .map_err(|_| ApiError::bad_request(format!("`peer` must be a public key (64 hex characters), not {text:?}")))
 }
 
 fn parse_channel_id(text: &str) -> Result<ChannelId, ApiError> {

@@ -5,7 +5,9 @@ use std::future::Future;
 
 use machinomy_core::{Approval, Budget, ChannelId, Verdict};
 
-use crate::model::{BudgetView, ChannelView, HubStatus, SpendingQuery, SpendingReport};
+use crate::model::{
+    BudgetView, CallBody, CallResult, ChannelView, HubStatus, PeerView, ServicesView, SpendingQuery, SpendingReport,
+};
 
 /// Why the backend could not do what was asked. Each maps to one HTTP status.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -52,4 +54,16 @@ pub trait Backend: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Approval, BackendError>> + Send;
 
     fn spending(&self, query: SpendingQuery) -> impl Future<Output = Result<SpendingReport, BackendError>> + Send;
+
+    /// Hubs known on the peer network.
+    fn peers(&self) -> impl Future<Output = Result<Vec<PeerView>, BackendError>> + Send;
+    /// Services this hub sells and those it has seen offered.
+    fn services(&self) -> impl Future<Output = Result<ServicesView, BackendError>> + Send;
+    /// Buys one call of `service` inside `call.subject`'s budget. A spend over the budget's
+    /// threshold answers `Conflict` naming the pending approval.
+    fn call_service(
+        &self,
+        service: String,
+        call: CallBody,
+    ) -> impl Future<Output = Result<CallResult, BackendError>> + Send;
 }

@@ -20,6 +20,12 @@ pub struct HubStatus {
     pub channels_open: u64,
     pub approvals_pending: u64,
     pub budgets: u64,
+    /// The hub's libp2p peer id, when the peer network runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_id: Option<String>,
+    /// Where other hubs can reach it (full multiaddrs with `/p2p/<peer id>`).
+    #[serde(default)]
+    pub p2p_addrs: Vec<String>,
 }
 
 /// Which end of a channel this hub holds.
@@ -92,4 +98,60 @@ pub struct DenyBody {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: String,
+}
+
+/// A hub this hub knows on the peer network.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerView {
+    /// The peer's ed25519 identity (what channels and offers name).
+    pub key: PublicKey,
+    /// Its libp2p peer id (derived from the key).
+    pub peer_id: String,
+    pub addrs: Vec<String>,
+    pub connected: bool,
+}
+
+/// A service offered on the peer network (by another hub, or by this one).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfferView {
+    pub service: String,
+    pub seller: PublicKey,
+    /// Per call, in base units of `currency`.
+    pub price: Amount,
+    pub currency: String,
+    pub description: String,
+    pub expires_at: Timestamp,
+}
+
+/// `GET /api/v1/services`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServicesView {
+    /// What this hub sells.
+    pub own: Vec<OfferView>,
+    /// What other hubs offer, cheapest first within a service.
+    pub seen: Vec<OfferView>,
+}
+
+/// `POST /api/v1/services/{name}/call`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallBody {
+    /// Whose budget pays (`device:…`, `plugin:…`).
+    pub subject: machinomy_core::Subject,
+    /// The request to send to the service (text).
+    #[serde(default)]
+    pub body: String,
+}
+
+/// What a bought service call returned.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallResult {
+    pub service: String,
+    pub seller: PublicKey,
+    pub price: Amount,
+    pub currency: Currency,
+    /// The service's answer, as text (invalid UTF-8 replaced).
+    pub body: String,
+    /// The seller's signed receipt for the payment.
+    pub receipt: machinomy_core::wire::Receipt,
 }

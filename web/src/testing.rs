@@ -1,19 +1,28 @@
 //! An in-memory [`Backend`] for tests of the HTTP layer (enabled by the `testing` feature).
 //!
-//! [`MemoryBackend::sample`] holds a small, fixed home: two channels, a budget, approvals and a
-//! spending report. Tests read and change its state with [`MemoryBackend::with_state`], see what
-//! the handlers passed in (`decisions`, `spending_queries`), and make the next call fail with
+//! [`MemoryBackend::sample`] holds a small, fixed home: two channels, a budget, approvals, a
+//! spending report, two peers and a few service offers. Tests read and change its state with
+//! [`MemoryBackend::with_state`], see what the handlers passed in (`decisions`,
+//! `spending_queries`, `service_calls`), and make the next call fail with
 //! [`MemoryBackend::fail_next`].
+//!
+//! Service calls: a service among the seen offers answers a canned [`CallResult`] from its
+//! cheapest seller; [`EXPENSIVE_SERVICE`] answers `Conflict` (a spend waiting for approval);
+//! any other name answers `NotFound`.
 
 use std::sync::{Mutex, PoisonError};
 
+use machinomy_core::wire::Receipt;
 use machinomy_core::{
-    Amount, Approval, Budget, ChannelId, ChannelStatus, Currency, LedgerId, Period, PublicKey, ReportRow, SpendRequest,
-    Subject, Timestamp, Verdict,
+    Amount, Approval, Budget, ChannelId, ChannelStatus, Currency, LedgerId, Period, PublicKey, ReportRow, Signature,
+    SpendRequest, Subject, Timestamp, Verdict,
 };
 
 use crate::backend::{Backend, BackendError};
-use crate::model::{BudgetView, ChannelView, HubStatus, Role, SpendingQuery, SpendingReport};
+use crate::model::{
+    BudgetView, CallBody, CallResult, ChannelView, HubStatus, OfferView, PeerView, Role, ServicesView, SpendingQuery,
+    SpendingReport,
+};
 
 /// "Now" in the sample home: 2026-11-24 12:00 UTC.
 pub const SAMPLE_NOW: Timestamp = Timestamp(1_795_521_600);
@@ -26,6 +35,22 @@ pub const SETTLED_CHANNEL: ChannelId = ChannelId::from_bytes([0x22; 32]);
 pub const PENDING_APPROVAL: u64 = 7;
 /// An approval the owner already approved.
 pub const APPROVED_APPROVAL: u64 = 3;
+
+/// The sample home's connected peer: the counterparty of [`OPEN_CHANNEL`] and the seller of
+/// [`SAMPLE_SERVICE`].
+pub const CONNECTED_PEER: PublicKey = PublicKey::from_bytes([0x02; 32]);
+/// A peer the sample home knows but is not connected to; it also sells [`SAMPLE_SERVICE`], dearer.
+pub const OFFLINE_PEER: PublicKey = PublicKey::from_bytes([0x04; 32]);
+/// A service the sample home can buy: calling it answers a canned [`CallResult`].
+pub const SAMPLE_SERVICE: &str = "weather.forecast";
+/// What a call of [`SAMPLE_SERVICE`] answers in `CallResult::body`.
+pub const SAMPLE_SERVICE_ANSWER: &str = "sunny, 21 C";
+/// The cheapest price of [`SAMPLE_SERVICE`] (from [`CONNECTED_PEER`]), in base units.
+pub const SAMPLE_SERVICE_PRICE: u128 = 2_000;
+/// A service whose call always waits for the owner's approval ([`PENDING_APPROVAL`]): `Conflict`.
+pub const EXPENSIVE_SERVICE: &str = "expensive";
+/// A service this hub sells.
+pub const OWN_SERVICE: &str = "solar.surplus";
 
 /// Everything the double knows; public so tests can arrange and inspect it.
 #[derive(Debug, Clone)]
@@ -42,6 +67,10 @@ pub struct MemoryState {
     pub decisions: Vec<(u64, Verdict, String)>,
     /// Every spending query, as the handler built it.
     pub spending_queries: Vec<SpendingQuery>,
+    pub peers: Vec<PeerView>,
+    pub services: ServicesView,
+    /// Every `call_service` call that reached the backend: (service, call).
+    pub service_calls: Vec<(String, CallBody)>,
     /// Makes the next backend call fail with this error.
     pub fail_next: Option<BackendError>,
 }
@@ -67,6 +96,17 @@ fn request(subject: &str, payee: &str, amount: u128, memo: &str, created_at: Tim
     }
 }
 
+fn offer(service: &str, seller: PublicKey, price: u128, description: &str, expires_at: Timestamp) -> OfferView {
+    OfferView {
+        service: service.to_owned(),
+        seller,
+        price: Amount::from_base_units(price),
+        currency: Currency::usd().code().to_owned(),
+        description: description.to_owned(),
+        expires_at,
+    }
+}
+
 fn budget_view(budget: Budget, now: Timestamp, spent: Amount) -> BudgetView {
     let (start, end) = (budget.period.start(now), budget.period.end(now));
     BudgetView { budget, currency: Currency::usd(), spent_this_period: spent, period_start: start, period_end: end }
@@ -86,6 +126,8 @@ impl MemoryBackend {
             channels_open: 0,
             approvals_pending: 0,
             budgets: 0,
+            peer_id: None,
+            p2p_addrs: Vec::new(),
         };
         MemoryBackend::from_state(MemoryState {
             now,
@@ -96,6 +138,9 @@ impl MemoryBackend {
             report_rows: Vec::new(),
             decisions: Vec::new(),
             spending_queries: Vec::new(),
+            peers: Vec::new(),
+            services: ServicesView { own: Vec::new(), seen: Vec::new() },
+            service_calls: Vec::new(),
             fail_next: None,
         })
     }
@@ -110,7 +155,7 @@ impl MemoryBackend {
                     id: OPEN_CHANNEL,
                     role: Role::Sender,
                     ledger: LedgerId::credit(),
-                    counterparty: key(0x02),
+                    counterparty: CONNECTED_PEER,
                     currency: Currency::usd(),
                     capacity: Amount::from_base_units(10_000_000_000),
                     spent: Amount::from_base_units(1_500_000_000),
@@ -172,6 +217,29 @@ impl MemoryBackend {
                     payments: 1,
                 },
             ];
+            s.peers = vec![
+                PeerView {
+                    key: CONNECTED_PEER,
+                    peer_id: "12D3KooWSamplePeerConnected".to_owned(),
+                    addrs: vec!["/ip4/192.168.1.20/tcp/4001".to_owned()],
+                    connected: true,
+                },
+                PeerView {
+                    key: OFFLINE_PEER,
+                    peer_id: "12D3KooWSamplePeerOffline".to_owned(),
+                    addrs: Vec::new(),
+                    connected: false,
+                },
+            ];
+            let expires_at = Timestamp(now.secs() + 600);
+            s.services = ServicesView {
+                own: vec![offer(OWN_SERVICE, s.status.public_key, 100, "surplus solar power, per kWh", expires_at)],
+                seen: vec![
+                    offer(EXPENSIVE_SERVICE, CONNECTED_PEER, 9_000_000_000, "a very dear service", expires_at),
+                    offer(SAMPLE_SERVICE, CONNECTED_PEER, SAMPLE_SERVICE_PRICE, "tomorrow's weather", expires_at),
+                    offer(SAMPLE_SERVICE, OFFLINE_PEER, 3_000, "tomorrow's weather", expires_at),
+                ],
+            };
             s.status.channels_open = 1;
             s.status.approvals_pending = 1;
             s.status.budgets = 1;
@@ -297,6 +365,47 @@ impl Backend for MemoryBackend {
                 rows: s.report_rows.clone(),
                 total_paid: total(|r| r.paid)?,
                 total_received: total(|r| r.received)?,
+            })
+        })
+    }
+
+    async fn peers(&self) -> Result<Vec<PeerView>, BackendError> {
+        self.call(|s| Ok(s.peers.clone()))
+    }
+
+    async fn services(&self) -> Result<ServicesView, BackendError> {
+        self.call(|s| Ok(s.services.clone()))
+    }
+
+    async fn call_service(&self, service: String, call: CallBody) -> Result<CallResult, BackendError> {
+        self.call(|s| {
+            s.service_calls.push((service.clone(), call.clone()));
+            if service == EXPENSIVE_SERVICE {
+                return Err(BackendError::Conflict(format!(
+                    "spend request #{PENDING_APPROVAL} waits for the owner's approval"
+                )));
+            }
+            let cheapest = s
+                .services
+                .seen
+                .iter()
+                .filter(|o| o.service == service)
+                .min_by_key(|o| o.price)
+                .ok_or_else(|| BackendError::NotFound(format!("no hub offers the service {service:?}")))?;
+            let receipt = Receipt {
+                channel: OPEN_CHANNEL,
+                total: cheapest.price,
+                increment: cheapest.price,
+                at: s.now,
+                signature: Signature([0x5a; 64]),
+            };
+            Ok(CallResult {
+                service,
+                seller: cheapest.seller,
+                price: cheapest.price,
+                currency: s.status.currency.clone(),
+                body: SAMPLE_SERVICE_ANSWER.to_owned(),
+                receipt,
             })
         })
     }

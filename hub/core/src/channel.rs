@@ -1045,11 +1045,21 @@ mod resync_tests {
         let key = SigningKey::from_bytes(&[1; 32]);
         let mut sender = SenderChannel::new(terms());
         sender.pay(Amount::from_base_units(10), &key).unwrap();
-        let forged = PromiseBody { ledger: LedgerId::credit(), channel: terms().id, amount: Amount::from_base_units(5), stream: None }
-            .sign(&SigningKey::from_bytes(&[9; 32]));
+        let forged = PromiseBody {
+            ledger: LedgerId::credit(),
+            channel: terms().id,
+            amount: Amount::from_base_units(5),
+            stream: None,
+        }
+        .sign(&SigningKey::from_bytes(&[9; 32]));
         assert!(matches!(sender.resync(Some(forged)), Err(PromiseError::BadSignature(_))));
-        let other = PromiseBody { ledger: LedgerId::credit(), channel: ChannelId::from_bytes([4; 32]), amount: Amount::from_base_units(5), stream: None }
-            .sign(&key);
+        let other = PromiseBody {
+            ledger: LedgerId::credit(),
+            channel: ChannelId::from_bytes([4; 32]),
+            amount: Amount::from_base_units(5),
+            stream: None,
+        }
+        .sign(&key);
         assert!(matches!(sender.resync(Some(other)), Err(PromiseError::WrongChannel { .. })));
         assert_eq!(sender.promised(), Amount::from_base_units(10));
     }

@@ -94,7 +94,9 @@ pub enum ChannelRequest {
     Propose(ChannelProposal),
     /// "What do you hold for this channel?" — after a reconnect, so both sides converge on
     /// the receiver's durable state instead of guessing.
-    Resync { channel: ChannelId },
+    Resync {
+        channel: ChannelId,
+    },
     /// "What do you sell?" — the seller's current signed offers (a buyer that found the seller
     /// through Kademlia has not necessarily seen its gossip).
     Offers,
@@ -103,10 +105,18 @@ pub enum ChannelRequest {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ChannelResponse {
-    Accepted { terms: ChannelTerms },
+    Accepted {
+        terms: ChannelTerms,
+    },
     /// The receiver's view: the best promise it holds and what it is worth.
-    State { channel: ChannelId, accepted: Amount, best: Option<Promise> },
-    Offers { offers: Vec<ServiceOffer> },
+    State {
+        channel: ChannelId,
+        accepted: Amount,
+        best: Option<Promise>,
+    },
+    Offers {
+        offers: Vec<ServiceOffer>,
+    },
     Error(WireError),
 }
 
@@ -136,10 +146,16 @@ pub struct Invoice {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum InvoiceResponse {
-    Paid { promise: Promise },
+    Paid {
+        promise: Promise,
+    },
     /// Waiting for the payer's owner; the payer pays (or says no) later.
-    Pending { approval: u64 },
-    Denied { reason: String },
+    Pending {
+        approval: u64,
+    },
+    Denied {
+        reason: String,
+    },
     Error(WireError),
 }
 
@@ -258,7 +274,7 @@ impl ServiceOffer {
 
     /// Checks the fields, the signature and the expiry.
     pub fn verify(&self, now: Timestamp) -> Result<(), OfferError> {
-        if self.name.is_empty() || self.name.len() > MAX_NAME {
+        if !valid_service_name(&self.name) {
             return Err(OfferError::BadField("name"));
         }
         if self.description.len() > MAX_DESCRIPTION {
@@ -278,6 +294,13 @@ impl ServiceOffer {
 fn verify(key: &PublicKey, bytes: &[u8], signature: &Signature) -> Result<(), BadSignature> {
     let key: VerifyingKey = key.verifying_key().map_err(|_| BadSignature)?;
     key.verify_strict(bytes, &DalekSignature::from_bytes(&signature.0)).map_err(|_| BadSignature)
+}
+
+/// Service names: 1 to 64 of `A-Z a-z 0-9 - _ .`, not only dots (they must fit a URL path).
+pub fn valid_service_name(name: &str) -> bool {
+    (1..=MAX_NAME).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && !name.bytes().all(|b| b == b'.')
 }
 
 /// Checks a peer-supplied text field's length.
@@ -331,7 +354,13 @@ mod tests {
 
     #[test]
     fn receipts_verify_under_the_receiver_and_bind_every_field() {
-        let receipt = Receipt::sign(ChannelId::from_bytes([1; 32]), Amount::from_base_units(10), Amount::from_base_units(3), Timestamp(5), &key(2));
+        let receipt = Receipt::sign(
+            ChannelId::from_bytes([1; 32]),
+            Amount::from_base_units(10),
+            Amount::from_base_units(3),
+            Timestamp(5),
+            &key(2),
+        );
         let receiver = PublicKey::from(key(2).verifying_key());
         assert!(receipt.verify(&receiver).is_ok());
         assert!(receipt.verify(&PublicKey::from(key(3).verifying_key())).is_err());
@@ -342,7 +371,8 @@ mod tests {
 
     #[test]
     fn offers_verify_expire_and_refuse_tampering() {
-        let offer = ServiceOffer::sign("weather", Amount::from_base_units(1000), "USD", "forecast", Timestamp(100), &key(4));
+        let offer =
+            ServiceOffer::sign("weather", Amount::from_base_units(1000), "USD", "forecast", Timestamp(100), &key(4));
         assert_eq!(offer.verify(Timestamp(99)), Ok(()));
         assert_eq!(offer.verify(Timestamp(100)), Err(OfferError::Expired(Timestamp(100))));
         let mut cheaper = offer.clone();

@@ -18,7 +18,7 @@ use libp2p::{
 use super::codec::WireCodec;
 use super::peer::public_key_of;
 use super::protocols::{ChannelProtocol, InvoiceProtocol, PayProtocol, Protocol, ServiceProtocol};
-use super::{NetConfig, NetError, OFFER_LIMIT, QUERY_TIMEOUT, REQUEST_TIMEOUT};
+use super::{NetConfig, NetError, QUERY_TIMEOUT, REQUEST_TIMEOUT};
 
 /// Kademlia's protocol name: our own DHT, not the public IPFS one.
 pub(super) const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/machinomy/kad/1");
@@ -81,8 +81,8 @@ impl Behaviour {
 
         let gossip_config = gossipsub::ConfigBuilder::default()
             .validation_mode(gossipsub::ValidationMode::Strict)
+            // Offers are passed on only after they decode (within `OFFER_LIMIT`).
             .validate_messages()
-            .max_transmit_size(OFFER_LIMIT + 1024)
             .build()
             .map_err(|e| NetError::Setup(format!("gossipsub: {e}")))?;
         let gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_config)

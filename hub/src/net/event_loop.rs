@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use libp2p::core::ConnectedPoint;
+use libp2p::core::transport::ListenerId;
 use libp2p::futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
 use libp2p::multiaddr::Protocol as AddrProtocol;
 use libp2p::request_response::{self, ResponseChannel};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::core::transport::ListenerId;
 use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, identity, kad, mdns, relay};
 use machinomy_core::PublicKey;
@@ -32,6 +32,8 @@ use super::{
 
 /// How often bootstrap peers and relays that dropped are dialled again.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(30);
+/// Requests waiting for a DHT lookup of their peer, at most.
+const MAX_PARKED: usize = 1024;
 
 /// An outbound request of protocol `P`.
 pub(super) struct Outbound<P: Protocol> {
@@ -63,9 +65,6 @@ pub(super) fn service_key(service: &str) -> Result<kad::RecordKey, NetError> {
     hasher.update(service.as_bytes());
     Ok(kad::RecordKey::new(hasher.finalize().as_bytes()))
 }
-
-/// Requests waiting for a DHT lookup of their peer, at most.
-const MAX_PARKED: usize = 1024;
 
 /// A request waiting for its peer's addresses.
 type Parked = Box<dyn FnOnce(&mut EventLoop) + Send>;
@@ -138,9 +137,8 @@ impl EventLoop {
 
         let mut starting = HashSet::new();
         for (text, addr) in listen {
-            let id = swarm
-                .listen_on(addr)
-                .map_err(|e| NetError::Listen { addr: text.clone(), reason: e.to_string() })?;
+            let id =
+                swarm.listen_on(addr).map_err(|e| NetError::Listen { addr: text.clone(), reason: e.to_string() })?;
             starting.insert(id);
         }
 
@@ -216,8 +214,9 @@ impl EventLoop {
             if self.swarm.is_connected(&peer) {
                 continue;
             }
-            let opts =
-                DialOpts::peer_id(peer).addresses(vec![addr.clone()]).condition(PeerCondition::DisconnectedAndNotDialing);
+            let opts = DialOpts::peer_id(peer)
+                .addresses(vec![addr.clone()])
+                .condition(PeerCondition::DisconnectedAndNotDialing);
             if let Err(e) = self.swarm.dial(opts.build()) {
                 debug!(%addr, "cannot dial: {e}");
             }
@@ -273,7 +272,9 @@ impl EventLoop {
                 let _ = reply.send(Ok(peer));
                 return;
             }
-            Some(peer) => DialOpts::peer_id(peer).addresses(vec![addr.clone()]).condition(PeerCondition::Always).build(),
+            Some(peer) => {
+                DialOpts::peer_id(peer).addresses(vec![addr.clone()]).condition(PeerCondition::Always).build()
+            }
             None => DialOpts::unknown_peer_id().address(addr.clone()).build(),
         };
         let id = opts.connection_id();
@@ -459,7 +460,8 @@ impl EventLoop {
             SwarmEvent::OutgoingConnectionError { connection_id, peer_id, error } => {
                 debug!(?peer_id, "dial failed: {error}");
                 if let Some(dial) = self.dials.remove(&connection_id) {
-                    let _ = dial.reply.send(Err(NetError::Dial { addr: dial.addr.to_string(), reason: error.to_string() }));
+                    let _ =
+                        dial.reply.send(Err(NetError::Dial { addr: dial.addr.to_string(), reason: error.to_string() }));
                 }
             }
             SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
@@ -609,7 +611,9 @@ impl EventLoop {
                         },
                         request_response::OutboundFailure::Timeout => NetError::Timeout("request"),
                         request_response::OutboundFailure::ConnectionClosed => NetError::ConnectionClosed,
-                        request_response::OutboundFailure::UnsupportedProtocols => NetError::UnsupportedProtocol(P::NAME),
+                        request_response::OutboundFailure::UnsupportedProtocols => {
+                            NetError::UnsupportedProtocol(P::NAME)
+                        }
                         request_response::OutboundFailure::Io(e) => NetError::Stream(e.to_string()),
                     };
                     let _ = reply.send(Err(error));
@@ -651,7 +655,8 @@ impl EventLoop {
                     if let Err(e) = &result {
                         debug!("provider record not stored remotely: {e}");
                     }
-                    let _ = announce.reply.send(Ok(Announced { gossiped: announce.gossiped, provided: result.is_ok() }));
+                    let _ =
+                        announce.reply.send(Ok(Announced { gossiped: announce.gossiped, provided: result.is_ok() }));
                 }
             }
             kad::QueryResult::GetClosestPeers(result) => {

@@ -20,7 +20,7 @@
 //!
 //! | name | request → response | limit (each way) |
 //! |---|---|---|
-//! | `/machinomy/channel/1` | [`ChannelRequest`] → [`ChannelResponse`] | 16 KiB |
+//! | `/machinomy/channel/1` | [`ChannelRequest`] → [`ChannelResponse`] | 16 KiB → 64 KiB (offer lists) |
 //! | `/machinomy/pay/1` | [`PayRequest`] → [`PayResponse`] | 16 KiB |
 //! | `/machinomy/invoice/1` | [`Invoice`] → [`InvoiceResponse`] | 16 KiB |
 //! | `/machinomy/service/1` | [`ServiceCall`] → [`ServiceResponse`] | 128 KiB |
@@ -77,7 +77,7 @@ use event_loop::{Command, EventLoop};
 use protocols::{ChannelProtocol, InvoiceProtocol, PayProtocol, Protocol, ServiceProtocol};
 
 pub use codec::CodecError;
-pub use protocols::{SERVICE_LIMIT, SMALL_LIMIT};
+pub use protocols::{CHANNEL_RESPONSE_LIMIT, SERVICE_LIMIT, SMALL_LIMIT};
 
 /// How long a peer has to answer a request (and the hub to answer a peer's).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -150,17 +150,29 @@ pub struct Announced {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NetEvent {
     /// The first connection to a peer was established.
-    Connected { key: PublicKey },
+    Connected {
+        key: PublicKey,
+    },
     /// The last connection to a peer closed.
-    Disconnected { key: PublicKey },
+    Disconnected {
+        key: PublicKey,
+    },
     /// The hub is reachable at a new address (with `/p2p/<own id>`), e.g. a relay circuit.
-    ListenAddr { addr: String },
-    ListenAddrExpired { addr: String },
+    ListenAddr {
+        addr: String,
+    },
+    ListenAddrExpired {
+        addr: String,
+    },
     /// A peer joined the routing table: it can now be found through this hub.
-    Discovered { key: PublicKey },
+    Discovered {
+        key: PublicKey,
+    },
     /// A connected peer subscribed to service offers (gossip has no history: announce the
     /// hub's offers again if it should hear them).
-    OffersSubscribed { key: PublicKey },
+    OffersSubscribed {
+        key: PublicKey,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]

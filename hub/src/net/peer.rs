@@ -29,9 +29,20 @@ pub(super) fn public_key_of(peer: &PeerId) -> Option<PublicKey> {
 
 /// Reads a multiaddr given as text.
 pub(super) fn parse_addr(text: &str) -> Result<Multiaddr, NetError> {
-    text.trim()
+    let addr = text
+        .trim()
         .parse::<Multiaddr>()
-        .map_err(|e| NetError::BadAddress { addr: text.to_owned(), reason: e.to_string() })
+        .map_err(|e| NetError::BadAddress { addr: text.to_owned(), reason: e.to_string() })?;
+    let named = addr
+        .iter()
+        .any(|p| matches!(p, Protocol::Dns(_) | Protocol::Dns4(_) | Protocol::Dns6(_) | Protocol::Dnsaddr(_)));
+    if named {
+        return Err(NetError::BadAddress {
+            addr: text.to_owned(),
+            reason: "host names are not resolved here; give an /ip4/ or /ip6/ address".into(),
+        });
+    }
+    Ok(addr)
 }
 
 /// Splits a trailing `/p2p/<peer id>` off an address.
@@ -107,6 +118,8 @@ mod tests {
         let err = parse_addr("/ip4/999.0.0.1/tcp/1").unwrap_err();
         assert!(err.to_string().contains("/ip4/999.0.0.1/tcp/1"), "{err}");
         assert!(matches!(parse_peer_addr("/ip4/127.0.0.1/tcp/1"), Err(NetError::BadAddress { .. })));
+        let err = parse_addr("/dns4/hub.example/tcp/4001").unwrap_err();
+        assert!(err.to_string().contains("host names are not resolved"), "{err}");
         let key = PublicKey::from(SigningKey::from_bytes(&[3; 32]).verifying_key());
         let peer = peer_id_of(&key).unwrap();
         let text = format!("/ip4/127.0.0.1/tcp/1/p2p/{peer}");

@@ -18,8 +18,10 @@ use super::behaviour::Behaviour;
 use super::codec::WireCodec;
 use super::{BoxFuture, InboundHandler, NetError};
 
-/// Largest channel, pay or invoice message, either way.
+/// Largest channel, pay or invoice request or response (but see [`CHANNEL_RESPONSE_LIMIT`]).
 pub const SMALL_LIMIT: usize = 16 * 1024;
+/// Largest channel response: a seller's list of offers (up to 1 KiB each) must fit.
+pub const CHANNEL_RESPONSE_LIMIT: usize = 64 * 1024;
 /// Largest service call or result: the core's body limit plus room for the envelope.
 pub const SERVICE_LIMIT: usize = 128 * 1024;
 
@@ -54,7 +56,11 @@ pub(super) trait Protocol: Send + 'static {
 }
 
 macro_rules! protocol {
-    ($(#[$doc:meta])* $name:ident, $field:ident, $method:ident, $request:ty, $response:ty, $error:path, $proto:literal, $limit:expr) => {
+    (
+        $(#[$doc:meta])* $name:ident, $field:ident, $method:ident,
+        $request:ty, $response:ty, $error:path,
+        $proto:literal, $request_limit:expr, $response_limit:expr
+    ) => {
         $(#[$doc])*
         #[derive(Debug)]
         pub(super) enum $name {}
@@ -63,8 +69,8 @@ macro_rules! protocol {
             type Request = $request;
             type Response = $response;
             const NAME: &'static str = $proto;
-            const REQUEST_LIMIT: usize = $limit;
-            const RESPONSE_LIMIT: usize = $limit;
+            const REQUEST_LIMIT: usize = $request_limit;
+            const RESPONSE_LIMIT: usize = $response_limit;
 
             fn refusal(error: WireError) -> $response {
                 $error(error)
@@ -87,17 +93,25 @@ macro_rules! protocol {
 
 protocol!(
     /// Channel proposals and resyncs.
-    ChannelProtocol, channel, channel, ChannelRequest, ChannelResponse, ChannelResponse::Error, "/machinomy/channel/1", SMALL_LIMIT
+    ChannelProtocol, channel, channel,
+    ChannelRequest, ChannelResponse, ChannelResponse::Error,
+    "/machinomy/channel/1", SMALL_LIMIT, CHANNEL_RESPONSE_LIMIT
 );
 protocol!(
     /// Payments on a channel, answered with receipts.
-    PayProtocol, pay, pay, PayRequest, PayResponse, PayResponse::Error, "/machinomy/pay/1", SMALL_LIMIT
+    PayProtocol, pay, pay,
+    PayRequest, PayResponse, PayResponse::Error,
+    "/machinomy/pay/1", SMALL_LIMIT, SMALL_LIMIT
 );
 protocol!(
     /// A payee's invoices; the payer's budget decides.
-    InvoiceProtocol, invoice, invoice, Invoice, InvoiceResponse, InvoiceResponse::Error, "/machinomy/invoice/1", SMALL_LIMIT
+    InvoiceProtocol, invoice, invoice,
+    Invoice, InvoiceResponse, InvoiceResponse::Error,
+    "/machinomy/invoice/1", SMALL_LIMIT, SMALL_LIMIT
 );
 protocol!(
     /// Paid service calls.
-    ServiceProtocol, service, call, ServiceCall, ServiceResponse, ServiceResponse::Error, "/machinomy/service/1", SERVICE_LIMIT
+    ServiceProtocol, service, call,
+    ServiceCall, ServiceResponse, ServiceResponse::Error,
+    "/machinomy/service/1", SERVICE_LIMIT, SERVICE_LIMIT
 );

@@ -120,7 +120,10 @@ struct Inner {
 /// Creates an empty store at `path` and closes it (a first run does this, so that an empty
 /// store directory later means lost books).
 pub fn initialize(path: &Path) -> Result<(), StoreError> {
-    let db = sled::Config::new().path(path).open().map_err(|e| StoreError::Open { path: path.to_owned(), message: e.to_string() })?;
+    let db = sled::Config::new()
+        .path(path)
+        .open()
+        .map_err(|e| StoreError::Open { path: path.to_owned(), message: e.to_string() })?;
     db.insert(FORMAT_KEY, FORMAT_VERSION.as_bytes())?;
     db.flush()?;
     Ok(())
@@ -143,10 +146,10 @@ impl Store {
                     StoreError::Locked { path: path.to_owned() }
                 }
                 sled::Error::Corruption { .. } => StoreError::Open {
-                path: path.to_owned(),
-                message: "its data is corrupt; restore the store directory from a backup".to_owned(),
-            },
-            other => StoreError::Open { path: path.to_owned(), message: other.to_string() },
+                    path: path.to_owned(),
+                    message: "its data is corrupt; restore the store directory from a backup".to_owned(),
+                },
+                other => StoreError::Open { path: path.to_owned(), message: other.to_string() },
             })?;
         match db.get(FORMAT_KEY)? {
             Some(found) if found.as_ref() != FORMAT_VERSION.as_bytes() => {

@@ -7,4 +7,5 @@ mod channels;
 mod cli;
 mod first_run;
 mod multi_hub;
+mod peers;
 mod persistence;

@@ -164,7 +164,10 @@ async fn a_budget_in_the_config_file_cannot_be_changed_through_the_api() {
     };
     assert_eq!(limit_of(&hub).await.unwrap(), Amount::from_base_units(USD));
     // The file wins at every start, so a change through the API would silently revert: refuse it.
-    let out = hub.cli(&["budget", "set", "device:tv", "--period", "month", "--limit", "5", "--auto-approve", "1"]).await.unwrap();
+    let out = hub
+        .cli(&["budget", "set", "device:tv", "--period", "month", "--limit", "5", "--auto-approve", "1"])
+        .await
+        .unwrap();
     let line = out.error_line().unwrap();
     assert!(line.contains("config file"), "{line}");
     assert_eq!(limit_of(&hub).await.unwrap(), Amount::from_base_units(USD));

@@ -11,7 +11,11 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use super::{parse_approval_id, parse_time};
-use crate::testing::{APPROVED_APPROVAL, MemoryBackend, OPEN_CHANNEL, PENDING_APPROVAL, SAMPLE_NOW, SETTLED_CHANNEL};
+use crate::model::CallBody;
+use crate::testing::{
+    APPROVED_APPROVAL, CONNECTED_PEER, EXPENSIVE_SERVICE, MemoryBackend, OFFLINE_PEER, OPEN_CHANNEL, OWN_SERVICE,
+    PENDING_APPROVAL, SAMPLE_NOW, SAMPLE_SERVICE, SAMPLE_SERVICE_ANSWER, SAMPLE_SERVICE_PRICE, SETTLED_CHANNEL,
+};
 use crate::{AdminAuth, BODY_LIMIT, BackendError, INTERNAL_ERROR_MESSAGE};
 
 const TOKEN: &str = "test-admin-token-5f2c9a";
@@ -120,6 +124,9 @@ fn api_routes() -> Vec<(Method, String)> {
         (Method::POST, format!("/api/v1/approvals/{PENDING_APPROVAL}/deny")),
         (Method::GET, "/api/v1/spending".to_owned()),
         (Method::GET, "/api/v1/spending.csv".to_owned()),
+        (Method::GET, "/api/v1/peers".to_owned()),
+        (Method::GET, "/api/v1/services".to_owned()),
+        (Method::POST, format!("/api/v1/services/{SAMPLE_SERVICE}/call")),
     ]
 }
 
@@ -169,6 +176,7 @@ async fn every_api_route_refuses_a_request_without_a_token() {
     // Nothing was done on the way.
     h.backend.with_state(|s| {
         assert!(s.decisions.is_empty());
+        assert!(s.service_calls.is_empty());
         assert!(s.channels.iter().all(|c| c.id != OPEN_CHANNEL || c.status.is_open()));
     });
 }
@@ -190,7 +198,10 @@ async fn every_api_route_refuses_a_wrong_token() {
             assert!(answer.error().contains("not valid") || answer.error().contains("Bearer <token>"));
         }
     }
-    h.backend.with_state(|s| assert!(s.decisions.is_empty()));
+    h.backend.with_state(|s| {
+        assert!(s.decisions.is_empty());
+        assert!(s.service_calls.is_empty());
+    });
 }
 
 #[tokio::test]
@@ -628,6 +639,245 @@ async fn an_empty_report_is_just_the_header() {
     let h = harness_with(MemoryBackend::empty());
     let text = h.get("/api/v1/spending.csv").await.expect(StatusCode::OK).text();
     assert_eq!(text, "key,paid,received,payments,currency\r\n");
+}
+
+// ---- channels by peer ----
+
+#[tokio::test]
+async fn channels_can_be_filtered_by_peer() {
+    let h = harness();
+    let ids = |body: Value| -> Vec<String> {
+        body.as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap().to_owned()).collect()
+    };
+    let body = h.get(&format!("/api/v1/channels?peer={CONNECTED_PEER}")).await.expect(StatusCode::OK).json();
+    assert_eq!(ids(body), [hex(OPEN_CHANNEL)]);
+    let settled_peer = "03".repeat(32);
+    let body = h.get(&format!("/api/v1/channels?peer={settled_peer}")).await.expect(StatusCode::OK).json();
+    assert_eq!(ids(body), [hex(SETTLED_CHANNEL)]);
+    // Upper-case hex names the same key.
+    let upper = settled_peer.to_ascii_uppercase();
+    let body = h.get(&format!("/api/v1/channels?peer={upper}")).await.expect(StatusCode::OK).json();
+    assert_eq!(ids(body), [hex(SETTLED_CHANNEL)]);
+    // A known peer without channels, and an empty filter (no filter, like the other parameters).
+    let body = h.get(&format!("/api/v1/channels?peer={OFFLINE_PEER}")).await.expect(StatusCode::OK).json();
+    assert_eq!(body, json!([]));
+    let body = h.get("/api/v1/channels?peer=").await.expect(StatusCode::OK).json();
+    assert_eq!(ids(body), [hex(OPEN_CHANNEL), hex(SETTLED_CHANNEL)]);
+}
+
+#[tokio::test]
+async fn a_bad_peer_filter_is_400_naming_peer() {
+    let h = harness();
+    let short = "ab".repeat(31);
+    let long = "ab".repeat(33);
+    let not_hex = "zz".repeat(32);
+    for bad in ["fridge", short.as_str(), long.as_str(), not_hex.as_str(), "12D3KooWSamplePeerConnected"] {
+        let error =
+            h.get(&format!("/api/v1/channels?peer={bad}")).await.expect_error(StatusCode::BAD_REQUEST, "`peer`");
+        assert!(error.contains("64 hex") && error.contains(bad), "{error}");
+    }
+    let uri = format!("/api/v1/channels?peer={CONNECTED_PEER}&peer={OFFLINE_PEER}");
+    h.get(&uri).await.expect_error(StatusCode::BAD_REQUEST, "peer");
+    h.get("/api/v1/channels?counterparty=ab")
+        .await
+        .expect_error(StatusCode::BAD_REQUEST, "unknown field `counterparty`");
+}
+
+// ---- peers and services ----
+
+#[tokio::test]
+async fn peers_are_listed() {
+    let h = harness();
+    let body = h.get("/api/v1/peers").await.expect(StatusCode::OK).json();
+    let list = body.as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0]["key"], CONNECTED_PEER.to_hex());
+    assert_eq!(list[0]["connected"], true);
+    assert_eq!(list[0]["addrs"], json!(["/ip4/192.168.1.20/tcp/4001"]));
+    assert_eq!(list[1]["key"], OFFLINE_PEER.to_hex());
+    assert_eq!(list[1]["connected"], false);
+    assert!(list[1]["peer_id"].is_string());
+}
+
+#[tokio::test]
+async fn no_peers_is_an_empty_list() {
+    let h = harness_with(MemoryBackend::empty());
+    assert_eq!(h.get("/api/v1/peers").await.expect(StatusCode::OK).json(), json!([]));
+    assert_eq!(h.get("/api/v1/services").await.expect(StatusCode::OK).json(), json!({"own": [], "seen": []}));
+}
+
+#[tokio::test]
+async fn services_list_own_and_seen_offers_with_prices_as_strings() {
+    let h = harness();
+    let body = h.get("/api/v1/services").await.expect(StatusCode::OK).json();
+    assert_eq!(body["own"].as_array().unwrap().len(), 1);
+    assert_eq!(body["own"][0]["service"], OWN_SERVICE);
+    assert_eq!(body["own"][0]["seller"], "01".repeat(32));
+    let seen = body["seen"].as_array().unwrap();
+    assert_eq!(seen.len(), 3);
+    let weather = seen.iter().find(|o| o["service"] == SAMPLE_SERVICE).unwrap();
+    assert_eq!(weather["price"], SAMPLE_SERVICE_PRICE.to_string());
+    assert_eq!(weather["currency"], "USD");
+    assert_eq!(weather["seller"], CONNECTED_PEER.to_hex());
+    assert_eq!(weather["expires_at"], SAMPLE_NOW.secs() + 600);
+}
+
+fn call_uri(service: &str) -> String {
+    format!("/api/v1/services/{service}/call")
+}
+
+#[tokio::test]
+async fn calling_a_service_answers_its_result_and_receipt() {
+    let h = harness();
+    let request = json!({"subject": "device:fridge", "body": "tomorrow in Berlin?"});
+    let body =
+        h.send_json(Method::POST, &call_uri(SAMPLE_SERVICE), request.to_string()).await.expect(StatusCode::OK).json();
+    assert_eq!(body["service"], SAMPLE_SERVICE);
+    assert_eq!(body["seller"], CONNECTED_PEER.to_hex());
+    assert_eq!(body["price"], SAMPLE_SERVICE_PRICE.to_string());
+    assert_eq!(body["currency"], json!({"code": "USD", "decimals": 9}));
+    assert_eq!(body["body"], SAMPLE_SERVICE_ANSWER);
+    assert_eq!(body["receipt"]["channel"], hex(OPEN_CHANNEL));
+    assert_eq!(body["receipt"]["increment"], SAMPLE_SERVICE_PRICE.to_string());
+    assert_eq!(body["receipt"]["signature"].as_str().unwrap().len(), 128);
+    h.backend.with_state(|s| {
+        let expected =
+            CallBody { subject: Subject::Device("fridge".to_owned()), body: "tomorrow in Berlin?".to_owned() };
+        assert_eq!(s.service_calls, [(SAMPLE_SERVICE.to_owned(), expected)]);
+    });
+}
+
+#[tokio::test]
+async fn a_call_without_a_body_text_sends_an_empty_request() {
+    let h = harness();
+    let request = json!({"subject": "plugin:weather-widget"});
+    h.send_json(Method::POST, &call_uri(SAMPLE_SERVICE), request.to_string()).await.expect(StatusCode::OK);
+    h.backend.with_state(|s| {
+        let (_, call) = &s.service_calls[0];
+        assert_eq!(call.subject, Subject::Plugin("weather-widget".to_owned()));
+        assert_eq!(call.body, "");
+    });
+}
+
+#[tokio::test]
+async fn malformed_call_bodies_are_400_and_call_nothing() {
+    let h = harness();
+    let uri = call_uri(SAMPLE_SERVICE);
+    let cases = [
+        (r#"{"subject": "device:fridge", "#, "not valid JSON"),
+        ("not json", "not valid JSON"),
+        (r#"{"subject": "device:fridge"} {}"#, "not valid JSON"),
+        (r#"{"body": "hi"}"#, "missing field `subject`"),
+        (r#"{"subject": "fridge", "body": "hi"}"#, "`subject`"),
+        (r#"{"subject": "device:", "body": "hi"}"#, "`subject`"),
+        (r#"{"subject": "device:fridge", "body": 5}"#, "`body`"),
+        (r#"{"subject": "device:fridge", "body": "hi", "price": "1"}"#, "unknown field `price`"),
+        (r#"{"subject": "device:fridge", "service": "other"}"#, "unknown field `service`"),
+        ("[]", "invalid request body"),
+    ];
+    for (body, needle) in cases {
+        let answer = h.send_json(Method::POST, &uri, body).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(answer.error().contains(needle), "{body}: {:?} lacks {needle:?}", answer.error());
+    }
+    h.send_json(Method::POST, &uri, "").await.expect_error(StatusCode::BAD_REQUEST, "needs a JSON body");
+    h.post(&uri).await.expect_error(StatusCode::BAD_REQUEST, "needs a JSON body");
+    let plain = request(Method::POST, &uri).header(header::CONTENT_TYPE, "text/plain");
+    h.send(plain.body(Body::from(r#"{"subject":"device:fridge"}"#)).unwrap())
+        .await
+        .expect_error(StatusCode::BAD_REQUEST, "application/json");
+    h.backend.with_state(|s| assert!(s.service_calls.is_empty()));
+}
+
+#[tokio::test]
+async fn an_oversized_call_is_413_and_calls_nothing() {
+    let h = harness();
+    let body = json!({"subject": "device:fridge", "body": "x".repeat(BODY_LIMIT)});
+    h.send_json(Method::POST, &call_uri(SAMPLE_SERVICE), body.to_string())
+        .await
+        .expect_error(StatusCode::PAYLOAD_TOO_LARGE, "64 KiB");
+    h.backend.with_state(|s| assert!(s.service_calls.is_empty()));
+}
+
+#[tokio::test]
+async fn bad_service_names_are_400_and_call_nothing() {
+    let h = harness();
+    let body = json!({"subject": "device:fridge"}).to_string();
+    let too_long = "a".repeat(65);
+    let cases = [
+        (too_long.as_str(), too_long.as_str()),
+        ("two%20words", "two words"),
+        ("caf%C3%A9", "café"),
+        ("a%2Fb", "a/b"),
+        ("semi;colon", "semi;colon"),
+        ("star*", "star*"),
+        ("tab%09", "tab\\t"),
+        ("", "not \"\""),
+    ];
+    for (in_path, shown) in cases {
+        let answer = h.send_json(Method::POST, &call_uri(in_path), body.clone()).await;
+        let error = answer.expect_error(StatusCode::BAD_REQUEST, "service name");
+        assert!(error.contains("1 to 64 characters") && error.contains(shown), "{in_path}: {error}");
+    }
+    // Not UTF-8 once percent-decoded.
+    h.send_json(Method::POST, &call_uri("%FF"), body.clone()).await.expect_error(StatusCode::BAD_REQUEST, "bad path");
+    h.backend.with_state(|s| assert!(s.service_calls.is_empty()));
+    // The longest name and every allowed character pass (and reach the backend, which knows neither).
+    let longest = "b".repeat(64);
+    for name in [longest.as_str(), "Az09-_.x"] {
+        h.send_json(Method::POST, &call_uri(name), body.clone()).await.expect_error(StatusCode::NOT_FOUND, name);
+    }
+    h.backend.with_state(|s| assert_eq!(s.service_calls.len(), 2));
+}
+
+#[tokio::test]
+async fn calling_an_unknown_service_is_404() {
+    let h = harness();
+    let body = json!({"subject": "device:fridge", "body": "hi"}).to_string();
+    h.send_json(Method::POST, &call_uri("no-such-service"), body)
+        .await
+        .expect_error(StatusCode::NOT_FOUND, "no-such-service");
+    h.backend.with_state(|s| assert_eq!(s.service_calls[0].0, "no-such-service"));
+}
+
+#[tokio::test]
+async fn a_call_waiting_for_approval_is_409_naming_the_request() {
+    let h = harness();
+    let body = json!({"subject": "device:fridge", "body": "hi"}).to_string();
+    let error = h
+        .send_json(Method::POST, &call_uri(EXPENSIVE_SERVICE), body)
+        .await
+        .expect_error(StatusCode::CONFLICT, "approval");
+    assert_eq!(error, format!("spend request #{PENDING_APPROVAL} waits for the owner's approval"));
+}
+
+#[tokio::test]
+async fn the_call_route_only_accepts_post() {
+    let h = harness();
+    let answer = h.get(&call_uri(SAMPLE_SERVICE)).await;
+    assert_eq!(answer.header(header::ALLOW), "POST");
+    answer.expect_error(StatusCode::METHOD_NOT_ALLOWED, "GET");
+    h.send(request(Method::POST, "/api/v1/services").body(Body::empty()).unwrap())
+        .await
+        .expect_error(StatusCode::METHOD_NOT_ALLOWED, "POST");
+    h.send(request(Method::POST, "/api/v1/peers").body(Body::empty()).unwrap())
+        .await
+        .expect_error(StatusCode::METHOD_NOT_ALLOWED, "POST");
+}
+
+#[tokio::test]
+async fn peer_and_service_backend_failures_map_to_statuses() {
+    let h = harness();
+    h.backend.fail_next(BackendError::Unavailable("the peer network is not running".into()));
+    h.get("/api/v1/peers").await.expect_error(StatusCode::SERVICE_UNAVAILABLE, "peer network");
+    h.backend.fail_next(BackendError::Unavailable("the peer network is not running".into()));
+    h.get("/api/v1/services").await.expect_error(StatusCode::SERVICE_UNAVAILABLE, "peer network");
+    h.backend.fail_next(BackendError::Invalid("device:fridge has no budget".into()));
+    let body = json!({"subject": "device:fridge"}).to_string();
+    h.send_json(Method::POST, &call_uri(SAMPLE_SERVICE), body).await.expect_error(StatusCode::BAD_REQUEST, "no budget");
+    h.backend.fail_next(BackendError::Internal("secret detail".into()));
+    let error = h.get("/api/v1/channels").await.expect_error(StatusCode::INTERNAL_SERVER_ERROR, "internal");
+    assert!(!error.contains("secret"));
 }
 
 // ---- backend failures ----

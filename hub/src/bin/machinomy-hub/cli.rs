@@ -1,10 +1,10 @@
 //! The command line: parses arguments, runs the daemon or asks it over the admin API.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand, ValueEnum};
-use machinomy_core::{Approval, Budget, Currency, GroupBy, Period, Subject, Timestamp};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use machinomy_core::{Amount, AmountError, Approval, Budget, ChannelId, Currency, GroupBy, Period, Subject, Timestamp};
 use machinomy_hub::client::Client;
 use machinomy_hub::config::{Config, DefaultPaths};
 use machinomy_hub::datadir::DataDir;
@@ -76,10 +76,11 @@ enum BudgetCommand {
         #[arg(long, value_enum)]
         period: PeriodArg,
         /// Most to spend per period, in currency units (e.g. 5.00)
-        #[arg(long)]
+        // Negative numbers reach our own parser, which says what is wrong with them.
+        #[arg(long, allow_negative_numbers = true)]
         limit: String,
         /// Most per payment without asking the owner, in currency units
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true)]
         auto_approve: String,
     },
 }
@@ -133,6 +134,56 @@ enum GroupArg {
     Day,
 }
 
+/// The command line, parsed. A subcommand group given without its subcommand (`budget`) is a
+/// [`clap::error::ErrorKind::MissingSubcommand`] error that names the group, not a help page.
+pub(crate) fn parse() -> Result<Args, clap::Error> {
+    let matches = command().try_get_matches()?;
+    Args::from_arg_matches(&matches)
+}
+
+fn command() -> clap::Command {
+    let mut command = Args::command();
+    let groups: Vec<String> =
+        command.get_subcommands().filter(|c| c.has_subcommands()).map(|c| c.get_name().to_owned()).collect();
+    for group in groups {
+        command = command.mut_subcommand(group, |c| c.arg_required_else_help(false));
+    }
+    command
+}
+
+/// The subcommands of `path` (`["budget"]`; empty for the top level), for an error message.
+pub(crate) fn subcommands_of(path: &[&str]) -> Vec<String> {
+    let mut command = command();
+    for name in path {
+        match command.find_subcommand(name) {
+            Some(sub) => command = sub.clone(),
+            None => return Vec::new(),
+        }
+    }
+    command
+        .get_subcommands()
+        .filter(|c| !c.is_hide_set() && c.get_name() != "help")
+        .map(|c| c.get_name().to_owned())
+        .collect()
+}
+
+/// A mistake on the command line that needs no hub to see (a date that does not exist, an id
+/// that is not one): exit status 2, like clap's own usage errors.
+#[derive(Debug)]
+pub(crate) struct Usage(String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+fn usage(message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(Usage(message.into()))
+}
+
 pub(crate) fn execute(args: Args) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(dispatch(args))
@@ -149,6 +200,8 @@ fn paths(args: &Args) -> Result<(PathBuf, PathBuf)> {
 }
 
 async fn dispatch(args: Args) -> Result<()> {
+    // Mistakes in the arguments first: they need neither files nor a running hub.
+    check(&args.command)?;
     let (config_path, default_data) = paths(&args)?;
     match &args.command {
         Command::Run { listen } => {
@@ -166,15 +219,56 @@ async fn dispatch(args: Args) -> Result<()> {
         Command::Init => {
             let (config, created_config) = Config::load_or_create(&config_path, &default_data)?;
             let (data_dir, created_data) = DataDir::open_or_create(&config.hub.data_dir)?;
-            output::init(&config, &data_dir, created_config, created_data);
-            Ok(())
+            output::init(args.json, &config, &data_dir, created_config, created_data)
         }
         command => {
-            let config = Config::load(&config_path, &default_data)?;
+            let config = admin_config(&config_path, &default_data, args.config.is_some())?;
             let client = Client::for_data_dir(&config.hub.data_dir)?;
             admin(command, &client, args.json).await
         }
     }
+}
+
+/// Where the package's systemd unit keeps its config.
+const SERVICE_CONFIG: &str = "/etc/machinomy/hub.toml";
+
+/// The config of the hub an admin command talks to; it must already exist.
+fn admin_config(path: &Path, default_data: &Path, explicit: bool) -> Result<Config> {
+    if let Err(e) = std::fs::metadata(path)
+        && e.kind() == std::io::ErrorKind::NotFound
+    {
+        let mut message = format!(
+            "no hub is set up here (no config at {}); start one with `machinomy-hub run` (or `init`)",
+            path.display()
+        );
+        if !explicit && Path::new(SERVICE_CONFIG).exists() {
+            message.push_str(&format!(
+                "; for the system service, run `machinomy-hub --config {SERVICE_CONFIG} ...` as root or the machinomy user"
+            ));
+        }
+        bail!(message);
+    }
+    Ok(Config::load(path, default_data)?)
+}
+
+/// Checks what can be checked without the hub, so that a typo is reported as one (even when
+/// the hub is not running).
+fn check(command: &Command) -> Result<()> {
+    match command {
+        Command::Channel(ChannelCommand::Show { id } | ChannelCommand::Close { id }) => {
+            channel_id(id)?;
+        }
+        Command::Budget(BudgetCommand::Set { subject, limit, auto_approve, .. }) => {
+            parse_subject(subject)?;
+            check_amount("--limit", limit)?;
+            check_amount("--auto-approve", auto_approve)?;
+        }
+        Command::Spending(args) => {
+            day_range(args)?;
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 async fn admin(command: &Command, client: &Client, json: bool) -> Result<()> {
@@ -193,12 +287,12 @@ async fn admin(command: &Command, client: &Client, json: bool) -> Result<()> {
             output::show(json, &channels, || output::channels(&channels))
         }
         Command::Channel(ChannelCommand::Show { id }) => {
-            let channel: ChannelView = client.get(&format!("/api/v1/channels/{}", path_segment(id))).await?;
+            let channel: ChannelView = client.get(&format!("/api/v1/channels/{}", channel_id(id)?)).await?;
             output::show(json, &channel, || output::channel(&channel))
         }
         Command::Channel(ChannelCommand::Close { id }) => {
             let channel: ChannelView =
-                client.post(&format!("/api/v1/channels/{}/close", path_segment(id)), &serde_json::json!({})).await?;
+                client.post(&format!("/api/v1/channels/{}/close", channel_id(id)?), &serde_json::json!({})).await?;
             output::show(json, &channel, || output::channel(&channel))
         }
         Command::Budget(BudgetCommand::List) => {
@@ -215,24 +309,24 @@ async fn admin(command: &Command, client: &Client, json: bool) -> Result<()> {
             let state = if *all { "all" } else { "pending" };
             let approvals: Vec<Approval> = client.get(&format!("/api/v1/approvals?state={state}")).await?;
             let status: HubStatus = client.get("/api/v1/status").await?;
-            output::show(json, &approvals, || output::approvals(&approvals, &status.currency))
+            output::show(json, &approvals, || output::approvals(&approvals, &status.currency, *all))
         }
         Command::Approvals(ApprovalCommand::Show { id }) => {
             let approval: Approval = client.get(&format!("/api/v1/approvals/{id}")).await?;
             let status: HubStatus = client.get("/api/v1/status").await?;
-            output::show(json, &approval, || output::approvals(std::slice::from_ref(&approval), &status.currency))
+            output::show(json, &approval, || output::approval(&approval, &status.currency))
         }
         Command::Approvals(ApprovalCommand::Approve { id }) => {
             let approval: Approval =
                 client.post(&format!("/api/v1/approvals/{id}/approve"), &serde_json::json!({})).await?;
             let status: HubStatus = client.get("/api/v1/status").await?;
-            output::show(json, &approval, || output::approvals(std::slice::from_ref(&approval), &status.currency))
+            output::show(json, &approval, || output::approval(&approval, &status.currency))
         }
         Command::Approvals(ApprovalCommand::Deny { id, reason }) => {
             let body = DenyBody { reason: reason.clone() };
             let approval: Approval = client.post(&format!("/api/v1/approvals/{id}/deny"), &body).await?;
             let status: HubStatus = client.get("/api/v1/status").await?;
-            output::show(json, &approval, || output::approvals(std::slice::from_ref(&approval), &status.currency))
+            output::show(json, &approval, || output::approval(&approval, &status.currency))
         }
         Command::Spending(args) => spending(args, client, json).await,
     }
@@ -245,48 +339,96 @@ async fn spending(args: &SpendingArgs, client: &Client, json: bool) -> Result<()
         GroupArg::Day => GroupBy::Day,
     };
     let mut query = format!("group_by={}", serde_json::to_value(group)?.as_str().unwrap_or("subject"));
-    for (name, value) in [("from", &args.from), ("to", &args.to)] {
-        if let Some(day) = value {
-            let day = parse_day(day).with_context(|| format!("--{name}"))?;
+    let (from, to) = day_range(args)?;
+    for (name, day) in [("from", from), ("to", to)] {
+        if let Some(day) = day {
             query.push_str(&format!("&{name}={}", day.secs()));
         }
     }
     if args.csv {
         let csv = client.get_text(&format!("/api/v1/spending.csv?{query}")).await?;
-        output::print(&csv);
+        output::print(&output::csv(&csv));
         return Ok(());
     }
     let report: SpendingReport = client.get(&format!("/api/v1/spending?{query}")).await?;
     output::show(json, &report, || output::spending(&report))
 }
 
-fn parse_day(text: &str) -> Result<Timestamp> {
+/// `--from` and `--to` as midnights UTC, `--from` before `--to`.
+fn day_range(args: &SpendingArgs) -> Result<(Option<Timestamp>, Option<Timestamp>)> {
+    let from = args.from.as_deref().map(|day| parse_day("--from", day)).transpose()?;
+    let to = args.to.as_deref().map(|day| parse_day("--to", day)).transpose()?;
+    if let (Some(from), Some(to)) = (from, to)
+        && from >= to
+    {
+        return Err(usage("--from must be before --to"));
+    }
+    Ok((from, to))
+}
+
+/// A day `YYYY-MM-DD` that exists (no February 30th), as midnight UTC.
+fn parse_day(flag: &str, text: &str) -> Result<Timestamp> {
+    let not_a_date = || usage(format!("{flag}: {} is not a date (YYYY-MM-DD)", output::quoted(text)));
     let parts: Vec<&str> = text.split('-').collect();
-    let [y, m, d] = parts.as_slice() else { bail!("{text:?} is not a date (YYYY-MM-DD)") };
+    let [y, m, d] = parts.as_slice() else { return Err(not_a_date()) };
+    if ![y, m, d].iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())) {
+        return Err(not_a_date());
+    }
     let (Ok(y), Ok(m), Ok(d)) = (y.parse::<i64>(), m.parse::<u32>(), d.parse::<u32>()) else {
-        bail!("{text:?} is not a date (YYYY-MM-DD)")
+        return Err(not_a_date());
     };
     if !(1970..=9999).contains(&y) || !(1..=12).contains(&m) || !(1..=31).contains(&d) {
-        bail!("{text:?} is not a date (YYYY-MM-DD)");
+        return Err(not_a_date());
     }
-    Ok(Timestamp::from_civil(y, m, d))
+    let day = Timestamp::from_civil(y, m, d);
+    // The calendar's own check: 2026-02-30 would otherwise quietly be March 2nd.
+    if day.civil_date() != (y, m, d) {
+        return Err(not_a_date());
+    }
+    Ok(day)
+}
+
+fn parse_subject(text: &str) -> Result<Subject> {
+    text.parse().map_err(|e| usage(format!("{e}")))
+}
+
+/// The syntax of an amount, before the hub says how many decimals its currency has.
+fn check_amount(flag: &str, text: &str) -> Result<()> {
+    match Amount::parse_decimal(text, 0) {
+        Err(e @ (AmountError::Empty | AmountError::NotDecimal(_))) => Err(usage(format!("{flag}: {e}"))),
+        _ => Ok(()),
+    }
 }
 
 fn budget_from_args(currency: &Currency, subject: &str, period: PeriodArg, limit: &str, auto: &str) -> Result<Budget> {
-    let subject: Subject = subject.parse()?;
+    let subject = parse_subject(subject)?;
     let period = match period {
         PeriodArg::Day => Period::Day,
         PeriodArg::Week => Period::Week,
         PeriodArg::Month => Period::Month,
     };
-    let limit = currency.parse(limit).context("--limit")?;
-    let auto_approve = currency.parse(auto).context("--auto-approve")?;
+    let limit = currency.parse(limit).map_err(|e| usage(format!("--limit: {e}")))?;
+    let auto_approve = currency.parse(auto).map_err(|e| usage(format!("--auto-approve: {e}")))?;
+    if auto_approve > limit {
+        return Err(usage(format!(
+            "--auto-approve {} is above --limit {}",
+            currency.format(auto_approve),
+            currency.format(limit)
+        )));
+    }
     Ok(Budget::new(subject, period, limit, auto_approve)?)
 }
 
-/// Keeps a user-typed id from changing the request path.
-fn path_segment(id: &str) -> String {
-    id.chars().filter(char::is_ascii_alphanumeric).collect()
+/// A channel id as typed: 64 hex characters, or an error quoting what was typed.
+fn channel_id(text: &str) -> Result<ChannelId> {
+    if text.len() != 64 {
+        return Err(not_a_channel_id(text));
+    }
+    text.parse().map_err(|_| not_a_channel_id(text))
+}
+
+fn not_a_channel_id(text: &str) -> anyhow::Error {
+    usage(format!("{} is not a channel id (64 hex characters)", output::quoted(text)))
 }
 
 fn init_logging() {
@@ -295,4 +437,75 @@ fn init_logging() {
     use std::io::IsTerminal;
     let ansi = std::io::stderr().is_terminal();
     tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn days_that_do_not_exist_are_refused_not_rolled_over() {
+        assert_eq!(parse_day("--from", "2026-02-28").unwrap().date_string(), "2026-02-28");
+        assert_eq!(parse_day("--from", "2028-02-29").unwrap().date_string(), "2028-02-29");
+        for bad in ["2026-02-29", "2026-02-30", "2026-04-31", "2026-13-01", "2026-00-10", "2026-1", "+2026-01-01", ""] {
+            let error = parse_day("--from", bad).unwrap_err().to_string();
+            assert!(error.starts_with("--from: ") && error.contains("is not a date"), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn from_must_be_before_to() {
+        let args = |from: &str, to: &str| SpendingArgs {
+            by: GroupArg::Day,
+            from: Some(from.to_owned()),
+            to: Some(to.to_owned()),
+            csv: false,
+        };
+        assert!(day_range(&args("2026-03-01", "2026-03-02")).is_ok());
+        for (from, to) in [("2026-03-03", "2026-03-01"), ("2026-03-01", "2026-03-01")] {
+            assert_eq!(day_range(&args(from, to)).unwrap_err().to_string(), "--from must be before --to");
+        }
+    }
+
+    #[test]
+    fn channel_ids_are_checked_and_quoted_as_typed() {
+        let id = "ab".repeat(32);
+        assert_eq!(channel_id(&id).unwrap().to_hex(), id);
+        assert_eq!(
+            channel_id("../../budgets").unwrap_err().to_string(),
+            r#""../../budgets" is not a channel id (64 hex characters)"#
+        );
+        assert!(channel_id(&"zz".repeat(32)).is_err());
+    }
+
+    #[test]
+    fn budget_amounts_are_checked_in_currency_units() {
+        let usd = Currency::usd();
+        let error = budget_from_args(&usd, "device:tv", PeriodArg::Day, "1", "2").unwrap_err();
+        assert_eq!(error.to_string(), "--auto-approve 2 USD is above --limit 1 USD");
+        assert!(error.downcast_ref::<Usage>().is_some());
+        let error = check_amount("--limit", "-5").unwrap_err().to_string();
+        assert!(error.starts_with("--limit: amount \"-5\" is not a plain decimal number"), "{error}");
+        assert!(check_amount("--limit", "2.50").is_ok());
+    }
+
+    #[test]
+    fn a_group_without_its_subcommand_names_the_group() {
+        let error = command().try_get_matches_from(["machinomy-hub", "budget"]).unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::MissingSubcommand);
+        assert_eq!(subcommands_of(&["budget"]), ["list", "set"]);
+        let matches = command().try_get_matches_from([
+            "machinomy-hub",
+            "budget",
+            "set",
+            "device:tv",
+            "--period",
+            "day",
+            "--limit",
+            "-5",
+            "--auto-approve",
+            "0",
+        ]);
+        assert!(matches.is_ok(), "{matches:?}");
+    }
 }

@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use anyhow::Result;
-use machinomy_core::{Approval, ApprovalState, Currency, Timestamp};
+use machinomy_core::{Approval, ApprovalState, ChannelStatus, Currency, PublicKey, SpendOutcome, Timestamp};
 use machinomy_hub::Config;
 use machinomy_hub::datadir::DataDir;
 use machinomy_web::model::{BudgetView, ChannelView, HubStatus, SpendingReport};
@@ -23,11 +23,80 @@ pub(crate) fn show<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> S
     Ok(())
 }
 
-pub(crate) fn init(config: &Config, data_dir: &DataDir, created_config: bool, created_data: bool) {
-    let verb = |created| if created { "created" } else { "exists " };
-    println!("config    {} {}", verb(created_config), config.path.display());
-    println!("data dir  {} {}", verb(created_data), data_dir.root().display());
-    println!("identity  {}", data_dir.public_key());
+/// What `init` made, for `--json`.
+#[derive(Serialize)]
+struct InitReport {
+    config: String,
+    data_dir: String,
+    identity: PublicKey,
+    created_config: bool,
+    created_data: bool,
+}
+
+pub(crate) fn init(
+    json: bool,
+    config: &Config,
+    data_dir: &DataDir,
+    created_config: bool,
+    created_data: bool,
+) -> Result<()> {
+    let report = InitReport {
+        config: config.path.display().to_string(),
+        data_dir: data_dir.root().display().to_string(),
+        identity: data_dir.public_key(),
+        created_config,
+        created_data,
+    };
+    show(json, &report, || {
+        let verb = |created| if created { "created" } else { "exists " };
+        format!(
+            "config    {} {}\ndata dir  {} {}\nidentity  {}\n",
+            verb(created_config),
+            clean(&report.config),
+            verb(created_data),
+            clean(&report.data_dir),
+            report.identity
+        )
+    })
+}
+
+/// Text that came from a device, a peer or the network, made safe to print on a terminal:
+/// control characters (newline, ESC, C1 controls …) and bidirectional overrides are shown
+/// escaped (`\n`, `\u{1b}`) instead of being obeyed.
+pub(crate) fn clean(text: &str) -> String {
+    escape(text, |_| false)
+}
+
+/// [`clean`] for CSV, whose line ends (and any quoted newline) are its own.
+fn clean_csv(text: &str) -> String {
+    escape(text, |c| matches!(c, '\r' | '\n' | '\t'))
+}
+
+fn escape(text: &str, keep: impl Fn(char) -> bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if (c.is_control() || is_bidi_control(c)) && !keep(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Characters that reorder what follows them on screen (so printed text can lie about itself).
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `"text"`, quoted and [`clean`].
+pub(crate) fn quoted(text: &str) -> String {
+    clean(&format!("{text:?}"))
+}
+
+/// A CSV report as it came from the hub, with [`clean_csv`] applied.
+pub(crate) fn csv(text: &str) -> String {
+    clean_csv(text)
 }
 
 fn when(t: Timestamp) -> String {
@@ -47,8 +116,8 @@ fn duration(secs: u64) -> String {
 pub(crate) fn status(status: &HubStatus, api: &str) -> String {
     format!(
         "hub        {} (v{})\nidentity   {}\napi        {api}\nup         {}\ncurrency   {} ({} decimals)\nchannels   {} open\napprovals  {} pending\nbudgets    {}\n",
-        status.name,
-        status.version,
+        clean(&status.name),
+        clean(&status.version),
         status.public_key,
         duration(status.uptime_secs),
         status.currency.code(),
@@ -79,16 +148,24 @@ pub(crate) fn channels(channels: &[ChannelView]) -> String {
 }
 
 pub(crate) fn channel(c: &ChannelView) -> String {
+    let money = |amount| c.currency.format(amount);
+    let status = match c.status {
+        ChannelStatus::Open => "open".to_owned(),
+        ChannelStatus::Closing { since, settle_after, final_amount } => {
+            format!("closing since {}; settles {} after {}", when(since), money(final_amount), when(settle_after))
+        }
+        ChannelStatus::Settled { at, amount } => format!("settled {} at {}", money(amount), when(at)),
+    };
     format!(
         "channel       {}\nrole          {}\nledger        {}\ncounterparty  {}\nstatus        {}\ncapacity      {}\nspent         {}\nremaining     {}\nopened        {}\nsettlement    {}\n",
         c.id,
         format!("{:?}", c.role).to_lowercase(),
-        c.ledger,
-        c.counterparty,
-        c.status.name(),
-        c.currency.format(c.capacity),
-        c.currency.format(c.spent),
-        c.currency.format(c.remaining),
+        clean(&c.ledger.to_string()),
+        clean(&c.counterparty.to_string()),
+        status,
+        money(c.capacity),
+        money(c.spent),
+        money(c.remaining),
         when(c.opened_at),
         duration(c.settlement_period_secs),
     )
@@ -104,7 +181,7 @@ pub(crate) fn budgets(budgets: &[BudgetView]) -> String {
         let _ = writeln!(
             out,
             "{:<32}  {:<6}  {:>16}  {:>16}  {:>16}",
-            b.budget.subject.to_string(),
+            clean(&b.budget.subject.to_string()),
             b.budget.period.to_string(),
             b.currency.format(b.spent_this_period),
             b.currency.format(b.budget.limit),
@@ -114,27 +191,68 @@ pub(crate) fn budgets(budgets: &[BudgetView]) -> String {
     out
 }
 
-pub(crate) fn approvals(approvals: &[Approval], currency: &Currency) -> String {
-    if approvals.is_empty() {
-        return "no spend requests waiting\n".to_owned();
+fn approval_state(a: &Approval) -> String {
+    match &a.state {
+        ApprovalState::Pending => format!("pending, expires {}", when(a.expires_at)),
+        ApprovalState::Approved { by, at } => format!("approved by {} at {}", clean(by), when(*at)),
+        ApprovalState::Denied { by, at, reason } if reason.is_empty() => {
+            format!("denied by {} at {}", clean(by), when(*at))
+        }
+        ApprovalState::Denied { by, at, reason } => {
+            format!("denied by {} at {}: {}", clean(by), when(*at), clean(reason))
+        }
+        ApprovalState::Expired { at } => format!("expired at {}", when(*at)),
     }
-    let mut out = String::new();
+}
+
+/// Spend requests, one a line. `all` tells whether these are every request or only the
+/// pending ones (for what to say when there are none).
+pub(crate) fn approvals(approvals: &[Approval], currency: &Currency, all: bool) -> String {
+    if approvals.is_empty() {
+        let none = if all { "no spend requests yet\n" } else { "no spend requests waiting\n" };
+        return none.to_owned();
+    }
+    let mut out =
+        format!("{:<8}  {:<24}  {:<24}  {:>16}  {:<24}  {}\n", "ID", "SUBJECT", "PAYEE", "AMOUNT", "MEMO", "STATE");
     for a in approvals {
-        let state = match &a.state {
-            ApprovalState::Pending => format!("pending, expires {}", when(a.expires_at)),
-            ApprovalState::Approved { by, at } => format!("approved by {by} at {}", when(*at)),
-            ApprovalState::Denied { by, at, reason } => format!("denied by {by} at {}: {reason}", when(*at)),
-            ApprovalState::Expired { at } => format!("expired at {}", when(*at)),
-        };
         let _ = writeln!(
             out,
-            "#{:<6} {} pays {} {} for {:?} ({state})",
+            "{:<8}  {:<24}  {:<24}  {:>16}  {:<24}  {}",
             a.id,
-            a.request.subject,
-            a.request.payee,
+            clean(&a.request.subject.to_string()),
+            clean(&a.request.payee),
             currency.format(a.request.amount),
-            a.request.memo
+            quoted(&a.request.memo),
+            approval_state(a)
         );
+    }
+    out
+}
+
+/// One spend request in full.
+pub(crate) fn approval(a: &Approval, currency: &Currency) -> String {
+    let mut out = format!(
+        "approval   {}\nstate      {}\nsubject    {}\npayee      {}\namount     {}\nmemo       {}\nreference  {}\nrequested  {}\n",
+        a.id,
+        approval_state(a),
+        clean(&a.request.subject.to_string()),
+        clean(&a.request.payee),
+        currency.format(a.request.amount),
+        quoted(&a.request.memo),
+        quoted(&a.request.reference),
+        when(a.request.created_at),
+    );
+    match &a.outcome {
+        None => {}
+        Some(SpendOutcome::Paid { at, channel: Some(channel) }) => {
+            let _ = writeln!(out, "outcome    paid at {} on channel {channel}", when(*at));
+        }
+        Some(SpendOutcome::Paid { at, channel: None }) => {
+            let _ = writeln!(out, "outcome    paid at {}", when(*at));
+        }
+        Some(SpendOutcome::Failed { at, reason }) => {
+            let _ = writeln!(out, "outcome    failed at {}: {}", when(*at), clean(reason));
+        }
     }
     out
 }
@@ -145,7 +263,7 @@ pub(crate) fn spending(report: &SpendingReport) -> String {
         let _ = writeln!(
             out,
             "{:<40}  {:>16}  {:>16}  {:>8}",
-            row.key,
+            clean(&row.key),
             report.currency.format(row.paid),
             report.currency.format(row.received),
             row.payments
@@ -159,4 +277,17 @@ pub(crate) fn spending(report: &SpendingReport) -> String {
         report.currency.format(report.total_received)
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_and_bidi_characters_are_shown_not_obeyed() {
+        assert_eq!(clean("shop\u{1b}[2J\nnext\u{7}\u{9b}\u{202e}"), "shop\\u{1b}[2J\\nnext\\u{7}\\u{9b}\\u{202e}");
+        assert_eq!(clean("plain café: 1.5 USD"), "plain café: 1.5 USD");
+        assert_eq!(quoted("a\"b\u{1b}"), "\"a\\\"b\\u{1b}\"");
+        assert_eq!(csv("key,paid\r\n\"a\u{1b}b\",1\r\n"), "key,paid\r\n\"a\\u{1b}b\",1\r\n");
+    }
 }

@@ -1,0 +1,100 @@
+//! Hubs on the peer network: real hub processes that find each other, open credit channels and
+//! pay for each other's services, with both sets of books agreeing to the base unit.
+
+use std::time::Duration;
+
+use machinomy_core::Amount;
+use machinomy_tests::{TestHub, error_answer, wait_for};
+use machinomy_web::model::{CallResult, ChannelView, HubStatus, Role, ServicesView, SpendingReport};
+use serde_json::json;
+
+/// 0.000001 USD a call, in base units (9 decimals).
+const PRICE: u128 = 1_000;
+
+/// A seller of "weather" answering "sunny", re-announcing its offer every 2 s.
+async fn seller(extra_p2p: &[&str]) -> TestHub {
+    let mut lines = vec!["offer_ttl_secs = 6"];
+    lines.extend_from_slice(extra_p2p);
+    let mut hub = TestHub::builder()
+        .name("seller")
+        .p2p(&lines)
+        .extra(
+            "[[sell]]\nname = \"weather\"\nprice = \"0.000001\"\ndescription = \"today's forecast\"\ntext = \"sunny\"",
+        )
+        .build()
+        .unwrap();
+    hub.start().await.unwrap();
+    hub
+}
+
+/// A buyer whose plugin `weather-buyer` may spend up to 1 USD a day, 0.000001 per call unasked.
+async fn buyer(bootstrap: &str) -> TestHub {
+    let mut hub = TestHub::builder()
+        .name("buyer")
+        .p2p(&[&format!("bootstrap = [\"{bootstrap}\"]"), "channel_capacity = \"0.0001\""])
+        .extra("[[budget]]\nsubject = \"plugin:weather-buyer\"\nperiod = \"day\"\nlimit = \"1\"\nauto_approve = \"0.000001\"")
+        .build()
+        .unwrap();
+    hub.start().await.unwrap();
+    hub
+}
+
+async fn p2p_addr(hub: &TestHub) -> String {
+    let api = hub.api().unwrap();
+    wait_for("the hub's peer address", Duration::from_secs(20), async || {
+        let status: HubStatus = api.get_json("/api/v1/status").await?;
+        Ok(status.p2p_addrs.into_iter().find(|a| a.contains("/tcp/")))
+    })
+    .await
+    .unwrap()
+}
+
+async fn call(hub: &TestHub, service: &str) -> reqwest::Response {
+    let body = json!({"subject": "plugin:weather-buyer", "body": ""});
+    hub.api().unwrap().post(&format!("/api/v1/services/{service}/call")).json(&body).send().await.unwrap()
+}
+
+fn sum(channels: &[ChannelView], role: Role) -> u128 {
+    channels.iter().filter(|c| c.role == role).map(|c| c.spent.base_units()).sum()
+}
+
+#[tokio::test]
+async fn a_buyer_pays_a_seller_for_a_thousand_calls_and_both_books_agree() {
+    let mut seller = seller(&[]).await;
+    let mut buyer = buyer(&p2p_addr(&seller).await).await;
+
+    // The seller's gossiped offer reaches the buyer.
+    let api = buyer.api().unwrap();
+    let services: ServicesView = wait_for("the weather offer", Duration::from_secs(30), async || {
+        let services: ServicesView = api.get_json("/api/v1/services").await?;
+        Ok(services.seen.iter().any(|o| o.service == "weather").then_some(services))
+    })
+    .await
+    .unwrap();
+    assert_eq!(services.seen[0].price, Amount::from_base_units(PRICE));
+
+    for _ in 0..1000 {
+        let response = call(&buyer, "weather").await;
+        assert_eq!(response.status(), 200);
+        let result: CallResult = response.json().await.unwrap();
+        assert_eq!(result.body, "sunny");
+    }
+
+    let total = 1000 * PRICE;
+    let paid: SpendingReport = buyer.api().unwrap().get_json("/api/v1/spending?group_by=payee").await.unwrap();
+    let received: SpendingReport = seller.api().unwrap().get_json("/api/v1/spending?group_by=subject").await.unwrap();
+    assert_eq!(paid.total_paid.base_units(), total);
+    assert_eq!(received.total_received.base_units(), total);
+    let buyer_channels: Vec<ChannelView> = buyer.api().unwrap().get_json("/api/v1/channels").await.unwrap();
+    let seller_channels: Vec<ChannelView> = seller.api().unwrap().get_json("/api/v1/channels").await.unwrap();
+    assert_eq!(sum(&buyer_channels, Role::Sender), total);
+    assert_eq!(sum(&seller_channels, Role::Receiver), total);
+    // 0.0001 of credit is 100 calls: running out opened new channels, never a failed call.
+    assert_eq!(buyer_channels.len(), 10);
+
+    let unknown = call(&buyer, "astrology").await;
+    let (status, error) = error_answer(unknown).await.unwrap();
+    assert_eq!(status, 404, "{error}");
+    assert!(buyer.stop().await.unwrap().success());
+    assert!(seller.stop().await.unwrap().success());
+}
