@@ -153,21 +153,33 @@ async fn expire_approvals(hub: Hub, shutdown: Shutdown) {
     }
 }
 
-/// Announces this hub's offers now and again well before they expire.
+/// Announces this hub's offers now, again well before they expire, and whenever a peer starts
+/// listening for offers (gossip keeps no history, so a newcomer would otherwise wait a period).
 async fn announce_offers(hub: Hub, ttl_secs: u64, shutdown: Shutdown) {
     if hub.market().own_offers(now()).is_empty() {
         return;
     }
+    let Some(mut events) = hub.market().net().map(|net| net.events()) else { return };
     let mut tick = tokio::time::interval(Duration::from_secs((ttl_secs / 3).max(1)));
     let stop = shutdown.wait();
     tokio::pin!(stop);
     loop {
-        tokio::select! {
+        let due = tokio::select! {
             _ = &mut stop => return,
-            _ = tick.tick() => match hub.market().announce().await {
-                Ok(count) => info!(count, "announced offers"),
-                Err(e) => warn!(error = %e, "could not announce offers"),
+            _ = tick.tick() => true,
+            event = events.recv() => match event {
+                Ok(crate::net::NetEvent::OffersSubscribed { .. }) => true,
+                Ok(_) => false,
+                // Missed events may have held a subscription: announce to be safe.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             },
+        };
+        if due {
+            match hub.market().announce().await {
+                Ok(count) => tracing::debug!(count, "announced offers"),
+                Err(e) => warn!(error = %e, "could not announce offers"),
+            }
         }
     }
 }

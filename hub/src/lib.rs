@@ -12,6 +12,8 @@ pub mod market;
 pub mod net;
 pub mod payments;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use config::Config;
 pub use hub::{Hub, HubError, now};

@@ -30,6 +30,20 @@ use crate::store::ChannelRecord;
 
 /// Offers remembered from other hubs; beyond this the soonest to expire are dropped.
 const MAX_OFFERS: usize = 4096;
+/// How long a payment waits for a channel to the payee to come free.
+const LANE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A channel reserved for one payment; freed when dropped.
+struct Lane<'a> {
+    market: &'a Market,
+    channel: ChannelId,
+}
+
+impl Drop for Lane<'_> {
+    fn drop(&mut self) {
+        self.market.free_lane(self.channel);
+    }
+}
 
 /// Why buying failed.
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +109,14 @@ struct Inner {
     devices: Arc<DeviceStates>,
     /// Offers seen, by (service, seller).
     offers: Mutex<BTreeMap<(String, PublicKey), ServiceOffer>>,
+    /// Channels carrying a call right now. Promises are cumulative, so two calls in flight on
+    /// one channel could arrive out of order and the lower one be refused: a channel is a
+    /// lane that carries one payment at a time, and concurrent calls use other channels.
+    busy: Mutex<std::collections::HashSet<ChannelId>>,
+    /// Woken when a lane frees up.
+    lane_freed: tokio::sync::Notify,
+    /// Sellers' keys, decoded once for checking their receipts.
+    seller_keys: Mutex<HashMap<PublicKey, ed25519_dalek::VerifyingKey>>,
     /// Channels whose last promise's fate is unknown (the call failed and the seller could not
     /// be asked): resynced before anything more is paid on them, so nothing is paid twice.
     unsettled: Mutex<std::collections::HashSet<ChannelId>>,
@@ -125,6 +147,9 @@ impl Market {
                 devices,
                 offers: Mutex::new(BTreeMap::new()),
                 unsettled: Mutex::new(std::collections::HashSet::new()),
+                busy: Mutex::new(std::collections::HashSet::new()),
+                lane_freed: tokio::sync::Notify::new(),
+                seller_keys: Mutex::new(HashMap::new()),
                 net: OnceLock::new(),
             }),
         }
@@ -321,7 +346,8 @@ impl Market {
             ApprovalState::Approved { .. } => {
                 let memo = format!("invoice {}", invoice.reference);
                 match self.promise_to(&from, invoice.amount, &peer_subject(&from), &memo, Some(approval.id)).await {
-                    Ok(promise) => InvoiceResponse::Paid { promise },
+                    // The promise travels back in this answer; the lane frees as it is sent.
+                    Ok((promise, _lane)) => InvoiceResponse::Paid { promise },
                     Err(e) => {
                         let _ = self.inner.payments.spend_failed(approval.id, &e.to_string(), now()).await;
                         InvoiceResponse::Error(WireError::new(ErrorCode::Internal, e.to_string()))
@@ -335,24 +361,54 @@ impl Market {
 
     // --- buying -------------------------------------------------------------------------------
 
-    /// A channel to `seller` with room for `amount`, opening one if needed.
-    async fn channel_to(&self, seller: &PublicKey, amount: Amount) -> Result<ChannelId, MarketError> {
-        let unsettled: Vec<ChannelId> =
-            self.inner.unsettled.lock().map(|u| u.iter().copied().collect()).unwrap_or_default();
-        for channel in unsettled {
-            if matches!(self.inner.payments.channel(&channel), Ok(ChannelRecord::Sender(c)) if &c.terms.receiver == seller)
-            {
-                self.resync(seller, channel).await;
+    /// A lane to `seller` with room for `amount`: an idle channel, or a new one when every
+    /// channel with room is busy; when the seller's credit line allows no more, waits for a lane.
+    async fn lane_to(&self, seller: &PublicKey, amount: Amount) -> Result<Lane<'_>, MarketError> {
+        loop {
+            let unsettled: Vec<ChannelId> =
+                self.inner.unsettled.lock().map(|u| u.iter().copied().collect()).unwrap_or_default();
+            for channel in unsettled {
+                if matches!(self.inner.payments.channel(&channel), Ok(ChannelRecord::Sender(c)) if &c.terms.receiver == seller)
+                    && self.try_take_lane(channel)
+                {
+                    self.resync(seller, channel).await;
+                    self.free_lane(channel);
+                }
+            }
+            let candidates = self.inner.payments.outgoing_with_room(seller, amount)?;
+            let blocked = self.inner.unsettled.lock().map(|u| u.clone()).unwrap_or_default();
+            for channel in candidates.iter().filter(|c| !blocked.contains(c)) {
+                if self.try_take_lane(*channel) {
+                    return Ok(Lane { market: self, channel: *channel });
+                }
+            }
+            // Register for a wake-up before trying to open, so a lane freed meanwhile is not missed.
+            let freed = self.inner.lane_freed.notified();
+            match self.open_channel(seller, amount).await {
+                Ok(channel) if self.try_take_lane(channel) => return Ok(Lane { market: self, channel }),
+                Ok(_) => {}
+                Err(MarketError::Refused(e)) if e.code == ErrorCode::CreditLimit && !candidates.is_empty() => {}
+                Err(e) => return Err(e),
+            }
+            if tokio::time::timeout(LANE_WAIT, freed).await.is_err() {
+                return Err(MarketError::BadAnswer(format!("no channel to {seller} came free in {LANE_WAIT:?}")));
             }
         }
-        if let Some(id) = self.inner.payments.outgoing_with_room(seller, amount)? {
-            if self.inner.unsettled.lock().map(|u| u.contains(&id)).unwrap_or(true) {
-                return Err(MarketError::BadAnswer(format!(
-                    "channel {id} to the seller has a payment of unknown fate and the seller cannot be asked yet"
-                )));
-            }
-            return Ok(id);
+    }
+
+    fn try_take_lane(&self, channel: ChannelId) -> bool {
+        self.inner.busy.lock().map(|mut busy| busy.insert(channel)).unwrap_or(false)
+    }
+
+    fn free_lane(&self, channel: ChannelId) {
+        if let Ok(mut busy) = self.inner.busy.lock() {
+            busy.remove(&channel);
         }
+        self.inner.lane_freed.notify_waiters();
+    }
+
+    /// Proposes a new channel to `seller` with room for at least `amount`.
+    async fn open_channel(&self, seller: &PublicKey, amount: Amount) -> Result<ChannelId, MarketError> {
         let net = self.net().ok_or(MarketError::NoNetwork)?;
         let capacity = self.inner.p2p.channel_capacity.max(amount);
         let proposal = ChannelProposal {
@@ -381,7 +437,8 @@ impl Market {
         Ok(terms.id)
     }
 
-    /// Signs a durable promise paying `amount` to `payee`.
+    /// Takes a lane to `payee` and signs a durable promise paying `amount` on it; the lane
+    /// stays taken until the returned guard is dropped (after the promise is delivered).
     async fn promise_to(
         &self,
         payee: &PublicKey,
@@ -389,10 +446,11 @@ impl Market {
         subject: &Subject,
         memo: &str,
         approval: Option<u64>,
-    ) -> Result<machinomy_core::Promise, MarketError> {
-        let channel = self.channel_to(payee, amount).await?;
+    ) -> Result<(machinomy_core::Promise, Lane<'_>), MarketError> {
+        let lane = self.lane_to(payee, amount).await?;
         let meta = OutgoingMeta { subject: subject.clone(), payee: payee.to_hex(), memo: memo.to_owned(), approval };
-        Ok(self.inner.payments.pay(channel, amount, &meta, now()).await?)
+        let promise = self.inner.payments.pay(lane.channel, amount, &meta, now()).await?;
+        Ok((promise, lane))
     }
 
     /// Finds sellers of `service`: offers already seen, else the DHT's providers, asked directly.
@@ -458,7 +516,7 @@ impl Market {
     ) -> Result<Bought, MarketError> {
         let net = self.net().ok_or(MarketError::NoNetwork)?;
         let seller = offer.seller;
-        let promise =
+        let (promise, _lane) =
             self.promise_to(&seller, offer.price, subject, &format!("service {service}"), Some(approval)).await?;
         let channel = promise.body.channel;
         let total = promise.body.amount;
@@ -466,7 +524,8 @@ impl Market {
         let answer = net.call(seller, call).await;
         match answer {
             Ok(ServiceResponse::Result { body, receipt }) => {
-                let valid = receipt.verify(&seller).is_ok() && receipt.channel == channel && receipt.total == total;
+                let valid =
+                    self.verify_receipt(&receipt, &seller) && receipt.channel == channel && receipt.total == total;
                 if !valid {
                     return Err(MarketError::BadAnswer("the receipt does not match the promise".to_owned()));
                 }
@@ -497,7 +556,7 @@ impl Market {
         let net = self.net().ok_or(MarketError::NoNetwork)?;
         let memo = format!("invoice {}", approval.request.reference);
         let result = async {
-            let promise = self
+            let (promise, _lane) = self
                 .promise_to(&payee, approval.request.amount, &approval.request.subject, &memo, Some(approval.id))
                 .await?;
             let channel = promise.body.channel;
@@ -519,6 +578,25 @@ impl Market {
             let _ = self.inner.payments.spend_failed(approval.id, &e.to_string(), now()).await;
         }
         result
+    }
+
+    fn verify_receipt(&self, receipt: &Receipt, seller: &PublicKey) -> bool {
+        let cached = self.inner.seller_keys.lock().ok().and_then(|keys| keys.get(seller).copied());
+        let key = match cached {
+            Some(key) => key,
+            None => {
+                let Ok(key) = seller.verifying_key() else { return false };
+                if let Ok(mut keys) = self.inner.seller_keys.lock() {
+                    // Bounded like the offers they come from.
+                    if keys.len() >= MAX_OFFERS {
+                        keys.clear();
+                    }
+                    keys.insert(*seller, key);
+                }
+                key
+            }
+        };
+        receipt.verify_with(&key).is_ok()
     }
 
     /// Adopts the seller's durable view of a channel after a failed or unanswered call; until

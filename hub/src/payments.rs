@@ -115,17 +115,18 @@ struct SpendState {
     /// not rescan the period's approvals: (period start, amount). Changed only under this lock,
     /// together with the approvals it sums; dropped whenever a budget changes.
     committed: HashMap<Subject, (Timestamp, Amount)>,
+    /// Approvals whose payment is being made right now (not yet durable).
+    paying: std::collections::HashSet<u64>,
 }
 
 impl SpendState {
-    /// Adds `delta` (or takes it away) to a subject's cached total, if the total is cached for
-    /// the period containing `at`.
-    fn adjust(&mut self, subject: &Subject, period_start: Timestamp, delta: Amount, add: bool) {
-        if let Some((start, total)) = self.committed.get_mut(subject) {
-            if *start == period_start {
-                *total =
-                    if add { total.checked_add(delta).unwrap_or(Amount::MAX) } else { total.saturating_sub(delta) };
-            }
+    /// Adds `amount` to a subject's cached total, if the total is cached for the period that
+    /// starts at `period_start`.
+    fn add_committed(&mut self, subject: &Subject, period_start: Timestamp, amount: Amount) {
+        if let Some((start, total)) = self.committed.get_mut(subject)
+            && *start == period_start
+        {
+            *total = total.checked_add(amount).unwrap_or(Amount::MAX);
         }
     }
 }
@@ -160,7 +161,12 @@ impl Payments {
                 settings,
                 config_budgets: budgets.iter().map(|b| b.subject.clone()).collect(),
                 channels: RwLock::new(channels),
-                spend: tokio::sync::Mutex::new(SpendState { next_approval_id, pending, committed: HashMap::new() }),
+                spend: tokio::sync::Mutex::new(SpendState {
+                    next_approval_id,
+                    pending,
+                    committed: HashMap::new(),
+                    paying: std::collections::HashSet::new(),
+                }),
                 events,
             }),
         })
@@ -296,16 +302,22 @@ impl Payments {
         machinomy_core::wire::Receipt::sign(id, acceptance.total, acceptance.increment, now, &self.inner.identity)
     }
 
-    /// An open channel this hub pays `receiver` on with at least `room` left, if there is one.
-    pub fn outgoing_with_room(&self, receiver: &PublicKey, room: Amount) -> Result<Option<ChannelId>, PaymentError> {
-        Ok(self.channels()?.iter().find_map(|record| match record {
-            ChannelRecord::Sender(c)
-                if &c.terms.receiver == receiver && c.status.is_open() && c.remaining() >= room =>
+    /// The open channels this hub pays `receiver` on with at least `room` left.
+    pub fn outgoing_with_room(&self, receiver: &PublicKey, room: Amount) -> Result<Vec<ChannelId>, PaymentError> {
+        let slots: Vec<_> = self.inner.channels.read().map_err(|_| poisoned())?.values().cloned().collect();
+        let mut ids = Vec::new();
+        for slot in slots {
+            // Looked at in place: this runs for every payment, and cloning channels is not free.
+            let record = slot.lock().map_err(|_| poisoned())?;
+            if let ChannelRecord::Sender(c) = &*record
+                && &c.terms.receiver == receiver
+                && c.status.is_open()
+                && c.remaining() >= room
             {
-                Some(c.terms.id)
+                ids.push(c.terms.id);
             }
-            _ => None,
-        }))
+        }
+        Ok(ids)
     }
 
     /// As sender: adopts the receiver's durable view of channel `id` (see `SenderChannel::resync`).
@@ -466,15 +478,35 @@ impl Payments {
         now: Timestamp,
         change: impl FnOnce(&mut SenderChannel, &SigningKey) -> Result<(T, Amount), ChannelError>,
     ) -> Result<T, PaymentError> {
-        // Paying an approval must happen once: hold the spend lock until it is recorded as paid.
-        let _spend = match meta.approval {
-            Some(_) => Some(self.inner.spend.lock().await),
-            None => None,
-        };
+        // Paying an approval must happen once: it is marked as being paid (under the spend lock)
+        // until its payment is durable, and the store says "paid" from then on.
         let mut approval = match meta.approval {
-            Some(approval_id) => Some(self.payable_approval(approval_id)?),
+            Some(approval_id) => {
+                let mut state = self.inner.spend.lock().await;
+                if state.paying.contains(&approval_id) {
+                    return Err(PaymentError::NotPayable(approval_id));
+                }
+                let approval = self.payable_approval(approval_id)?;
+                state.paying.insert(approval_id);
+                Some(approval)
+            }
             None => None,
         };
+        let result = self.update_sender_channel(id, meta, now, approval.as_mut(), change).await;
+        if let Some(approval_id) = meta.approval {
+            self.inner.spend.lock().await.paying.remove(&approval_id);
+        }
+        result
+    }
+
+    async fn update_sender_channel<T>(
+        &self,
+        id: ChannelId,
+        meta: &OutgoingMeta,
+        now: Timestamp,
+        mut approval: Option<&mut Approval>,
+        change: impl FnOnce(&mut SenderChannel, &SigningKey) -> Result<(T, Amount), ChannelError>,
+    ) -> Result<T, PaymentError> {
         let slot = self.channel_slot(&id)?;
         let (value, amount, total) = {
             let mut record = slot.lock().map_err(|_| poisoned())?;
@@ -502,7 +534,7 @@ impl Payments {
             if !amount.is_zero() {
                 writes.push(Write::Spending(&entry));
             }
-            if let Some(approval) = approval.as_ref() {
+            if let Some(approval) = approval.as_deref() {
                 writes.push(Write::Approval(approval));
             }
             self.inner.store.write(&writes)?;
@@ -615,13 +647,16 @@ impl Payments {
     }
 
     /// The committed total for `budget`'s subject this period, from the cache or the store.
-    fn committed(&self, state: &mut SpendState, budget: &Budget, now: Timestamp) -> Result<Amount, PaymentError> {
+    /// On a miss, first commits: decisions written by earlier requests (under this lock) may
+    /// still be on their way to the store, and must be counted.
+    async fn committed(&self, state: &mut SpendState, budget: &Budget, now: Timestamp) -> Result<Amount, PaymentError> {
         let start = budget.period.start(now);
-        if let Some((cached_start, total)) = state.committed.get(&budget.subject) {
-            if *cached_start == start {
-                return Ok(*total);
-            }
+        if let Some((cached_start, total)) = state.committed.get(&budget.subject)
+            && *cached_start == start
+        {
+            return Ok(*total);
         }
+        self.inner.store.commit().await?;
         let total = self.spent_this_period(budget, now)?;
         state.committed.insert(budget.subject.clone(), (start, total));
         Ok(total)
@@ -641,7 +676,7 @@ impl Payments {
         let mut state = self.inner.spend.lock().await;
         let budget = self.inner.store.budget(&request.subject)?;
         let spent = match &budget {
-            Some(budget) => self.committed(&mut state, budget, now)?,
+            Some(budget) => self.committed(&mut state, budget, now).await?,
             None => Amount::ZERO,
         };
         let mut decision = evaluate(budget.as_ref(), spent, &request, now, self.inner.settings.approval_ttl_secs);
@@ -653,18 +688,20 @@ impl Payments {
         let id = state.next_approval_id;
         let approval = Approval::from_decision(id, request, &decision, now);
         self.inner.store.write(&[Write::Approval(&approval)])?;
-        self.inner.store.commit().await?;
+        // The decision counts from now on, before it is durable: the lock is released for the
+        // sync, so concurrent requests share it, and none of them can use the same headroom.
         state.next_approval_id += 1;
         if approval.is_pending() {
             state.pending.insert(id, approval.clone());
         }
-        if approval.counts_against_budget() {
-            if let Some(budget) = &budget {
-                let start = budget.period.start(approval.request.created_at);
-                state.adjust(&approval.request.subject, start, approval.request.amount, true);
-            }
+        if approval.counts_against_budget()
+            && let Some(budget) = &budget
+        {
+            let start = budget.period.start(approval.request.created_at);
+            state.add_committed(&approval.request.subject, start, approval.request.amount);
         }
         drop(state);
+        self.inner.store.commit().await?;
         self.emit(HubEvent::ApprovalCreated { approval: approval.clone() });
         Ok(approval)
     }

@@ -3,69 +3,43 @@
 
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)] // test helpers fail the test
 
-use std::sync::Arc;
-
-use machinomy_core::PublicKey;
 use machinomy_core::wire::ErrorCode;
-use machinomy_core::{Amount, Budget, Currency, Period, SigningKey, Subject};
-use machinomy_hub::config::{P2pSettings, SellSettings, ServiceAnswer};
-use machinomy_hub::ledger::CreditLedger;
-use machinomy_hub::market::{DeviceStates, Market, MarketError};
-use machinomy_hub::net::{self, NetConfig, NetTask};
-use machinomy_hub::payments::{PaymentSettings, Payments};
-use machinomy_hub::store::{ChannelRecord, Store};
+use machinomy_core::{Amount, Budget, Period, SigningKey, Subject};
+use machinomy_hub::config::{SellSettings, ServiceAnswer};
+use machinomy_hub::market::MarketError;
+use machinomy_hub::store::ChannelRecord;
+use machinomy_hub::testing::{InProcessHub, loopback_p2p};
 
 const PRICE: u128 = 1_000;
 
 struct TestHub {
     _dir: tempfile::TempDir,
-    payments: Payments,
-    market: Market,
-    task: Option<NetTask>,
-    devices: Arc<DeviceStates>,
+    hub: InProcessHub,
 }
 
-fn p2p(bootstrap: Vec<String>) -> P2pSettings {
-    P2pSettings {
-        enabled: true,
-        listen: vec!["/ip4/127.0.0.1/tcp/0".to_owned()],
-        bootstrap,
-        mdns: false,
-        relay_server: false,
-        relays: Vec::new(),
-        channel_capacity: Amount::from_base_units(100 * PRICE),
-        offer_ttl_secs: 600,
+impl std::ops::Deref for TestHub {
+    type Target = InProcessHub;
+    fn deref(&self) -> &InProcessHub {
+        &self.hub
     }
 }
 
 async fn hub(seed: u8, sell: Vec<SellSettings>, budgets: &[Budget], bootstrap: Vec<String>) -> TestHub {
     let dir = tempfile::tempdir().unwrap();
+    let p2p = loopback_p2p(bootstrap, Amount::from_base_units(100 * PRICE));
     let key = SigningKey::from_bytes(&[seed; 32]);
-    let me = PublicKey::from(key.verifying_key());
-    let store = Store::open(dir.path()).unwrap();
-    let ledger = Arc::new(CreditLedger::new(me, Currency::usd(), Amount::from_base_units(1_000_000), 60));
-    let settings = PaymentSettings { approval_ttl_secs: 600, max_pending_approvals: 10 };
-    let payments = Payments::open(store, key.clone(), ledger, settings, budgets).await.unwrap();
-    let devices = Arc::new(DeviceStates::default());
-    let settings = p2p(bootstrap);
-    let market =
-        Market::new(payments.clone(), key.clone(), Currency::usd(), sell, settings.clone(), 3600, devices.clone());
-    let config =
-        NetConfig { listen: settings.listen.clone(), bootstrap: settings.bootstrap.clone(), ..NetConfig::default() };
-    let (handle, task) = net::start(&key, &config, Arc::new(market.clone())).await.unwrap();
-    market.attach(handle);
-    TestHub { _dir: dir, payments, market, task: Some(task), devices }
+    let hub =
+        InProcessHub::start(dir.path(), key, sell, budgets, Amount::from_base_units(1_000_000), p2p).await.unwrap();
+    TestHub { _dir: dir, hub }
 }
 
 impl TestHub {
     async fn addrs(&self) -> Vec<String> {
-        self.market.net().unwrap().listen_addrs().await.unwrap()
+        self.hub.addrs().await.unwrap()
     }
 
-    async fn stop(mut self) {
-        if let Some(task) = self.task.take() {
-            task.shutdown().await;
-        }
+    async fn stop(self) {
+        self.hub.stop().await;
     }
 }
 
@@ -166,6 +140,132 @@ async fn a_call_over_the_budget_threshold_waits_for_the_owner_and_pays_nothing()
     assert!(buyer.payments.spending(None, None).unwrap().is_empty());
     let err = buyer.market.call("nothing-sold", Vec::new(), &buyer_subject()).await.unwrap_err();
     assert!(matches!(err, MarketError::NoSeller(_)), "{err}");
+    buyer.stop().await;
+    seller.stop().await;
+}
+
+#[tokio::test]
+async fn bad_requests_from_a_peer_get_error_answers_and_the_hub_stays_healthy() {
+    use machinomy_core::wire::{
+        ChannelProposal, ChannelRequest, ChannelResponse, PayRequest, PayResponse, ServiceCall, ServiceOffer,
+        ServiceResponse,
+    };
+    use machinomy_core::{ChannelId, LedgerId, PromiseBody, PublicKey, Timestamp};
+    use machinomy_hub::net::InboundHandler;
+    use machinomy_hub::payments::OutgoingMeta;
+
+    let seller = hub(8, vec![weather(ServiceAnswer::Text("sunny".to_owned()))], &[], Vec::new()).await;
+    let buyer = hub(7, Vec::new(), &[buyer_budget(100 * PRICE, PRICE)], seller.addrs().await).await;
+    let net = buyer.market.net().unwrap();
+    let seller_key = PublicKey::from(SigningKey::from_bytes(&[8; 32]).verifying_key());
+    net.dial(&seller.addrs().await[0]).await.unwrap();
+    seller.market.announce().await.unwrap();
+    buyer.market.call("weather", Vec::new(), &buyer_subject()).await.unwrap();
+    let channel = match buyer.payments.channels().unwrap().first() {
+        Some(ChannelRecord::Sender(c)) => c.terms.id,
+        other => panic!("expected the buyer's channel, got {other:?}"),
+    };
+    let meta =
+        OutgoingMeta { subject: buyer_subject(), payee: seller_key.to_hex(), memo: String::new(), approval: None };
+    let expect_error = |answer: PayResponse, code: ErrorCode| match answer {
+        PayResponse::Error(e) => assert_eq!(e.code, code, "{e}"),
+        PayResponse::Receipt(r) => panic!("expected {code:?}, got a receipt {r:?}"),
+    };
+
+    // A replayed promise, then a decreasing one.
+    let promise =
+        buyer.payments.pay(channel, Amount::from_base_units(PRICE), &meta, machinomy_hub::now()).await.unwrap();
+    let first = net.pay(seller_key, PayRequest { promise: promise.clone(), memo: String::new() }).await.unwrap();
+    assert!(matches!(first, PayResponse::Receipt(_)));
+    expect_error(
+        net.pay(seller_key, PayRequest { promise: promise.clone(), memo: String::new() }).await.unwrap(),
+        ErrorCode::NotIncreasing,
+    );
+    let lower = PromiseBody { amount: Amount::from_base_units(1), ..promise.body.clone() }
+        .sign(&SigningKey::from_bytes(&[7; 32]));
+    expect_error(
+        net.pay(seller_key, PayRequest { promise: lower, memo: String::new() }).await.unwrap(),
+        ErrorCode::NotIncreasing,
+    );
+    // A forged promise: right channel, someone else's key.
+    let forged = PromiseBody { amount: Amount::from_base_units(10 * PRICE), ..promise.body.clone() }
+        .sign(&SigningKey::from_bytes(&[9; 32]));
+    expect_error(
+        net.pay(seller_key, PayRequest { promise: forged, memo: String::new() }).await.unwrap(),
+        ErrorCode::BadSignature,
+    );
+    // A promise for a channel this peer does not pay on (another hub's, or none at all).
+    let foreign = PromiseBody {
+        ledger: LedgerId::credit(),
+        channel: ChannelId::from_bytes([0xab; 32]),
+        amount: Amount::from_base_units(5),
+        stream: None,
+    }
+    .sign(&SigningKey::from_bytes(&[7; 32]));
+    expect_error(
+        net.pay(seller_key, PayRequest { promise: foreign.clone(), memo: String::new() }).await.unwrap(),
+        ErrorCode::UnknownChannel,
+    );
+    // A memo too long to be honest.
+    let promise =
+        buyer.payments.pay(channel, Amount::from_base_units(PRICE), &meta, machinomy_hub::now()).await.unwrap();
+    expect_error(
+        net.pay(seller_key, PayRequest { promise, memo: "x".repeat(10_000) }).await.unwrap(),
+        ErrorCode::BadRequest,
+    );
+    // A call for a service nobody sells here.
+    let unknown = net
+        .call(seller_key, ServiceCall { service: "astrology".to_owned(), body: Vec::new(), promise: foreign })
+        .await
+        .unwrap();
+    assert!(matches!(unknown, ServiceResponse::Error(ref e) if e.code == ErrorCode::UnknownService), "{unknown:?}");
+    // A proposal above the credit line.
+    let greedy = ChannelProposal {
+        channel: ChannelId::from_bytes([0xcd; 32]),
+        ledger: LedgerId::credit(),
+        sender: PublicKey::from(SigningKey::from_bytes(&[7; 32]).verifying_key()),
+        capacity: Amount::from_base_units(2_000_000),
+        settlement_period_secs: 3600,
+    };
+    let answer = net.channel(seller_key, ChannelRequest::Propose(greedy)).await.unwrap();
+    assert!(matches!(answer, ChannelResponse::Error(ref e) if e.code == ErrorCode::CreditLimit), "{answer:?}");
+    // Offers that are unsigned, expired, or relayed in someone else's name are not believed.
+    let now = machinomy_hub::now();
+    let mut unsigned = ServiceOffer::sign(
+        "cheap",
+        Amount::from_base_units(1),
+        "USD",
+        "",
+        Timestamp(now.secs() + 60),
+        &SigningKey::from_bytes(&[8; 32]),
+    );
+    unsigned.signature = machinomy_core::Signature([0; 64]);
+    let expired = ServiceOffer::sign(
+        "stale",
+        Amount::from_base_units(1),
+        "USD",
+        "",
+        Timestamp(now.secs() - 1),
+        &SigningKey::from_bytes(&[8; 32]),
+    );
+    let impostor = ServiceOffer::sign(
+        "fake",
+        Amount::from_base_units(1),
+        "USD",
+        "",
+        Timestamp(now.secs() + 60),
+        &SigningKey::from_bytes(&[9; 32]),
+    );
+    for offer in [unsigned, expired, impostor] {
+        InboundHandler::offer(&buyer.market, seller_key, offer);
+    }
+    let names: Vec<String> = buyer.market.offers(now).into_iter().map(|o| o.name).collect();
+    assert_eq!(names, vec!["weather".to_owned()]);
+
+    // The connection and both hubs are still fine: a real call goes through, paid correctly
+    // (the promise the memo check refused was never accepted, so this call pays for both).
+    let resync = buyer.market.call("weather", Vec::new(), &buyer_subject()).await;
+    assert!(resync.is_ok(), "{resync:?}");
     buyer.stop().await;
     seller.stop().await;
 }

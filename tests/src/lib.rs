@@ -289,7 +289,11 @@ impl TestHubBuilder {
         match &self.p2p_lines {
             None => text.push_str("\n[p2p]\nenabled = false\n"),
             Some(lines) => {
-                text.push_str(P2P_LOOPBACK);
+                if lines.iter().any(|l| l.trim_start().starts_with("listen")) {
+                    text.push_str("\n[p2p]\nmdns = false\n");
+                } else {
+                    text.push_str(P2P_LOOPBACK);
+                }
                 for line in lines {
                     let _ = writeln!(text, "{line}");
                 }
@@ -308,6 +312,12 @@ impl TestHubBuilder {
             .with_context(|| format!("cannot write {}", hub.config_path.display()))?;
         Ok(hub)
     }
+}
+
+/// A free TCP port on loopback (for a hub that must come back on the same address).
+pub fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
+    Ok(listener.local_addr().context("cannot read the port")?.port())
 }
 
 /// The `[p2p]` table of a test hub on the peer network: loopback only, no mDNS.

@@ -209,6 +209,13 @@ impl Receipt {
     pub fn verify(&self, receiver: &PublicKey) -> Result<(), BadSignature> {
         verify(receiver, &Receipt::signed_bytes(&self.channel, self.total, self.increment, self.at), &self.signature)
     }
+
+    /// As [`Receipt::verify`] with the receiver's key already decoded (a buyer checks a
+    /// receipt per call; decoding the key costs a third of a verification).
+    pub fn verify_with(&self, receiver: &VerifyingKey) -> Result<(), BadSignature> {
+        let bytes = Receipt::signed_bytes(&self.channel, self.total, self.increment, self.at);
+        receiver.verify_strict(&bytes, &DalekSignature::from_bytes(&self.signature.0)).map_err(|_| BadSignature)
+    }
 }
 
 /// A seller's signed, expiring announcement of a service.

@@ -30,7 +30,9 @@
 //! which stops reading one byte past the limit, drops that stream and keeps the connection.
 //! Requests time out after [`REQUEST_TIMEOUT`]. A request to a peer that is not connected
 //! dials it at the addresses the swarm knows (Kademlia's routing table, identify, mDNS,
-//! bootstrap, earlier dials); for a peer known nowhere, the DHT is asked first.
+//! bootstrap, earlier dials); for a peer known nowhere, the DHT is asked first. Addresses
+//! must be IP multiaddrs: host names (`/dns4/…`) are refused with a clear error, as no DNS
+//! transport is built in.
 //!
 //! Service offers are CBOR [`ServiceOffer`]s gossiped (signed gossipsub messages, strict
 //! validation) on [`OFFER_TOPIC`], and each announced service is provided in Kademlia
@@ -44,11 +46,13 @@
 //! most [`MAX_INBOUND`] run at once; beyond that a request is answered at once with
 //! `ErrorCode::ServiceUnavailable`. A handler that takes longer than [`REQUEST_TIMEOUT`] is
 //! dropped and answered with `ErrorCode::Internal`; shutdown drops them too, so handlers must
-//! be cancel-safe (the hub's are: what they persist goes through the commit thread).
+//! be cancel-safe (a write handed to the store's commit thread completes even if the future
+//! waiting for it is dropped).
 //!
 //! Every queue here is bounded: commands ([`COMMAND_QUEUE`]), inbound tasks ([`MAX_INBOUND`]),
-//! events ([`EVENT_BUFFER`], slow listeners miss events rather than slow the loop), and the
-//! swarm's own (connection limits, Kademlia's memory store, gossipsub's caches).
+//! requests waiting for a DHT lookup of their peer (1024), events ([`EVENT_BUFFER`]; slow
+//! listeners miss events rather than slow the loop), and the swarm's own (connection limits,
+//! Kademlia's memory store, gossipsub's caches).
 
 mod behaviour;
 mod codec;
@@ -359,7 +363,8 @@ impl NetHandle {
         codec::encode(&request, P::REQUEST_LIMIT)?;
         let ask = self.ask(|reply| wrap(event_loop::Outbound { peer, request, reply }));
         // The swarm times requests out itself; this only guards against a lost answer.
-        tokio::time::timeout(DIAL_TIMEOUT + REQUEST_TIMEOUT, ask).await.map_err(|_| NetError::Timeout("request"))?
+        let bound = QUERY_TIMEOUT + DIAL_TIMEOUT + REQUEST_TIMEOUT;
+        tokio::time::timeout(bound, ask).await.map_err(|_| NetError::Timeout("request"))?
     }
 
     /// Proposes a channel, or asks for a channel's state.

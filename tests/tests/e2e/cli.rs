@@ -1,5 +1,6 @@
 //! The admin CLI around a hub that is not there, and the CLI's own arguments.
 
+use std::os::unix::fs::PermissionsExt;
 use std::sync::{Arc, Mutex};
 
 use machinomy_core::{Amount, ChannelStatus, Subject};
@@ -25,11 +26,15 @@ async fn admin_commands_say_the_hub_is_not_running() {
     let empty = hub.cli(&["approvals", "list", "--all"]).await.unwrap();
     assert_eq!(empty.ok().unwrap(), "no spend requests yet\n");
     let token = hub.data_dir().join("admin.token");
+    let saved = std::fs::read(&token).unwrap();
     std::fs::remove_file(&token).unwrap();
     let out = hub.cli(&["status"]).await.unwrap();
     let line = out.error_line().unwrap();
     assert!(line.contains(&format!("no admin token at {}", token.display())), "{line}");
     assert!(line.contains("restarting the hub creates a new one"), "{line}");
+    std::fs::write(&token, saved).unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    hub.cli(&["status"]).await.unwrap().ok().unwrap();
 
     // A killed hub leaves its address behind: the CLI says nothing answers there, in one line.
     let addr = hub.addr().unwrap();
@@ -98,7 +103,6 @@ async fn usage_errors_exit_non_zero() {
         (vec!["channel"], "`channel` needs a subcommand: list, show, close"),
         (set("-5", "1"), "--limit: amount \"-5\" is not a plain decimal number"),
         (set("1", "-0.5"), "--auto-approve: amount \"-0.5\" is not a plain decimal number"),
-        (set("1", "2"), "--auto-approve 2 USD is above --limit 1 USD"),
         (vec!["budget", "set", "tv", "--period", "day", "--limit", "1", "--auto-approve", "0"], "tv"),
         (vec!["spending", "--from", "2026-02-30"], "--from: \"2026-02-30\" is not a date (YYYY-MM-DD)"),
         (vec!["spending", "--to", "2026-13-01"], "--to: \"2026-13-01\" is not a date"),
@@ -185,6 +189,12 @@ async fn text_from_devices_and_peers_is_escaped_and_a_closing_channel_says_when_
         .await
         .unwrap();
     hub.start().await.unwrap();
+
+    // Amounts in currency units, checked against each other before the hub is asked.
+    let args = ["budget", "set", "device:tv", "--period", "day", "--limit", "1", "--auto-approve", "2"];
+    let out = hub.cli(&args).await.unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out}");
+    assert!(out.error_line().unwrap().ends_with("machinomy-hub: --auto-approve 2 USD is above --limit 1 USD"), "{out}");
 
     let id = approval.to_string();
     let reason = "no\u{1b}[31m\u{202e}way";

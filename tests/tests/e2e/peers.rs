@@ -1,6 +1,8 @@
 //! Hubs on the peer network: real hub processes that find each other, open credit channels and
 //! pay for each other's services, with both sets of books agreeing to the base unit.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers fail the test
+
 use std::time::Duration;
 
 use machinomy_core::Amount;
@@ -95,6 +97,70 @@ async fn a_buyer_pays_a_seller_for_a_thousand_calls_and_both_books_agree() {
     let unknown = call(&buyer, "astrology").await;
     let (status, error) = error_answer(unknown).await.unwrap();
     assert_eq!(status, 404, "{error}");
+    assert!(buyer.stop().await.unwrap().success());
+    assert!(seller.stop().await.unwrap().success());
+}
+
+/// Keeps buying until told to stop; counts the results received.
+fn keep_buying(hub: &TestHub, stop: tokio::sync::watch::Receiver<bool>) -> tokio::task::JoinHandle<u64> {
+    let api = hub.api().unwrap();
+    tokio::spawn(async move {
+        let mut received = 0u64;
+        while !*stop.borrow() {
+            let body = json!({"subject": "plugin:weather-buyer", "body": ""});
+            let Ok(response) = api.post("/api/v1/services/weather/call").json(&body).send().await else { continue };
+            if response.status() == 200 && response.json::<CallResult>().await.is_ok_and(|r| r.body == "sunny") {
+                received += 1;
+            }
+        }
+        received
+    })
+}
+
+async fn received_by(hub: &TestHub) -> u128 {
+    let report: SpendingReport = hub.api().unwrap().get_json("/api/v1/spending?group_by=subject").await.unwrap();
+    report.total_received.base_units()
+}
+
+#[tokio::test]
+async fn a_seller_killed_mid_stream_holds_a_promise_for_every_delivered_call_and_both_views_converge() {
+    let port = machinomy_tests::free_port().unwrap();
+    let listen = format!("listen = [\"/ip4/127.0.0.1/tcp/{port}\"]");
+    let mut seller = seller(&[&listen]).await;
+    let mut buyer = buyer(&p2p_addr(&seller).await).await;
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let buying = keep_buying(&buyer, stopped.clone());
+    wait_for("a hundred paid calls", Duration::from_secs(60), async || {
+        Ok((received_by(&seller).await >= 100 * PRICE).then_some(()))
+    })
+    .await
+    .unwrap();
+    seller.kill().await.unwrap();
+    seller.start().await.unwrap();
+    let before_restart = received_by(&seller).await;
+    wait_for("calls paid after the restart", Duration::from_secs(60), async || {
+        Ok((received_by(&seller).await >= before_restart + 50 * PRICE).then_some(()))
+    })
+    .await
+    .unwrap();
+    stop.send(true).unwrap();
+    let delivered = buying.await.unwrap();
+
+    // Every result the buyer received is covered by what the seller durably holds.
+    let held = received_by(&seller).await;
+    assert!(held >= u128::from(delivered) * PRICE, "delivered {delivered} calls, seller holds {held}");
+    // One more call settles any promise whose fate the crash left open; then both views agree.
+    assert_eq!(call(&buyer, "weather").await.status(), 200);
+    let buyer_channels: Vec<ChannelView> = buyer.api().unwrap().get_json("/api/v1/channels").await.unwrap();
+    let seller_channels: Vec<ChannelView> = seller.api().unwrap().get_json("/api/v1/channels").await.unwrap();
+    for ours in &buyer_channels {
+        let theirs = seller_channels.iter().find(|c| c.id == ours.id).expect("the seller knows every channel");
+        assert_eq!(ours.spent, theirs.spent, "channel {}", ours.id);
+    }
+    let paid: SpendingReport = buyer.api().unwrap().get_json("/api/v1/spending?group_by=payee").await.unwrap();
+    let net_paid = paid.total_paid.base_units() - paid.total_received.base_units();
+    assert_eq!(net_paid, received_by(&seller).await, "the buyer's books net to what the seller holds");
     assert!(buyer.stop().await.unwrap().success());
     assert!(seller.stop().await.unwrap().success());
 }
