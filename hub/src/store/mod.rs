@@ -112,9 +112,12 @@ pub struct Store {
 
 #[derive(Debug)]
 struct Inner {
-    db: sled::Db,
     books: sled::Tree,
     commit: GroupCommit,
+    /// Orders spending rows within one second. It starts at a random point in each process:
+    /// sled's own id generator keeps its counter outside the write-ahead log, so after a crash
+    /// it can hand out ids already used, and a row written then would replace an older one.
+    spending_seq: std::sync::atomic::AtomicU64,
 }
 
 /// Creates an empty store at `path` and closes it (a first run does this, so that an empty
@@ -175,7 +178,11 @@ impl Store {
             commit::checkpoint(&db, &mut wal).map_err(StoreError::Io)?;
         }
         let commit = GroupCommit::start(db.clone(), books.clone(), wal).map_err(io)?;
-        Ok(Store { inner: Arc::new(Inner { db, books, commit }) })
+        let mut start = [0u8; 8];
+        getrandom::fill(&mut start).map_err(|e| StoreError::Io(format!("no randomness: {e}")))?;
+        // The top bit stays clear so the counter never wraps in practice.
+        let spending_seq = std::sync::atomic::AtomicU64::new(u64::from_be_bytes(start) >> 1);
+        Ok(Store { inner: Arc::new(Inner { books, commit, spending_seq }) })
     }
 
     /// Queues all records as one atomic batch. Not yet durable, nor visible to reads: await
@@ -192,7 +199,7 @@ impl Store {
                 Write::Budget(budget) => (key(BUDGET, budget.subject.to_string().as_bytes()), encode(budget)?),
                 Write::Approval(approval) => (key(APPROVAL, &approval.id.to_be_bytes()), encode(approval)?),
                 Write::Spending(entry) => {
-                    let seq = self.inner.db.generate_id()?;
+                    let seq = self.inner.spending_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let mut id = entry.at.secs().to_be_bytes().to_vec();
                     id.extend_from_slice(&seq.to_be_bytes());
                     (key(SPENDING, &id), encode(entry)?)

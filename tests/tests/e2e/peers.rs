@@ -136,9 +136,11 @@ async fn a_seller_killed_mid_stream_holds_a_promise_for_every_delivered_call_and
     })
     .await
     .unwrap();
+    let before_kill = received_by(&seller).await;
     seller.kill().await.unwrap();
     seller.start().await.unwrap();
     let before_restart = received_by(&seller).await;
+    assert!(before_restart >= before_kill, "the restart lost acknowledged payments");
     wait_for("calls paid after the restart", Duration::from_secs(60), async || {
         Ok((received_by(&seller).await >= before_restart + 50 * PRICE).then_some(()))
     })
