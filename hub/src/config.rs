@@ -501,6 +501,28 @@ mod tests {
     }
 
     #[test]
+    fn bad_peer_network_and_sell_entries_name_their_key() {
+        let cases = [
+            ("[p2p]\nlisten = [\"0.0.0.0:4001\"]\n", "p2p.listen"),
+            ("[p2p]\nbootstrap = [\"not an address\"]\n", "p2p.bootstrap"),
+            ("[p2p]\nchannel_capacity = \"lots\"\n", "p2p.channel_capacity"),
+            ("[p2p]\noffer_ttl_secs = 0\n", "p2p.offer_ttl_secs"),
+            ("[[sell]]\nname = \"a b\"\nprice = \"1\"\ntext = \"x\"\n", "sell[0].name"),
+            ("[[sell]]\nname = \"w\"\nprice = \"1\"\n", "sell[0].topic"),
+            ("[[sell]]\nname = \"w\"\nprice = \"1\"\ntopic = \"weather\"\n", "sell[0].topic"),
+            ("[[sell]]\nname = \"w\"\nprice = \"-1\"\ntext = \"x\"\n", "sell[0].price"),
+            (
+                "[[sell]]\nname = \"w\"\nprice = \"1\"\ntext = \"x\"\n[[sell]]\nname = \"w\"\nprice = \"1\"\ntext = \"y\"\n",
+                "sell[1].name",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
     fn relative_data_dir_is_relative_to_the_config_file() {
         let config = parse("[hub]\ndata_dir = \"data\"\n").unwrap();
         assert_eq!(config.hub.data_dir, Path::new("/etc/machinomy/data"));
@@ -525,5 +547,11 @@ mod example {
         assert_eq!(config.credit.settlement_period_secs, 86_400);
         assert_eq!(config.budgets.len(), 1);
         assert_eq!(config.budgets[0].auto_approve, Amount::from_base_units(2_500_000_000));
+        assert!(config.p2p.enabled && config.p2p.mdns && !config.p2p.relay_server);
+        assert_eq!(config.p2p.listen.len(), 2);
+        assert_eq!(config.p2p.channel_capacity, Amount::from_base_units(1_000_000_000));
+        assert_eq!(config.sell.len(), 1);
+        assert_eq!(config.sell[0].answer, ServiceAnswer::DeviceState { device: "station".to_owned() });
+        assert_eq!(config.credit.min_settlement_period_secs, 3600);
     }
 }

@@ -269,3 +269,112 @@ async fn bad_requests_from_a_peer_get_error_answers_and_the_hub_stays_healthy() 
     buyer.stop().await;
     seller.stop().await;
 }
+
+#[tokio::test]
+async fn a_buyer_finds_a_seller_it_never_dialed_through_the_dht_of_five_hubs() {
+    // A chain: the buyer knows only hub 1, each hub the one before it, the seller is hub 4.
+    let first = hub(20, Vec::new(), &[buyer_budget(10 * PRICE, PRICE)], Vec::new()).await;
+    let mut chain = vec![first];
+    for seed in 21..=24u8 {
+        let previous = chain.last().unwrap().addrs().await;
+        let sell = if seed == 24 { vec![weather(ServiceAnswer::Text("from afar".to_owned()))] } else { Vec::new() };
+        chain.push(hub(seed, sell, &[], previous).await);
+    }
+    let seller_key = machinomy_core::PublicKey::from(SigningKey::from_bytes(&[24; 32]).verifying_key());
+    let seller = chain.last().unwrap();
+    let buyer = chain.first().unwrap();
+    // Provider records propagate as the DHT's routing fills in: announce until the buyer finds it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        seller.market.announce().await.unwrap();
+        let providers = buyer.market.net().unwrap().find_providers("weather").await.unwrap();
+        if providers.contains(&seller_key) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the buyer never found the seller in the DHT");
+    }
+    let bought = buyer.market.call("weather", Vec::new(), &buyer_subject()).await.unwrap();
+    assert_eq!(bought.body, b"from afar");
+    assert_eq!(bought.seller, seller_key);
+    for hub in chain {
+        hub.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn invoices_are_paid_inside_the_budget_or_after_the_owner_approves() {
+    use machinomy_core::wire::{Invoice, InvoiceResponse};
+    use machinomy_core::{ApprovalState, PublicKey, Verdict};
+    use machinomy_hub::payments::IncomingMeta;
+
+    let payee_key = PublicKey::from(SigningKey::from_bytes(&[31; 32]).verifying_key());
+    let payer_key = PublicKey::from(SigningKey::from_bytes(&[30; 32]).verifying_key());
+    let budget = Budget::new(
+        Subject::Peer(payee_key.to_hex()),
+        Period::Month,
+        Amount::from_base_units(50 * PRICE),
+        Amount::from_base_units(5 * PRICE),
+    )
+    .unwrap();
+    let payer = hub(30, Vec::new(), &[budget], Vec::new()).await;
+    let payee = hub(31, Vec::new(), &[], payer.addrs().await).await;
+    let net = payee.market.net().unwrap();
+    net.dial(&payer.addrs().await[0]).await.unwrap();
+    let meta = IncomingMeta { subject: "device:meter".parse().unwrap(), memo: "rent".to_owned() };
+
+    // Within the threshold: paid at once, with a promise the payee accepts.
+    let small = Invoice {
+        amount: Amount::from_base_units(3 * PRICE),
+        memo: "two hours".to_owned(),
+        reference: "stay-1".to_owned(),
+    };
+    let promise = match net.invoice(payer_key, small).await.unwrap() {
+        InvoiceResponse::Paid { promise } => promise,
+        other => panic!("expected payment, got {other:?}"),
+    };
+    let accepted = payee.payments.accept(promise, &meta, machinomy_hub::now()).await.unwrap();
+    assert_eq!(accepted.increment, Amount::from_base_units(3 * PRICE));
+
+    // Over the threshold: pending until the payer's owner approves, then paid over the network.
+    let big = Invoice {
+        amount: Amount::from_base_units(20 * PRICE),
+        memo: "the week".to_owned(),
+        reference: "stay-2".to_owned(),
+    };
+    let approval = match net.invoice(payer_key, big).await.unwrap() {
+        InvoiceResponse::Pending { approval } => approval,
+        other => panic!("expected pending, got {other:?}"),
+    };
+    let decided = payer.payments.decide(approval, Verdict::Approve, "owner", machinomy_hub::now()).await.unwrap();
+    assert!(matches!(decided.state, ApprovalState::Approved { .. }));
+    payer.market.pay_approved_invoice(&decided).await.unwrap();
+    let received: u128 = payee.payments.spending(None, None).unwrap().iter().map(|e| e.amount.base_units()).sum();
+    assert_eq!(received, 23 * PRICE);
+    let paid_again = payer.payments.approval(approval, machinomy_hub::now()).await.unwrap();
+    assert!(paid_again.outcome.is_some(), "the approval records its payment");
+    // Paying it twice is refused.
+    assert!(payer.market.pay_approved_invoice(&paid_again).await.is_ok(), "an already-paid approval is skipped");
+    let received_after: u128 = payee.payments.spending(None, None).unwrap().iter().map(|e| e.amount.base_units()).sum();
+    assert_eq!(received_after, 23 * PRICE);
+
+    // Above what the budget allows at all, and denied by the owner: nothing moves.
+    let huge = Invoice {
+        amount: Amount::from_base_units(100 * PRICE),
+        memo: "a year".to_owned(),
+        reference: "stay-3".to_owned(),
+    };
+    let approval = match net.invoice(payer_key, huge).await.unwrap() {
+        InvoiceResponse::Pending { approval } => approval,
+        other => panic!("expected pending, got {other:?}"),
+    };
+    let denied = payer
+        .payments
+        .decide(approval, Verdict::Deny { reason: "too much".into() }, "owner", machinomy_hub::now())
+        .await
+        .unwrap();
+    payer.market.pay_approved_invoice(&denied).await.unwrap();
+    let received_final: u128 = payee.payments.spending(None, None).unwrap().iter().map(|e| e.amount.base_units()).sum();
+    assert_eq!(received_final, 23 * PRICE);
+    payer.stop().await;
+    payee.stop().await;
+}

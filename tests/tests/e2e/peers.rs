@@ -94,6 +94,25 @@ async fn a_buyer_pays_a_seller_for_a_thousand_calls_and_both_books_agree() {
     // 0.0001 of credit is 100 calls: running out opened new channels, never a failed call.
     assert_eq!(buyer_channels.len(), 10);
 
+    // The same through the CLI.
+    let listed = buyer.cli(&["service", "list"]).await.unwrap();
+    let text = listed.ok().unwrap();
+    assert!(text.contains("weather") && text.contains("0.000001 USD"), "{text}");
+    let bought = buyer.cli(&["service", "call", "weather", "--as", "plugin:weather-buyer"]).await.unwrap();
+    assert!(bought.ok().unwrap().starts_with("sunny\n(paid 0.000001 USD"), "{bought}");
+    let seller_key: HubStatus = seller.api().unwrap().get_json("/api/v1/status").await.unwrap();
+    let peers = buyer.cli(&["peers"]).await.unwrap();
+    assert!(peers.ok().unwrap().contains(&seller_key.public_key.to_hex()), "{peers}");
+    let with_seller: Vec<ChannelView> = buyer
+        .cli(&["channel", "list", "--peer", &seller_key.public_key.to_hex(), "--json"])
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(with_seller.len(), 11, "the 1001st call needed an eleventh channel");
+    let bad = buyer.cli(&["service", "call", "no/such", "--as", "plugin:weather-buyer"]).await.unwrap();
+    assert!(bad.error_line().unwrap().contains("not a service name"), "{bad}");
+
     let unknown = call(&buyer, "astrology").await;
     let (status, error) = error_answer(unknown).await.unwrap();
     assert_eq!(status, 404, "{error}");

@@ -53,12 +53,37 @@ enum Command {
     Approvals(ApprovalCommand),
     /// Where the money went
     Spending(SpendingArgs),
+    /// Hubs known on the peer network
+    Peers,
+    /// Services on the peer network: what this hub sells, what others offer, buying a call
+    #[command(subcommand, visible_alias = "services")]
+    Service(ServiceCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ServiceCommand {
+    /// Offers seen from other hubs, and this hub's own
+    List,
+    /// Buy one call of a service from the cheapest seller, inside a subject's budget
+    Call {
+        name: String,
+        /// Whose budget pays: device:<id> or plugin:<name>
+        #[arg(long = "as", value_name = "SUBJECT", default_value = "device:owner")]
+        subject: String,
+        /// The request to send to the service
+        #[arg(long, default_value = "")]
+        body: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 enum ChannelCommand {
     /// List channels, newest first
-    List,
+    List {
+        /// Only channels with this peer (its public key)
+        #[arg(long, value_name = "KEY")]
+        peer: Option<String>,
+    },
     /// Show one channel
     Show { id: String },
     /// Close a channel (its final amount is recorded for settlement)
@@ -266,6 +291,18 @@ fn check(command: &Command) -> Result<()> {
         Command::Spending(args) => {
             day_range(args)?;
         }
+        Command::Channel(ChannelCommand::List { peer: Some(key) }) => {
+            peer_key(key)?;
+        }
+        Command::Service(ServiceCommand::Call { name, subject, .. }) => {
+            if !machinomy_core::wire::valid_service_name(name) {
+                return Err(usage(format!(
+                    "{} is not a service name (1 to 64 of A-Z a-z 0-9 - _ .)",
+                    output::quoted(name)
+                )));
+            }
+            parse_subject(subject)?;
+        }
         _ => {}
     }
     Ok(())
@@ -282,9 +319,28 @@ async fn admin(command: &Command, client: &Client, json: bool) -> Result<()> {
             let status: HubStatus = client.get("/api/v1/status").await?;
             output::show(json, &status.public_key, || format!("{}\n", status.public_key))
         }
-        Command::Channel(ChannelCommand::List) => {
-            let channels: Vec<ChannelView> = client.get("/api/v1/channels").await?;
+        Command::Channel(ChannelCommand::List { peer }) => {
+            let path = match peer {
+                Some(key) => format!("/api/v1/channels?peer={}", peer_key(key)?),
+                None => "/api/v1/channels".to_owned(),
+            };
+            let channels: Vec<ChannelView> = client.get(&path).await?;
             output::show(json, &channels, || output::channels(&channels))
+        }
+        Command::Peers => {
+            let peers: Vec<machinomy_web::model::PeerView> = client.get("/api/v1/peers").await?;
+            output::show(json, &peers, || output::peers(&peers))
+        }
+        Command::Service(ServiceCommand::List) => {
+            let services: machinomy_web::model::ServicesView = client.get("/api/v1/services").await?;
+            let status: HubStatus = client.get("/api/v1/status").await?;
+            output::show(json, &services, || output::services(&services, &status.currency))
+        }
+        Command::Service(ServiceCommand::Call { name, subject, body }) => {
+            let call = machinomy_web::model::CallBody { subject: parse_subject(subject)?, body: body.clone() };
+            let result: machinomy_web::model::CallResult =
+                client.post(&format!("/api/v1/services/{name}/call"), &call).await?;
+            output::show(json, &result, || output::call(&result))
         }
         Command::Channel(ChannelCommand::Show { id }) => {
             let channel: ChannelView = client.get(&format!("/api/v1/channels/{}", channel_id(id)?)).await?;
@@ -508,4 +564,9 @@ mod tests {
         ]);
         assert!(matches.is_ok(), "{matches:?}");
     }
+}
+
+/// A peer's public key as typed on the command line.
+fn peer_key(text: &str) -> Result<machinomy_core::PublicKey> {
+    text.parse().map_err(|_| usage(format!("{} is not a peer's public key (64 hex characters)", output::quoted(text))))
 }

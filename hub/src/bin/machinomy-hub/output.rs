@@ -291,3 +291,48 @@ mod tests {
         assert_eq!(csv("key,paid\r\n\"a\u{1b}b\",1\r\n"), "key,paid\r\n\"a\\u{1b}b\",1\r\n");
     }
 }
+
+pub(crate) fn peers(peers: &[machinomy_web::model::PeerView]) -> String {
+    if peers.is_empty() {
+        return "no peers known (is the peer network enabled, with bootstrap peers or mDNS?)\n".to_owned();
+    }
+    let mut out = format!("{:<64}  {:<9}  {}\n", "KEY", "STATE", "ADDRESSES");
+    for p in peers {
+        let state = if p.connected { "connected" } else { "known" };
+        let _ = writeln!(out, "{:<64}  {state:<9}  {}", p.key, clean(&p.addrs.join(" ")));
+    }
+    out
+}
+
+/// Offers are in the hub's own currency: the hub refuses offers priced in any other.
+pub(crate) fn services(services: &machinomy_web::model::ServicesView, currency: &Currency) -> String {
+    let mut out = String::new();
+    for (title, offers) in [("SOLD HERE", &services.own), ("OFFERED BY OTHER HUBS", &services.seen)] {
+        let _ = writeln!(out, "{title}");
+        if offers.is_empty() {
+            out.push_str("  none\n");
+        }
+        for o in offers {
+            let _ = writeln!(
+                out,
+                "  {:<24} {:>18}  from {}  until {}  {}",
+                clean(&o.service),
+                currency.format(o.price),
+                o.seller,
+                when(o.expires_at),
+                clean(&o.description)
+            );
+        }
+    }
+    out
+}
+
+pub(crate) fn call(result: &machinomy_web::model::CallResult) -> String {
+    format!(
+        "{}\n(paid {} to {} on channel {})\n",
+        clean(&result.body),
+        result.currency.format(result.price),
+        result.seller,
+        result.receipt.channel
+    )
+}
