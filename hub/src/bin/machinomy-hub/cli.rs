@@ -495,6 +495,11 @@ fn init_logging() {
     tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
 }
 
+/// A peer's public key as typed on the command line.
+fn peer_key(text: &str) -> Result<machinomy_core::PublicKey> {
+    text.parse().map_err(|_| usage(format!("{} is not a peer's public key (64 hex characters)", output::quoted(text))))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -564,9 +569,4 @@ mod tests {
         ]);
         assert!(matches.is_ok(), "{matches:?}");
     }
-}
-
-/// A peer's public key as typed on the command line.
-fn peer_key(text: &str) -> Result<machinomy_core::PublicKey> {
-    text.parse().map_err(|_| usage(format!("{} is not a peer's public key (64 hex characters)", output::quoted(text))))
 }

@@ -279,19 +279,6 @@ pub(crate) fn spending(report: &SpendingReport) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn control_and_bidi_characters_are_shown_not_obeyed() {
-        assert_eq!(clean("shop\u{1b}[2J\nnext\u{7}\u{9b}\u{202e}"), "shop\\u{1b}[2J\\nnext\\u{7}\\u{9b}\\u{202e}");
-        assert_eq!(clean("plain café: 1.5 USD"), "plain café: 1.5 USD");
-        assert_eq!(quoted("a\"b\u{1b}"), "\"a\\\"b\\u{1b}\"");
-        assert_eq!(csv("key,paid\r\n\"a\u{1b}b\",1\r\n"), "key,paid\r\n\"a\\u{1b}b\",1\r\n");
-    }
-}
-
 pub(crate) fn peers(peers: &[machinomy_web::model::PeerView]) -> String {
     if peers.is_empty() {
         return "no peers known (is the peer network enabled, with bootstrap peers or mDNS?)\n".to_owned();
@@ -335,4 +322,17 @@ pub(crate) fn call(result: &machinomy_web::model::CallResult) -> String {
         result.seller,
         result.receipt.channel
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_and_bidi_characters_are_shown_not_obeyed() {
+        assert_eq!(clean("shop\u{1b}[2J\nnext\u{7}\u{9b}\u{202e}"), "shop\\u{1b}[2J\\nnext\\u{7}\\u{9b}\\u{202e}");
+        assert_eq!(clean("plain café: 1.5 USD"), "plain café: 1.5 USD");
+        assert_eq!(quoted("a\"b\u{1b}"), "\"a\\\"b\\u{1b}\"");
+        assert_eq!(csv("key,paid\r\n\"a\u{1b}b\",1\r\n"), "key,paid\r\n\"a\\u{1b}b\",1\r\n");
+    }
 }
