@@ -10,8 +10,9 @@ sudo_if_needed() {
 }
 
 # --- Debian packages --------------------------------------------------------------------------
-# build-essential, pkg-config: C toolchain for -sys crates.
-apt_packages=(build-essential pkg-config ca-certificates)
+# build-essential, pkg-config: C toolchain for -sys crates (aws-lc for QUIC's TLS among them).
+# iproute2: the mDNS test runs hubs in a network namespace it creates, linked by veth.
+apt_packages=(build-essential pkg-config ca-certificates iproute2)
 missing=()
 for pkg in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
