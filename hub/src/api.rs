@@ -33,34 +33,23 @@ impl From<PaymentError> for BackendError {
 
 impl Hub {
     fn channel_view(&self, record: &ChannelRecord) -> ChannelView {
-        let currency = self.payments().currency().clone();
-        match record {
-            ChannelRecord::Sender(c) => ChannelView {
-                id: c.terms.id,
-                role: Role::Sender,
-                ledger: c.terms.ledger.clone(),
-                counterparty: c.terms.receiver,
-                currency,
-                capacity: c.terms.capacity,
-                spent: c.promised(),
-                remaining: c.remaining(),
-                status: c.status,
-                opened_at: c.terms.opened_at,
-                settlement_period_secs: c.terms.settlement_period_secs,
-            },
-            ChannelRecord::Receiver(c) => ChannelView {
-                id: c.terms.id,
-                role: Role::Receiver,
-                ledger: c.terms.ledger.clone(),
-                counterparty: c.terms.sender,
-                currency,
-                capacity: c.terms.capacity,
-                spent: c.accepted(),
-                remaining: c.terms.capacity.saturating_sub(c.accepted()),
-                status: c.status,
-                opened_at: c.terms.opened_at,
-                settlement_period_secs: c.terms.settlement_period_secs,
-            },
+        let terms = record.terms();
+        let (role, counterparty) = match record {
+            ChannelRecord::Sender(_) => (Role::Sender, terms.receiver),
+            ChannelRecord::Receiver(_) => (Role::Receiver, terms.sender),
+        };
+        ChannelView {
+            id: terms.id,
+            role,
+            ledger: terms.ledger.clone(),
+            counterparty,
+            currency: self.payments().currency().clone(),
+            capacity: terms.capacity,
+            spent: record.total(),
+            remaining: terms.capacity.saturating_sub(record.total()),
+            status: record.status(),
+            opened_at: terms.opened_at,
+            settlement_period_secs: terms.settlement_period_secs,
         }
     }
 
@@ -89,8 +78,11 @@ impl Backend for Hub {
             started_at: self.started_at(),
             uptime_secs: now.secs().saturating_sub(self.started_at().secs()),
             currency: payments.currency().clone(),
-            channels_open: channels.iter().filter(|c| channel_is_open(c)).count() as u64,
-            approvals_pending: payments.approvals(true, now).await?.len() as u64,
+            channels_open: channels.iter().filter(|c| c.status().is_open()).count() as u64,
+            approvals_pending: {
+                payments.expire_due(now).await?;
+                payments.pending_count().await as u64
+            },
             budgets: payments.budgets()?.len() as u64,
             peer_id: self.market().net().map(|n| n.peer_id()),
             p2p_addrs: match self.market().net() {
@@ -102,7 +94,7 @@ impl Backend for Hub {
 
     async fn channels(&self) -> Result<Vec<ChannelView>, BackendError> {
         let mut records = self.payments().channels()?;
-        records.sort_by_key(|r| std::cmp::Reverse(opened_at(r)));
+        records.sort_by_key(|r| std::cmp::Reverse(r.terms().opened_at));
         Ok(records.iter().map(|r| self.channel_view(r)).collect())
     }
 
@@ -207,19 +199,5 @@ fn offer_view(offer: &machinomy_core::wire::ServiceOffer) -> OfferView {
         currency: offer.currency_code.clone(),
         description: offer.description.clone(),
         expires_at: offer.expires_at,
-    }
-}
-
-fn channel_is_open(record: &ChannelRecord) -> bool {
-    match record {
-        ChannelRecord::Sender(c) => c.status.is_open(),
-        ChannelRecord::Receiver(c) => c.status.is_open(),
-    }
-}
-
-fn opened_at(record: &ChannelRecord) -> machinomy_core::Timestamp {
-    match record {
-        ChannelRecord::Sender(c) => c.terms.opened_at,
-        ChannelRecord::Receiver(c) => c.terms.opened_at,
     }
 }

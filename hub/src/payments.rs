@@ -569,65 +569,55 @@ impl Payments {
     pub async fn close(&self, id: ChannelId, now: Timestamp) -> Result<ChannelRecord, PaymentError> {
         let slot = self.channel_slot(&id)?;
         let snapshot = slot.lock().map_err(|_| poisoned())?.clone();
-        let (terms, final_amount) = match &snapshot {
-            ChannelRecord::Sender(c) => (c.terms.clone(), c.promised()),
-            ChannelRecord::Receiver(c) => (c.terms.clone(), c.accepted()),
+        let terms = snapshot.terms().clone();
+        let closing = self.inner.ledger.close(&terms, snapshot.total(), now).await?;
+        let settlement = Settlement {
+            channel: id,
+            sender: terms.sender,
+            receiver: terms.receiver,
+            amount: closing.final_amount,
+            closed_at: now,
+            settled_at: None,
         };
-        let closing = self.inner.ledger.close(&terms, final_amount, now).await?;
-        let record = {
-            let mut record = slot.lock().map_err(|_| poisoned())?;
-            let mut next = record.clone();
-            match &mut next {
-                ChannelRecord::Sender(c) => c.close(now)?,
-                ChannelRecord::Receiver(c) => c.close(now)?,
-            };
-            set_settle_after(&mut next, closing.settle_after);
-            let settlement = Settlement {
-                channel: id,
-                sender: terms.sender,
-                receiver: terms.receiver,
-                amount: closing.final_amount,
-                closed_at: now,
-                settled_at: None,
-            };
-            self.inner.store.write(&[Write::Channel(&next), Write::Settlement(&settlement)])?;
-            *record = next.clone();
-            next
-        };
-        self.inner.store.commit().await?;
-        self.emit(HubEvent::ChannelChanged { channel: id });
-        Ok(record)
+        self.replace_channel(&slot, |next| next.close(now, closing.settle_after).map(|_| ()), &settlement).await
     }
 
     /// Marks a closing channel settled once its settlement period has passed.
     pub async fn settle(&self, id: ChannelId, now: Timestamp) -> Result<ChannelRecord, PaymentError> {
         let slot = self.channel_slot(&id)?;
-        let snapshot = slot.lock().map_err(|_| poisoned())?.clone();
-        let mut next = snapshot.clone();
-        let amount = match &mut next {
-            ChannelRecord::Sender(c) => c.settle(now)?,
-            ChannelRecord::Receiver(c) => c.settle(now)?,
-        };
-        let terms = match &next {
-            ChannelRecord::Sender(c) => c.terms.clone(),
-            ChannelRecord::Receiver(c) => c.terms.clone(),
-        };
+        let mut snapshot = slot.lock().map_err(|_| poisoned())?.clone();
+        let amount = snapshot.settle(now)?;
+        let terms = snapshot.terms().clone();
         let amount = self.inner.ledger.settle(&terms, amount, now).await?;
+        let closed_at = self.inner.store.settlement(&id)?.map_or(now, |s| s.closed_at);
         let settlement = Settlement {
             channel: id,
             sender: terms.sender,
             receiver: terms.receiver,
             amount,
-            closed_at: self.inner.store.settlements()?.iter().find(|s| s.channel == id).map_or(now, |s| s.closed_at),
+            closed_at,
             settled_at: Some(now),
         };
-        {
+        self.replace_channel(&slot, |next| next.settle(now).map(|_| ()), &settlement).await
+    }
+
+    /// Applies a status change to a channel under its lock and writes it with its settlement row.
+    async fn replace_channel(
+        &self,
+        slot: &Mutex<ChannelRecord>,
+        change: impl FnOnce(&mut ChannelRecord) -> Result<(), ChannelError>,
+        settlement: &Settlement,
+    ) -> Result<ChannelRecord, PaymentError> {
+        let next = {
             let mut record = slot.lock().map_err(|_| poisoned())?;
-            self.inner.store.write(&[Write::Channel(&next), Write::Settlement(&settlement)])?;
+            let mut next = record.clone();
+            change(&mut next)?;
+            self.inner.store.write(&[Write::Channel(&next), Write::Settlement(settlement)])?;
             *record = next.clone();
-        }
+            next
+        };
         self.inner.store.commit().await?;
-        self.emit(HubEvent::ChannelChanged { channel: id });
+        self.emit(HubEvent::ChannelChanged { channel: next.id() });
         Ok(next)
     }
 
@@ -775,16 +765,6 @@ impl Payments {
     /// Spending-ledger rows with `from <= at < to`.
     pub fn spending(&self, from: Option<Timestamp>, to: Option<Timestamp>) -> Result<Vec<SpendingEntry>, PaymentError> {
         Ok(self.inner.store.spending(from, to)?)
-    }
-}
-
-fn set_settle_after(record: &mut ChannelRecord, settle_after: Timestamp) {
-    let status = match record {
-        ChannelRecord::Sender(c) => &mut c.status,
-        ChannelRecord::Receiver(c) => &mut c.status,
-    };
-    if let machinomy_core::ChannelStatus::Closing { settle_after: s, .. } = status {
-        *s = settle_after;
     }
 }
 

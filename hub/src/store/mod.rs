@@ -73,9 +73,51 @@ pub enum ChannelRecord {
 
 impl ChannelRecord {
     pub fn id(&self) -> ChannelId {
+        self.terms().id
+    }
+
+    pub fn terms(&self) -> &machinomy_core::ChannelTerms {
         match self {
-            ChannelRecord::Sender(c) => c.terms.id,
-            ChannelRecord::Receiver(c) => c.terms.id,
+            ChannelRecord::Sender(c) => &c.terms,
+            ChannelRecord::Receiver(c) => &c.terms,
+        }
+    }
+
+    pub fn status(&self) -> machinomy_core::ChannelStatus {
+        match self {
+            ChannelRecord::Sender(c) => c.status,
+            ChannelRecord::Receiver(c) => c.status,
+        }
+    }
+
+    /// Everything paid on the channel: promised (sender) or accepted (receiver).
+    pub fn total(&self) -> machinomy_core::Amount {
+        match self {
+            ChannelRecord::Sender(c) => c.promised(),
+            ChannelRecord::Receiver(c) => c.accepted(),
+        }
+    }
+
+    /// Closes this side; `settle_after` is when the ledger allows settling.
+    pub fn close(
+        &mut self,
+        now: Timestamp,
+        settle_after: Timestamp,
+    ) -> Result<machinomy_core::Amount, machinomy_core::ChannelError> {
+        let (amount, status) = match self {
+            ChannelRecord::Sender(c) => (c.close(now)?, &mut c.status),
+            ChannelRecord::Receiver(c) => (c.close(now)?, &mut c.status),
+        };
+        if let machinomy_core::ChannelStatus::Closing { settle_after: s, .. } = status {
+            *s = settle_after;
+        }
+        Ok(amount)
+    }
+
+    pub fn settle(&mut self, now: Timestamp) -> Result<machinomy_core::Amount, machinomy_core::ChannelError> {
+        match self {
+            ChannelRecord::Sender(c) => c.settle(now),
+            ChannelRecord::Receiver(c) => c.settle(now),
         }
     }
 }
@@ -297,6 +339,10 @@ impl Store {
 
     pub fn settlements(&self) -> Result<Vec<Settlement>, StoreError> {
         self.scan(SETTLEMENT)
+    }
+
+    pub fn settlement(&self, channel: &ChannelId) -> Result<Option<Settlement>, StoreError> {
+        self.get(&key(SETTLEMENT, channel.as_bytes()))
     }
 
     fn scan<T: DeserializeOwned>(&self, kind: u8) -> Result<Vec<T>, StoreError> {
