@@ -53,9 +53,9 @@ impl Hub {
         }
     }
 
-    fn budget_view(&self, budget: Budget) -> Result<BudgetView, PaymentError> {
+    async fn budget_view(&self, budget: Budget) -> Result<BudgetView, PaymentError> {
         let now = now();
-        let spent_this_period = self.payments().spent_this_period(&budget, now)?;
+        let spent_this_period = self.payments().spent_this_period(&budget, now).await?;
         Ok(BudgetView {
             currency: self.payments().currency().clone(),
             spent_this_period,
@@ -108,12 +108,16 @@ impl Backend for Hub {
 
     async fn budgets(&self) -> Result<Vec<BudgetView>, BackendError> {
         let budgets = self.payments().budgets()?;
-        Ok(budgets.into_iter().map(|b| self.budget_view(b)).collect::<Result<_, _>>()?)
+        let mut views = Vec::with_capacity(budgets.len());
+        for budget in budgets {
+            views.push(self.budget_view(budget).await?);
+        }
+        Ok(views)
     }
 
     async fn set_budget(&self, budget: Budget) -> Result<BudgetView, BackendError> {
         self.payments().set_budget(budget.clone()).await?;
-        Ok(self.budget_view(budget)?)
+        Ok(self.budget_view(budget).await?)
     }
 
     async fn approvals(&self, pending_only: bool) -> Result<Vec<Approval>, BackendError> {

@@ -277,7 +277,7 @@ async fn budgets_approve_small_spends_queue_big_ones_and_never_overrun_without_t
     let decided = books.decide(big.id, Verdict::Approve, "owner", NOW).await.unwrap();
     assert!(matches!(decided.state, ApprovalState::Approved { ref by, at } if by == "owner" && at == NOW));
     assert!(books.decide(big.id, Verdict::Deny { reason: "no".into() }, "owner", NOW).await.is_err());
-    assert_eq!(books.spent_this_period(&fridge_budget(), NOW).unwrap(), Amount::from_base_units(121));
+    assert_eq!(books.spent_this_period(&fridge_budget(), NOW).await.unwrap(), Amount::from_base_units(121));
 }
 
 #[tokio::test]
@@ -343,7 +343,40 @@ async fn paying_an_approval_marks_it_paid_once_and_failures_release_the_budget()
     assert!(matches!(again, PaymentError::NotPayable(_)), "{again}");
 
     let failing = sender.request_spend(request(50, "plugin:weather-buyer"), NOW).await.unwrap();
-    assert_eq!(sender.spent_this_period(&budget, NOW).unwrap(), Amount::from_base_units(90));
+    assert_eq!(sender.spent_this_period(&budget, NOW).await.unwrap(), Amount::from_base_units(90));
     sender.spend_failed(failing.id, "no route to payee", NOW).await.unwrap();
-    assert_eq!(sender.spent_this_period(&budget, NOW).unwrap(), Amount::from_base_units(40));
+    assert_eq!(sender.spent_this_period(&budget, NOW).await.unwrap(), Amount::from_base_units(40));
+}
+
+#[tokio::test]
+async fn a_budget_approval_is_durable_with_its_payment_and_an_unpaid_one_moves_no_money() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let budget = Budget::new(
+        "plugin:weather-buyer".parse().unwrap(),
+        Period::Day,
+        Amount::from_base_units(100),
+        Amount::from_base_units(50),
+    )
+    .unwrap();
+    let receiver = books(b.path(), 2, &[]).await;
+    let (paid, unpaid);
+    {
+        let sender = books(a.path(), 1, std::slice::from_ref(&budget)).await;
+        let channel = open_pair(&sender, &receiver, 1000).await;
+        paid = sender.request_spend(request(30, "plugin:weather-buyer"), NOW).await.unwrap();
+        unpaid = sender.request_spend(request(20, "plugin:weather-buyer"), NOW).await.unwrap();
+        sender.pay(channel, Amount::from_base_units(30), &outgoing(Some(paid.id)), NOW).await.unwrap();
+        // Before the restart the unpaid approval is listed, and its amount is spoken for.
+        let listed: Vec<u64> = sender.approvals(false, NOW).await.unwrap().iter().map(|a| a.id).collect();
+        assert_eq!(listed, vec![unpaid.id, paid.id]);
+        assert_eq!(sender.approval(unpaid.id, NOW).await.unwrap().request.amount, Amount::from_base_units(20));
+        assert_eq!(sender.spent_this_period(&budget, NOW).await.unwrap(), Amount::from_base_units(50));
+        sender.store().close().await.unwrap();
+    }
+    let sender = books(a.path(), 1, std::slice::from_ref(&budget)).await;
+    let after: Vec<_> = sender.approvals(false, NOW).await.unwrap();
+    assert_eq!(after.len(), 1, "only the approval that paid is on disk");
+    assert!(matches!(after[0].outcome, Some(SpendOutcome::Paid { .. })));
+    assert!(matches!(sender.approval(unpaid.id, NOW).await, Err(PaymentError::UnknownApproval(_))));
+    assert_eq!(sender.spent_this_period(&budget, NOW).await.unwrap(), Amount::from_base_units(30));
 }

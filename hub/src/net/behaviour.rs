@@ -151,7 +151,12 @@ pub(super) fn build_swarm(keypair: identity::Keypair, config: &NetConfig) -> Res
             }
         })
         .map_err(|e| built.take().unwrap_or_else(|| NetError::Setup(e.to_string())))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+        .with_swarm_config(|c| {
+            // A request's bytes go out with its protocol name instead of a round trip later:
+            // every protocol here is proposed alone, and a peer that lacks it fails the stream.
+            c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT)
+                .with_substream_upgrade_protocol_override(libp2p::core::upgrade::Version::V1Lazy)
+        })
         .build();
     Ok(swarm)
 }
