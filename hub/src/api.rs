@@ -1,10 +1,10 @@
 //! The hub as the web layer's [`Backend`]: maps the books into API views and hub errors into
 //! HTTP-shaped ones.
 
-use machinomy_core::{Approval, Budget, ChannelId, Verdict, spending};
+use machinomy_core::{Approval, Budget, ChannelId, DeviceId, Verdict, spending};
 use machinomy_web::model::{
-    BudgetView, CallBody, CallResult, ChannelView, HubStatus, OfferView, PeerView, Role, ServicesView, SpendingQuery,
-    SpendingReport,
+    BudgetView, CallBody, CallResult, ChannelView, DeviceView, HubStatus, NewDevice, OfferView, PairedDevice, PeerView,
+    Role, ServicesView, SpendingQuery, SpendingReport,
 };
 use machinomy_web::{Backend, BackendError};
 
@@ -177,6 +177,30 @@ impl Backend for Hub {
             total_received: sum(|r| r.received).map_err(|e| BackendError::Internal(e.to_string()))?,
             rows,
         })
+    }
+    async fn devices(&self) -> Result<Vec<DeviceView>, BackendError> {
+        Err(BackendError::Unavailable("devices: not wired yet".to_owned()))
+    }
+
+    async fn device(&self, _id: DeviceId) -> Result<DeviceView, BackendError> {
+        Err(BackendError::Unavailable("devices: not wired yet".to_owned()))
+    }
+
+    async fn add_device(&self, _device: NewDevice) -> Result<PairedDevice, BackendError> {
+        Err(BackendError::Unavailable("devices: not wired yet".to_owned()))
+    }
+
+    async fn remove_device(&self, _id: DeviceId) -> Result<DeviceView, BackendError> {
+        Err(BackendError::Unavailable("devices: not wired yet".to_owned()))
+    }
+
+    async fn send_command(
+        &self,
+        _id: DeviceId,
+        _name: String,
+        _payload: serde_json::Value,
+    ) -> Result<(), BackendError> {
+        Err(BackendError::Unavailable("devices: not wired yet".to_owned()))
     }
 }
 

@@ -38,6 +38,47 @@ struct RawConfig {
     p2p: RawP2p,
     #[serde(default)]
     sell: Vec<RawSell>,
+    #[serde(default)]
+    mqtt: RawMqtt,
+    #[serde(default)]
+    ble: RawBle,
+    #[serde(default)]
+    homeassistant: RawHomeAssistant,
+    #[serde(default)]
+    zigbee2mqtt: RawZigbee2Mqtt,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMqtt {
+    mode: Option<String>,
+    listen: Option<SocketAddr>,
+    url: Option<String>,
+    username: Option<String>,
+    password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBle {
+    enabled: Option<bool>,
+    backend: Option<String>,
+    profiles: Option<PathBuf>,
+    poll_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHomeAssistant {
+    discovery: Option<bool>,
+    prefix: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawZigbee2Mqtt {
+    enabled: Option<bool>,
+    base_topic: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -118,6 +159,55 @@ pub struct Config {
     pub p2p: P2pSettings,
     /// Services this hub sells to peers.
     pub sell: Vec<SellSettings>,
+    pub mqtt: MqttSettings,
+    pub ble: BleSettings,
+    pub homeassistant: HomeAssistantSettings,
+    pub zigbee2mqtt: Zigbee2MqttSettings,
+}
+
+/// Where the appliances' MQTT broker is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MqttSettings {
+    /// No broker and no bridge (BLE devices still work).
+    Off,
+    /// The hub runs the broker itself (rumqttd), on `listen`.
+    Embedded { listen: SocketAddr },
+    /// A broker the home already runs (Mosquitto), which the hub joins as `username`.
+    External { host: String, port: u16, username: String, password_file: Option<PathBuf> },
+}
+
+pub const DEFAULT_MQTT_LISTEN: &str = "127.0.0.1:1883";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BleSettings {
+    pub enabled: bool,
+    pub backend: BleBackendKind,
+    /// A directory of device profiles (`*.toml`).
+    pub profiles: Option<PathBuf>,
+    /// How often fields that do not notify are read again.
+    pub poll_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BleBackendKind {
+    /// The system's Bluetooth adapter, through BlueZ (btleplug).
+    Btleplug,
+    /// In-memory peripherals, for trying the hub without hardware.
+    Simulated,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HomeAssistantSettings {
+    /// Publish Home Assistant MQTT discovery for every device.
+    pub discovery: bool,
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Zigbee2MqttSettings {
+    /// Bring Zigbee2MQTT's devices into the registry.
+    pub enabled: bool,
+    pub base_topic: String,
 }
 
 #[derive(Debug, Clone)]
@@ -261,6 +351,22 @@ impl Config {
         })?;
         raw.validate(path, default_data_dir)
     }
+}
+
+/// Reads `mqtt://host:port` (port 1883 if absent). TLS brokers are not supported yet: the
+/// bridge is meant for a broker on the same machine or home network.
+fn parse_mqtt_url(url: &str) -> Result<(String, u16), String> {
+    let Some(rest) = url.strip_prefix("mqtt://") else {
+        return Err(format!("{url:?} must look like mqtt://host:port (mqtts:// is not supported)"));
+    };
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((host, port)) => (host, port.parse::<u16>().map_err(|_| format!("{port:?} is not a port number"))?),
+        None => (rest, 1883),
+    };
+    if host.is_empty() || host.contains('/') {
+        return Err(format!("{url:?} has no host"));
+    }
+    Ok((host.to_owned(), port))
 }
 
 /// TOML errors come with a multi-line snippet; the CLI promises one clear line.
@@ -420,9 +526,78 @@ impl RawConfig {
             sell.push(SellSettings { name: raw.name, price, description: raw.description, answer });
         }
 
+        let mqtt = match self.mqtt.mode.as_deref().unwrap_or("embedded") {
+            "off" => MqttSettings::Off,
+            "embedded" => MqttSettings::Embedded {
+                listen: match self.mqtt.listen {
+                    Some(addr) => addr,
+                    None => {
+                        DEFAULT_MQTT_LISTEN.parse().map_err(|_| key_error("mqtt.listen", "bad default".to_owned()))?
+                    }
+                },
+            },
+            "external" => {
+                let url = self.mqtt.url.as_deref().unwrap_or("mqtt://127.0.0.1:1883");
+                let (host, port) = parse_mqtt_url(url).map_err(|m| key_error("mqtt.url", m))?;
+                let username = self.mqtt.username.unwrap_or_else(|| "machinomy-hub".to_owned());
+                if username.is_empty() || username.contains(['/', '+', '#']) {
+                    return Err(key_error("mqtt.username", "must be a non-empty name without / + #".to_owned()));
+                }
+                let password_file = self.mqtt.password_file.map(|file| match file.is_relative() {
+                    true => path.parent().unwrap_or(Path::new(".")).join(file),
+                    false => file,
+                });
+                MqttSettings::External { host, port, username, password_file }
+            }
+            other => {
+                return Err(key_error("mqtt.mode", format!("{other:?} must be embedded, external or off")));
+            }
+        };
+        let ble = BleSettings {
+            enabled: self.ble.enabled.unwrap_or(false),
+            backend: match self.ble.backend.as_deref().unwrap_or("btleplug") {
+                "btleplug" => BleBackendKind::Btleplug,
+                "simulated" => BleBackendKind::Simulated,
+                other => return Err(key_error("ble.backend", format!("{other:?} must be btleplug or simulated"))),
+            },
+            profiles: self.ble.profiles.map(|dir| match dir.is_relative() {
+                true => path.parent().unwrap_or(Path::new(".")).join(dir),
+                false => dir,
+            }),
+            poll_secs: match self.ble.poll_secs.unwrap_or(60) {
+                0 => return Err(key_error("ble.poll_secs", "must be more than 0".to_owned())),
+                secs => secs,
+            },
+        };
+        let topic_level = |key: &str, value: String| {
+            if value.is_empty() || value.contains(['+', '#']) || value.starts_with('/') || value.ends_with('/') {
+                Err(key_error(key, format!("{value:?} must be a topic prefix without wildcards")))
+            } else {
+                Ok(value)
+            }
+        };
+        let homeassistant = HomeAssistantSettings {
+            discovery: self.homeassistant.discovery.unwrap_or(true),
+            prefix: topic_level(
+                "homeassistant.prefix",
+                self.homeassistant.prefix.unwrap_or_else(|| "homeassistant".to_owned()),
+            )?,
+        };
+        let zigbee2mqtt = Zigbee2MqttSettings {
+            enabled: self.zigbee2mqtt.enabled.unwrap_or(false),
+            base_topic: topic_level(
+                "zigbee2mqtt.base_topic",
+                self.zigbee2mqtt.base_topic.unwrap_or_else(|| "zigbee2mqtt".to_owned()),
+            )?,
+        };
+
         Ok(Config {
             p2p,
             sell,
+            mqtt,
+            ble,
+            homeassistant,
+            zigbee2mqtt,
             path: path.to_owned(),
             hub: HubSettings { name, data_dir, approval_ttl_secs, max_pending_approvals },
             web: WebSettings { listen },

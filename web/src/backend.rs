@@ -3,10 +3,11 @@
 
 use std::future::Future;
 
-use machinomy_core::{Approval, Budget, ChannelId, Verdict};
+use machinomy_core::{Approval, Budget, ChannelId, DeviceId, Verdict};
 
 use crate::model::{
-    BudgetView, CallBody, CallResult, ChannelView, HubStatus, PeerView, ServicesView, SpendingQuery, SpendingReport,
+    BudgetView, CallBody, CallResult, ChannelView, DeviceView, HubStatus, NewDevice, PairedDevice, PeerView,
+    ServicesView, SpendingQuery, SpendingReport,
 };
 
 /// Why the backend could not do what was asked. Each maps to one HTTP status.
@@ -66,4 +67,19 @@ pub trait Backend: Send + Sync + 'static {
         service: String,
         call: CallBody,
     ) -> impl Future<Output = Result<CallResult, BackendError>> + Send;
+
+    /// Registry devices (removed ones are gone from this list).
+    fn devices(&self) -> impl Future<Output = Result<Vec<DeviceView>, BackendError>> + Send;
+    fn device(&self, id: DeviceId) -> impl Future<Output = Result<DeviceView, BackendError>> + Send;
+    /// Pairs a device: `Conflict` if the id is taken.
+    fn add_device(&self, device: NewDevice) -> impl Future<Output = Result<PairedDevice, BackendError>> + Send;
+    /// Unpairs a device: its credentials stop working and its key can no longer spend.
+    fn remove_device(&self, id: DeviceId) -> impl Future<Output = Result<DeviceView, BackendError>> + Send;
+    /// Sends `payload` (JSON) to the device's `cmd/<name>` topic (or its BLE characteristic).
+    fn send_command(
+        &self,
+        id: DeviceId,
+        name: String,
+        payload: serde_json::Value,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
 }

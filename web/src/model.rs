@@ -155,3 +155,72 @@ pub struct CallResult {
     /// The seller's signed receipt for the payment.
     pub receipt: machinomy_core::wire::Receipt,
 }
+
+/// A device in the registry, with what it last reported.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeviceView {
+    pub id: machinomy_core::DeviceId,
+    pub name: String,
+    /// `mqtt`, `ble` or `zigbee2mqtt`.
+    pub kind: String,
+    /// BLE: the peripheral's address; Zigbee2MQTT: the friendly name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// BLE: the device profile that maps its characteristics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// The key that signs its spend requests (none: it cannot spend).
+    pub public_key: Option<PublicKey>,
+    pub online: bool,
+    pub last_seen: Option<Timestamp>,
+    /// The latest state it reported (a JSON object; empty until it reports).
+    pub state: serde_json::Map<String, serde_json::Value>,
+    pub added_at: Timestamp,
+}
+
+/// `POST /api/v1/devices`: pairs a device.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewDevice {
+    pub id: machinomy_core::DeviceId,
+    /// A display name (default: the id).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The device's ed25519 public key for signing spend requests. Without one the hub makes a
+    /// key pair and returns the secret key once, for devices that cannot make their own.
+    #[serde(default)]
+    pub public_key: Option<PublicKey>,
+    /// Pair a Bluetooth LE peripheral instead of an MQTT device: its address and profile.
+    #[serde(default)]
+    pub ble: Option<NewBleDevice>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewBleDevice {
+    pub address: String,
+    pub profile: String,
+}
+
+/// What pairing returns. Credentials and a generated secret key are shown this once only.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PairedDevice {
+    pub device: DeviceView,
+    /// Broker credentials (MQTT devices): username = the device id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<MqttCredentials>,
+    /// The device's signing key, when the hub made it (64 hex characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key: Option<String>,
+    /// What the owner must still do (e.g. add the credentials to an external broker).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub next_steps: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MqttCredentials {
+    /// Where the device connects (`host:port`), as this hub sees it.
+    pub broker: String,
+    pub username: String,
+    pub password: String,
+}

@@ -1,13 +1,14 @@
 //! The Machinomy hub's domain, sans-IO.
 //!
 //! Amounts, promises, channel state machines, payment streams, budgets, approvals and the
-//! spending ledger's reports. Nothing here reads a clock, touches a disk or a socket, or
+//! spending ledger's reports, and the appliance contract over MQTT. Nothing here reads a clock, touches a disk or a socket, or
 //! spawns anything: the hub passes in time, keys and stored state, and persists what comes out.
 
 pub mod amount;
 pub mod approval;
 pub mod budget;
 pub mod channel;
+pub mod device;
 pub mod ids;
 pub mod promise;
 pub mod spending;
@@ -20,6 +21,10 @@ pub use approval::{Approval, ApprovalError, ApprovalState, BUDGET_PRINCIPAL, Spe
 pub use budget::{Budget, BudgetError, Decision, DenyReason, Period, SpendRequest, Subject, evaluate};
 pub use channel::{
     Acceptance, ChannelError, ChannelStatus, ChannelTerms, PromiseError, ReceiverChannel, SenderChannel,
+};
+pub use device::{
+    DeviceError, DeviceId, ErrorMessage, SpendRequestMessage, SpendResultMessage, SpendStatus, SpendTarget, TopicKind,
+    VerifiedSpendRequest,
 };
 pub use ids::{ChannelId, IdError, LedgerId, PublicKey};
 pub use promise::{Promise, PromiseBody, Signature, StreamTerms};

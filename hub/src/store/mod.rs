@@ -10,6 +10,8 @@
 //! a <approval id, u64 BE>  Approval
 //! s <at, u64 BE><seq BE>   SpendingEntry      (time-ordered, so reports read a range)
 //! l <channel id>           Settlement         (credit ledger: what to settle outside)
+//! d <device id>            DeviceRecord       (the device registry; removed ones stay, marked)
+//! q <device id> 0 <req id> SpendRef           (a device's spend request ids, so replays are answered, not redone)
 //! ```
 //! Writes become durable at the next group commit ([`Store::commit`]): callers write, then
 //! await the commit before they tell anyone the write happened.
@@ -38,6 +40,8 @@ const BUDGET: u8 = b'b';
 const APPROVAL: u8 = b'a';
 const SPENDING: u8 = b's';
 const SETTLEMENT: u8 = b'l';
+const DEVICE: u8 = b'd';
+const SPEND_REF: u8 = b'q';
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -144,6 +148,45 @@ pub enum Write<'a> {
     Approval(&'a Approval),
     Spending(&'a SpendingEntry),
     Settlement(&'a Settlement),
+    Device(&'a DeviceRecord),
+    SpendRef(&'a SpendRef),
+}
+
+/// What kind of appliance a registry device is, and how the hub reaches it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum DeviceKind {
+    /// Speaks the machinomy MQTT contract with its own broker credentials.
+    Mqtt,
+    /// A Bluetooth LE peripheral the hub connects to, read through a device profile.
+    Ble { address: String, profile: String },
+    /// A Zigbee device as Zigbee2MQTT publishes it (`zigbee2mqtt/<friendly name>`).
+    Zigbee2mqtt { friendly_name: String },
+}
+
+/// A device in the registry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    pub id: machinomy_core::DeviceId,
+    pub name: String,
+    #[serde(flatten)]
+    pub kind: DeviceKind,
+    /// The key that signs this device's spend requests; without one it cannot spend.
+    pub public_key: Option<machinomy_core::PublicKey>,
+    /// A keyed hash of the broker password the hub generated at pairing (never the password).
+    pub password_hash: Option<String>,
+    pub added_at: Timestamp,
+    pub removed_at: Option<Timestamp>,
+}
+
+/// A device's spend request id and what the hub made of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpendRef {
+    pub device: machinomy_core::DeviceId,
+    pub request_id: String,
+    pub approval: u64,
+    /// A service call's request body, kept for when the owner approves a pending one.
+    pub body: String,
 }
 
 /// A handle to the store; cheap to clone.
@@ -247,6 +290,8 @@ impl Store {
                     (key(SPENDING, &id), encode(entry)?)
                 }
                 Write::Settlement(s) => (key(SETTLEMENT, s.channel.as_bytes()), encode(s)?),
+                Write::Device(device) => (key(DEVICE, device.id.as_str().as_bytes()), encode(device)?),
+                Write::SpendRef(r) => (spend_ref_key(&r.device, &r.request_id), encode(r)?),
             };
             batch.push((key, value));
         }
@@ -345,6 +390,19 @@ impl Store {
         self.get(&key(SETTLEMENT, channel.as_bytes()))
     }
 
+    /// Every device ever registered, removed ones included.
+    pub fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
+        self.scan(DEVICE)
+    }
+
+    pub fn spend_ref(
+        &self,
+        device: &machinomy_core::DeviceId,
+        request_id: &str,
+    ) -> Result<Option<SpendRef>, StoreError> {
+        self.get(&spend_ref_key(device, request_id))
+    }
+
     fn scan<T: DeserializeOwned>(&self, kind: u8) -> Result<Vec<T>, StoreError> {
         self.inner.books.scan_prefix([kind]).map(|item| decode_item(item?)).collect()
     }
@@ -362,6 +420,14 @@ fn key(kind: u8, id: &[u8]) -> Vec<u8> {
     key.push(kind);
     key.extend_from_slice(id);
     key
+}
+
+fn spend_ref_key(device: &machinomy_core::DeviceId, request_id: &str) -> Vec<u8> {
+    // Device ids never contain 0, so the separator keeps one device's ids out of another's.
+    let mut id = device.as_str().as_bytes().to_vec();
+    id.push(0);
+    id.extend_from_slice(request_id.as_bytes());
+    key(SPEND_REF, &id)
 }
 
 fn encode_progress(record: &ChannelRecord) -> Vec<u8> {
