@@ -13,6 +13,12 @@ sudo_if_needed() {
 # build-essential, pkg-config: C toolchain for -sys crates (aws-lc for QUIC's TLS among them).
 # iproute2: the mDNS test runs hubs in a network namespace it creates, linked by veth.
 apt_packages=(build-essential pkg-config ca-certificates iproute2)
+# mosquitto, python3, python3-paho-mqtt, python3-nacl: the MQTT bridge's end-to-end tests run the
+# Mosquitto broker the product ships config for (packaging/mosquitto/) and tests/appliance.py, an
+# appliance written in Python against the same broker (run with /usr/bin/python3).
+apt_packages+=(mosquitto python3 python3-paho-mqtt python3-nacl)
+# libdbus-1-dev: the hub's default `ble` feature builds btleplug, which talks to BlueZ over D-Bus.
+apt_packages+=(libdbus-1-dev)
 missing=()
 for pkg in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")

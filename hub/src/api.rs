@@ -3,15 +3,18 @@
 
 use machinomy_core::{Approval, Budget, ChannelId, DeviceId, Verdict, spending};
 use machinomy_web::model::{
-    BudgetView, CallBody, CallResult, ChannelView, DeviceView, HubStatus, NewDevice, OfferView, PairedDevice, PeerView,
-    Role, ServicesView, SpendingQuery, SpendingReport,
+    BudgetView, CallBody, CallResult, ChannelView, DeviceView, HubStatus, MqttCredentials, NewDevice, OfferView,
+    PairedDevice, PeerView, Role, ServicesView, SpendingQuery, SpendingReport,
 };
 use machinomy_web::{Backend, BackendError};
 
+use crate::bridge::ble::BleError;
+use crate::bridge::{BridgeError, Device};
 use crate::hub::{Hub, now};
 use crate::market::MarketError;
 use crate::payments::PaymentError;
 use crate::store::ChannelRecord;
+use crate::store::DeviceKind;
 
 impl From<PaymentError> for BackendError {
     fn from(e: PaymentError) -> Self {
@@ -179,28 +182,97 @@ impl Backend for Hub {
         })
     }
     async fn devices(&self) -> Result<Vec<DeviceView>, BackendError> {
-        Err(BackendError::Unavailable("devices: not wired yet".to_owned()))
+        Ok(self.bridge_or_unavailable()?.registry().list().into_iter().map(device_view).collect())
     }
 
-    async fn device(&self, _id: DeviceId) -> Result<DeviceView, BackendError> {
-        Err(BackendError::Unavailable("devices: not wired yet".to_owned()))
+    async fn device(&self, id: DeviceId) -> Result<DeviceView, BackendError> {
+        let bridge = self.bridge_or_unavailable()?;
+        bridge.registry().get(&id).map(device_view).ok_or_else(|| BridgeError::UnknownDevice(id).into())
     }
 
-    async fn add_device(&self, _device: NewDevice) -> Result<PairedDevice, BackendError> {
-        Err(BackendError::Unavailable("devices: not wired yet".to_owned()))
+    async fn add_device(&self, device: NewDevice) -> Result<PairedDevice, BackendError> {
+        let bridge = self.bridge_or_unavailable()?;
+        let ble = device.ble.map(|b| (b.address, b.profile));
+        let pairing = bridge.pair(device.id, device.name, device.public_key, ble, now()).await?;
+        let mut next_steps = Vec::new();
+        let credentials = match (&pairing.password, bridge.broker_addr()) {
+            (Some(password), Some(broker)) => {
+                let username = pairing.device.record.id.to_string();
+                if bridge.external_broker() {
+                    next_steps.push(format!(
+                        "add the device to the broker: mosquitto_passwd -b /etc/mosquitto/machinomy.passwd {username} {password} && systemctl reload mosquitto"
+                    ));
+                }
+                Some(MqttCredentials { broker: broker.to_owned(), username, password: password.clone() })
+            }
+            (Some(_), None) => {
+                next_steps
+                    .push("the MQTT bridge is off ([mqtt] mode = \"off\"): the device cannot connect yet".to_owned());
+                None
+            }
+            (None, _) => None,
+        };
+        Ok(PairedDevice {
+            device: device_view(pairing.device),
+            credentials,
+            secret_key: pairing.secret_key,
+            next_steps,
+        })
     }
 
-    async fn remove_device(&self, _id: DeviceId) -> Result<DeviceView, BackendError> {
-        Err(BackendError::Unavailable("devices: not wired yet".to_owned()))
+    async fn remove_device(&self, id: DeviceId) -> Result<DeviceView, BackendError> {
+        Ok(device_view(self.bridge_or_unavailable()?.remove(&id, now()).await?))
     }
 
-    async fn send_command(
-        &self,
-        _id: DeviceId,
-        _name: String,
-        _payload: serde_json::Value,
-    ) -> Result<(), BackendError> {
-        Err(BackendError::Unavailable("devices: not wired yet".to_owned()))
+    async fn send_command(&self, id: DeviceId, name: String, payload: serde_json::Value) -> Result<(), BackendError> {
+        Ok(self.bridge_or_unavailable()?.command(&id, &name, payload).await?)
+    }
+}
+
+impl From<BridgeError> for BackendError {
+    fn from(e: BridgeError) -> Self {
+        match &e {
+            BridgeError::Taken(_) => BackendError::Conflict(e.to_string()),
+            BridgeError::UnknownDevice(_) => BackendError::NotFound(e.to_string()),
+            BridgeError::TooManyDevices | BridgeError::BadKey | BridgeError::Invalid(_) | BridgeError::Profile(_) => {
+                BackendError::Invalid(e.to_string())
+            }
+            BridgeError::Ble(
+                BleError::InvalidDevice(_)
+                | BleError::DuplicateDevice(_)
+                | BleError::DuplicateAddress { .. }
+                | BleError::UnknownCommand { .. }
+                | BleError::Payload { .. },
+            ) => BackendError::Invalid(e.to_string()),
+            BridgeError::NoBroker | BridgeError::Busy | BridgeError::Ble(_) => BackendError::Unavailable(e.to_string()),
+            _ => BackendError::Internal(e.to_string()),
+        }
+    }
+}
+
+fn device_view(device: Device) -> DeviceView {
+    let (kind, address, profile) = match &device.record.kind {
+        DeviceKind::Mqtt => ("mqtt", None, None),
+        DeviceKind::Ble { address, profile } => ("ble", Some(address.clone()), Some(profile.clone())),
+        DeviceKind::Zigbee2mqtt { friendly_name } => ("zigbee2mqtt", Some(friendly_name.clone()), None),
+    };
+    DeviceView {
+        id: device.record.id,
+        name: device.record.name,
+        kind: kind.to_owned(),
+        address,
+        profile,
+        public_key: device.record.public_key,
+        online: device.online,
+        last_seen: device.last_seen,
+        state: device.state,
+        added_at: device.record.added_at,
+    }
+}
+
+impl Hub {
+    fn bridge_or_unavailable(&self) -> Result<&crate::bridge::Bridge, BackendError> {
+        self.bridge().ok_or_else(|| BackendError::Unavailable("the appliance bridge is not running".to_owned()))
     }
 }
 

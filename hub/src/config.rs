@@ -702,6 +702,31 @@ mod tests {
         let config = parse("[hub]\ndata_dir = \"data\"\n").unwrap();
         assert_eq!(config.hub.data_dir, Path::new("/etc/machinomy/data"));
     }
+    #[test]
+    fn mqtt_modes_and_their_errors_name_the_key() {
+        let external =
+            parse("[mqtt]\nmode = \"external\"\nurl = \"mqtt://broker.lan\"\npassword_file = \"mqtt.pw\"\n").unwrap();
+        assert_eq!(
+            external.mqtt,
+            MqttSettings::External {
+                host: "broker.lan".into(),
+                port: 1883,
+                username: "machinomy-hub".into(),
+                password_file: Some(PathBuf::from("/etc/machinomy/mqtt.pw")),
+            }
+        );
+        assert_eq!(parse("[mqtt]\nmode = \"off\"\n").unwrap().mqtt, MqttSettings::Off);
+        for (text, key) in [
+            ("[mqtt]\nmode = \"cloud\"\n", "mqtt.mode"),
+            ("[mqtt]\nmode = \"external\"\nurl = \"mqtts://x:8883\"\n", "mqtt.url"),
+            ("[mqtt]\nmode = \"external\"\nurl = \"mqtt://x:port\"\n", "mqtt.url"),
+            ("[ble]\nbackend = \"bluez\"\n", "ble.backend"),
+            ("[zigbee2mqtt]\nbase_topic = \"z/#\"\n", "zigbee2mqtt.base_topic"),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+    }
 }
 
 #[cfg(test)]
@@ -728,5 +753,10 @@ mod example {
         assert_eq!(config.sell.len(), 1);
         assert_eq!(config.sell[0].answer, ServiceAnswer::DeviceState { device: "station".to_owned() });
         assert_eq!(config.credit.min_settlement_period_secs, 3600);
+        assert_eq!(config.mqtt, MqttSettings::Embedded { listen: "127.0.0.1:1883".parse().unwrap() });
+        assert!(!config.ble.enabled && config.ble.backend == BleBackendKind::Btleplug && config.ble.poll_secs == 60);
+        assert_eq!(config.ble.profiles.as_deref(), Some(Path::new("/etc/machinomy/ble-profiles")));
+        assert!(config.homeassistant.discovery && config.homeassistant.prefix == "homeassistant");
+        assert!(!config.zigbee2mqtt.enabled && config.zigbee2mqtt.base_topic == "zigbee2mqtt");
     }
 }

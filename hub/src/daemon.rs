@@ -26,6 +26,8 @@ pub enum DaemonError {
     Signal(&'static str, std::io::Error),
     #[error("{0}")]
     DataDir(#[from] crate::datadir::DataDirError),
+    #[error(transparent)]
+    Bridge(#[from] crate::bridge::BridgeError),
     #[error("admin token: {0}")]
     Auth(machinomy_web::AuthError),
     #[error("the API server failed: {0}")]
@@ -105,6 +107,13 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         info!("peer network disabled (p2p.enabled = false)");
         None
     };
+    let (bridge, bridge_tasks) =
+        crate::bridge::Bridge::start(&config, hub.payments().clone(), hub.market().clone(), hub.devices().clone())
+            .await?;
+    if let Some(addr) = bridge.broker_addr() {
+        info!(broker = addr, "appliance bridge up");
+    }
+    hub.attach_bridge(bridge);
     let auth = machinomy_web::AdminAuth::new(hub.data_dir().admin_token()).map_err(DaemonError::Auth)?;
     let app = machinomy_web::router(Arc::new(hub.clone()), auth);
     let server_stop = Shutdown(stop_rx.clone());
@@ -128,6 +137,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     for task in background {
         let _ = task.await;
     }
+    bridge_tasks.shutdown().await;
     if let Some(net) = net {
         net.shutdown().await;
     }

@@ -42,6 +42,8 @@ struct HubInner {
     payments: Payments,
     market: Market,
     devices: Arc<DeviceStates>,
+    /// Set once the daemon has started the appliance bridge.
+    bridge: std::sync::OnceLock<crate::bridge::Bridge>,
 }
 
 impl Hub {
@@ -79,6 +81,7 @@ impl Hub {
                 payments,
                 market,
                 devices,
+                bridge: std::sync::OnceLock::new(),
             }),
         };
         Ok((hub, created))
@@ -107,6 +110,15 @@ impl Hub {
     /// The latest state of each device, for services that sell it.
     pub fn devices(&self) -> &Arc<DeviceStates> {
         &self.inner.devices
+    }
+
+    /// Hands the hub its appliance bridge (once; later calls are ignored).
+    pub fn attach_bridge(&self, bridge: crate::bridge::Bridge) {
+        let _ = self.inner.bridge.set(bridge);
+    }
+
+    pub fn bridge(&self) -> Option<&crate::bridge::Bridge> {
+        self.inner.bridge.get()
     }
 
     /// Flushes the books and stops the store; the last thing the daemon does. The store's lock

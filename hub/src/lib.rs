@@ -2,6 +2,7 @@
 //! daemon and CLI that run them.
 
 pub mod api;
+pub mod bridge;
 pub mod client;
 pub mod config;
 pub mod daemon;

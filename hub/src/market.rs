@@ -497,11 +497,47 @@ impl Market {
             ApprovalState::Denied { reason, .. } => return Err(MarketError::Denied(reason.clone())),
             ApprovalState::Expired { .. } => return Err(MarketError::Denied("expired".to_owned())),
         }
-        let result = self.call_paid(&offer, service, body, subject, approval.id).await;
+        self.call_approved(&offer, service, body, subject, approval.id).await
+    }
+
+    /// Buys one call of `service` with an approval already granted for up to `approval`'s
+    /// amount (a device's spend request): the cheapest seller at or under it.
+    pub async fn call_with_approval(
+        &self,
+        service: &str,
+        body: Vec<u8>,
+        approval: &machinomy_core::Approval,
+    ) -> Result<Bought, MarketError> {
+        let offer = match self.sellers(service).await {
+            Ok(sellers) => {
+                sellers.into_iter().filter(|o| o.price <= approval.request.amount).min_by_key(|o| o.price).ok_or_else(
+                    || MarketError::Denied(format!("no seller of {service:?} at or under the amount asked")),
+                )
+            }
+            Err(e) => Err(e),
+        };
+        match offer {
+            Ok(offer) => self.call_approved(&offer, service, body, &approval.request.subject, approval.id).await,
+            Err(e) => {
+                let _ = self.inner.payments.spend_failed(approval.id, &e.to_string(), now()).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn call_approved(
+        &self,
+        offer: &ServiceOffer,
+        service: &str,
+        body: Vec<u8>,
+        subject: &Subject,
+        approval: u64,
+    ) -> Result<Bought, MarketError> {
+        let result = self.call_paid(offer, service, body, subject, approval).await;
         if let Err(e) = &result {
             // Nothing was delivered: release the budget (a promise the seller never stored is
             // forgotten by the resync in call_paid).
-            let _ = self.inner.payments.spend_failed(approval.id, &e.to_string(), now()).await;
+            let _ = self.inner.payments.spend_failed(approval, &e.to_string(), now()).await;
         }
         result
     }
@@ -553,22 +589,33 @@ impl Market {
             return Ok(());
         }
         let Ok(payee) = payee.parse::<PublicKey>() else { return Ok(()) };
-        let net = self.net().ok_or(MarketError::NoNetwork)?;
         let memo = format!("invoice {}", approval.request.reference);
+        self.pay_with_approval(&payee, &memo, approval).await.map(|_| ())
+    }
+
+    /// Pays `payee` the approved amount over a channel, with `memo` for its books; on failure
+    /// the approval is released.
+    pub async fn pay_with_approval(
+        &self,
+        payee: &PublicKey,
+        memo: &str,
+        approval: &machinomy_core::Approval,
+    ) -> Result<Receipt, MarketError> {
         let result = async {
+            let net = self.net().ok_or(MarketError::NoNetwork)?;
             let (promise, _lane) = self
-                .promise_to(&payee, approval.request.amount, &approval.request.subject, &memo, Some(approval.id))
+                .promise_to(payee, approval.request.amount, &approval.request.subject, memo, Some(approval.id))
                 .await?;
             let channel = promise.body.channel;
-            match net.pay(payee, PayRequest { promise, memo }).await {
-                Ok(PayResponse::Receipt(receipt)) if receipt.verify(&payee).is_ok() => Ok(()),
+            match net.pay(*payee, PayRequest { promise, memo: memo.to_owned() }).await {
+                Ok(PayResponse::Receipt(receipt)) if receipt.verify(payee).is_ok() => Ok(receipt),
                 Ok(PayResponse::Receipt(_)) => Err(MarketError::BadAnswer("the receipt does not verify".to_owned())),
                 Ok(PayResponse::Error(e)) => {
-                    self.resync(&payee, channel).await;
+                    self.resync(payee, channel).await;
                     Err(MarketError::Refused(e))
                 }
                 Err(e) => {
-                    self.resync(&payee, channel).await;
+                    self.resync(payee, channel).await;
                     Err(e.into())
                 }
             }

@@ -36,6 +36,8 @@ use machinomy_hub::payments::IncomingMeta;
 use serde::de::DeserializeOwned;
 use tempfile::TempDir;
 
+pub mod mosquitto;
+
 /// How long a hub may take to start answering, or to stop after a signal.
 pub const PROCESS_DEADLINE: Duration = Duration::from_secs(20);
 /// How long one CLI command may take.
@@ -247,6 +249,8 @@ pub struct TestHubBuilder {
     hub_lines: Vec<String>,
     /// `None`: the peer network is off. `Some`: on, on loopback only, with these extra lines.
     p2p_lines: Option<Vec<String>>,
+    /// `None`: no MQTT bridge. `Some`: the `[mqtt]` table's lines.
+    mqtt_lines: Option<Vec<String>>,
     extra: Vec<String>,
 }
 
@@ -268,6 +272,19 @@ impl TestHubBuilder {
     /// (e.g. `bootstrap = ["/ip4/127.0.0.1/tcp/…/p2p/…"]`).
     pub fn p2p(mut self, lines: &[&str]) -> Self {
         self.p2p_lines = Some(lines.iter().map(|l| (*l).to_owned()).collect());
+        self
+    }
+
+    /// Runs the embedded MQTT broker on a free loopback port (returned, for devices to use).
+    pub fn embedded_mqtt(mut self) -> Result<(Self, u16)> {
+        let port = free_port()?;
+        self.mqtt_lines = Some(vec![format!("listen = \"127.0.0.1:{port}\"")]);
+        Ok((self, port))
+    }
+
+    /// The `[mqtt]` table's lines (e.g. an external broker).
+    pub fn mqtt(mut self, lines: &[&str]) -> Self {
+        self.mqtt_lines = Some(lines.iter().map(|l| (*l).to_owned()).collect());
         self
     }
 
@@ -294,6 +311,16 @@ impl TestHubBuilder {
                 } else {
                     text.push_str(P2P_LOOPBACK);
                 }
+                for line in lines {
+                    let _ = writeln!(text, "{line}");
+                }
+            }
+        }
+        // Off unless asked for: the broker's default port is fixed, and tests run side by side.
+        text.push_str("\n[mqtt]\n");
+        match &self.mqtt_lines {
+            None => text.push_str("mode = \"off\"\n"),
+            Some(lines) => {
                 for line in lines {
                     let _ = writeln!(text, "{line}");
                 }
@@ -367,7 +394,13 @@ struct Running {
 
 impl TestHub {
     pub fn builder() -> TestHubBuilder {
-        TestHubBuilder { name: "test-hub".to_owned(), hub_lines: Vec::new(), p2p_lines: None, extra: Vec::new() }
+        TestHubBuilder {
+            name: "test-hub".to_owned(),
+            hub_lines: Vec::new(),
+            p2p_lines: None,
+            mqtt_lines: None,
+            extra: Vec::new(),
+        }
     }
 
     /// A hub with the default test config: `data_dir = "data"`, `listen = "127.0.0.1:0"`.

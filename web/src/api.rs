@@ -18,6 +18,13 @@
 //! | GET    | `/api/v1/peers`                   | `[PeerView]`                             |
 //! | GET    | `/api/v1/services`                | [`ServicesView`] (own and seen offers)   |
 //! | POST   | `/api/v1/services/{name}/call`    | [`CallResult`]; body: [`CallBody`]; 409 while an approval is pending |
+//! | GET    | `/api/v1/devices`                 | `[DeviceView]`                           |
+//! | POST   | `/api/v1/devices`                 | 201 [`PairedDevice`]; body: [`NewDevice`]; 409 if the id is taken |
+//! | GET    | `/api/v1/devices/{id}`            | [`DeviceView`]                           |
+//! | DELETE | `/api/v1/devices/{id}`            | [`DeviceView`] of the removed device     |
+//! | POST   | `/api/v1/devices/{id}/commands/{name}` | 202 `{"sent": true}`; body: the payload (any JSON value) |
+//!
+//! Device ids and command names are `[a-z0-9_-]{1,64}`; anything else is a 400.
 //!
 //! Everything under `/api/v1` needs `Authorization: Bearer <admin token>`. Errors are
 //! `{"error": "..."}` (see [`ApiError`]).
@@ -31,8 +38,8 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, http::StatusCode};
-use machinomy_core::{Approval, ChannelId, GroupBy, PublicKey, Timestamp, Verdict};
-use serde::Deserialize;
+use machinomy_core::{Approval, ChannelId, DeviceId, GroupBy, PublicKey, Timestamp, Verdict};
+use serde::{Deserialize, Serialize};
 
 use crate::auth::{AdminAuth, Principal, require_auth};
 use crate::backend::Backend;
@@ -40,8 +47,8 @@ use crate::csv::spending_csv;
 use crate::error::ApiError;
 use crate::extract::{ApiPath, ApiQuery, BODY_LIMIT, JsonBody, OptionalJson};
 use crate::model::{
-    BudgetView, CallBody, CallResult, ChannelView, DenyBody, HubStatus, PeerView, ServicesView, SpendingQuery,
-    SpendingReport,
+    BudgetView, CallBody, CallResult, ChannelView, DenyBody, DeviceView, HubStatus, NewDevice, PairedDevice, PeerView,
+    ServicesView, SpendingQuery, SpendingReport,
 };
 
 /// The hub's HTTP service: `/healthz` and the admin API over `backend`, guarded by `auth`.
@@ -64,6 +71,9 @@ pub fn router<B: Backend>(backend: Arc<B>, auth: AdminAuth) -> Router {
         .route("/api/v1/peers", get(peers::<B>))
         .route("/api/v1/services", get(services::<B>))
         .route("/api/v1/services/{name}/call", post(call_service::<B>))
+        .route("/api/v1/devices", get(devices::<B>).post(add_device::<B>))
+        .route("/api/v1/devices/{id}", get(device::<B>).delete(remove_device::<B>))
+        .route("/api/v1/devices/{id}/commands/{name}", post(send_command::<B>))
         .method_not_allowed_fallback(method_not_allowed)
         // `route_layer`: authentication runs for every API route, including a wrong method.
         .route_layer(middleware::from_fn_with_state(Arc::new(auth), require_auth))
@@ -268,6 +278,50 @@ async fn call_service<B: Backend>(
     Ok(Json(backend.call_service(name, call).await?))
 }
 
+async fn devices<B: Backend>(State(backend): State<Arc<B>>) -> Result<Json<Vec<DeviceView>>, ApiError> {
+    Ok(Json(backend.devices().await?))
+}
+
+async fn add_device<B: Backend>(
+    State(backend): State<Arc<B>>,
+    JsonBody(device): JsonBody<NewDevice>,
+) -> Result<(StatusCode, Json<PairedDevice>), ApiError> {
+    // `NewDevice` deserializes its id through `DeviceId::from_str`, so a bad id never gets here.
+    Ok((StatusCode::CREATED, Json(backend.add_device(device).await?)))
+}
+
+async fn device<B: Backend>(
+    State(backend): State<Arc<B>>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<DeviceView>, ApiError> {
+    Ok(Json(backend.device(parse_device_id(&id)?).await?))
+}
+
+async fn remove_device<B: Backend>(
+    State(backend): State<Arc<B>>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<DeviceView>, ApiError> {
+    Ok(Json(backend.remove_device(parse_device_id(&id)?).await?))
+}
+
+/// The answer to a command the hub passed on to the device.
+#[derive(Debug, Serialize)]
+struct CommandSent {
+    /// Handed to the broker (or the BLE link); the device's reaction shows in its state.
+    sent: bool,
+}
+
+async fn send_command<B: Backend>(
+    State(backend): State<Arc<B>>,
+    ApiPath((id, name)): ApiPath<(String, String)>,
+    JsonBody(payload): JsonBody<serde_json::Value>,
+) -> Result<(StatusCode, Json<CommandSent>), ApiError> {
+    let id = parse_device_id(&id)?;
+    machinomy_core::device::check_name("command", &name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    backend.send_command(id, name, payload).await?;
+    Ok((StatusCode::ACCEPTED, Json(CommandSent { sent: true })))
+}
+
 /// The longest service name (the peer protocol's limit on an offer's name).
 const MAX_SERVICE_NAME: usize = machinomy_core::wire::MAX_NAME;
 
@@ -285,6 +339,10 @@ fn check_service_name(name: &str) -> Result<(), ApiError> {
 fn parse_peer_key(text: &str) -> Result<PublicKey, ApiError> {
     text.parse()
         .map_err(|_| ApiError::bad_request(format!("`peer` must be a public key (64 hex characters), not {text:?}")))
+}
+
+fn parse_device_id(text: &str) -> Result<DeviceId, ApiError> {
+    text.parse().map_err(|e: machinomy_core::DeviceError| ApiError::bad_request(e.to_string()))
 }
 
 fn parse_channel_id(text: &str) -> Result<ChannelId, ApiError> {

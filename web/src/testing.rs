@@ -9,19 +9,26 @@
 //! Service calls: a service among the seen offers answers a canned [`CallResult`] from its
 //! cheapest seller; [`EXPENSIVE_SERVICE`] answers `Conflict` (a spend waiting for approval);
 //! any other name answers `NotFound`.
+//!
+//! Devices: an in-memory registry, listed in id order. The sample home has [`SAMPLE_DEVICE`]
+//! (MQTT, online, with a key and some state) and [`SAMPLE_BLE_DEVICE`] (Bluetooth LE, offline,
+//! no key). Pairing takes an unused id (`Conflict` otherwise), makes broker credentials for
+//! MQTT devices and, without a given public key, a key pair whose secret it returns; the
+//! password and key are derived from a counter, not random: this is a test double. Commands to
+//! a known device are recorded ([`MemoryBackend::device_commands`]); an unknown id is `NotFound`.
 
 use std::sync::{Mutex, PoisonError};
 
 use machinomy_core::wire::Receipt;
 use machinomy_core::{
-    Amount, Approval, Budget, ChannelId, ChannelStatus, Currency, LedgerId, Period, PublicKey, ReportRow, Signature,
-    SpendRequest, Subject, Timestamp, Verdict,
+    Amount, Approval, Budget, ChannelId, ChannelStatus, Currency, DeviceId, LedgerId, Period, PublicKey, ReportRow,
+    Signature, SigningKey, SpendRequest, Subject, Timestamp, Verdict,
 };
 
 use crate::backend::{Backend, BackendError};
 use crate::model::{
-    BudgetView, CallBody, CallResult, ChannelView, HubStatus, OfferView, PeerView, Role, ServicesView, SpendingQuery,
-    SpendingReport,
+    BudgetView, CallBody, CallResult, ChannelView, DeviceView, HubStatus, MqttCredentials, NewDevice, OfferView,
+    PairedDevice, PeerView, Role, ServicesView, SpendingQuery, SpendingReport,
 };
 
 /// "Now" in the sample home: 2026-11-24 12:00 UTC.
@@ -51,6 +58,14 @@ pub const SAMPLE_SERVICE_PRICE: u128 = 2_000;
 pub const EXPENSIVE_SERVICE: &str = "expensive";
 /// A service this hub sells.
 pub const OWN_SERVICE: &str = "solar.surplus";
+/// The sample home's MQTT device: online, with a key ([`SAMPLE_DEVICE_KEY`]) and reported state.
+pub const SAMPLE_DEVICE: &str = "fridge";
+/// The public key of [`SAMPLE_DEVICE`].
+pub const SAMPLE_DEVICE_KEY: PublicKey = PublicKey::from_bytes([0x0f; 32]);
+/// The sample home's Bluetooth LE device: offline, never seen, no key.
+pub const SAMPLE_BLE_DEVICE: &str = "thermometer";
+/// Where paired MQTT devices are told to connect.
+pub const SAMPLE_BROKER: &str = "192.168.1.10:1883";
 
 /// Everything the double knows; public so tests can arrange and inspect it.
 #[derive(Debug, Clone)]
@@ -71,6 +86,14 @@ pub struct MemoryState {
     pub services: ServicesView,
     /// Every `call_service` call that reached the backend: (service, call).
     pub service_calls: Vec<(String, CallBody)>,
+    /// The device registry, in id order.
+    pub devices: Vec<DeviceView>,
+    /// Every command sent to a known device: (device, command name, payload).
+    pub device_commands: Vec<(DeviceId, String, serde_json::Value)>,
+    /// What pairing an MQTT device tells the owner to do next (copied into each answer).
+    pub pairing_next_steps: Vec<String>,
+    /// How many devices were paired (seeds the made-up passwords and keys).
+    pub pairings: u64,
     /// Makes the next backend call fail with this error.
     pub fail_next: Option<BackendError>,
 }
@@ -141,6 +164,10 @@ impl MemoryBackend {
             peers: Vec::new(),
             services: ServicesView { own: Vec::new(), seen: Vec::new() },
             service_calls: Vec::new(),
+            devices: Vec::new(),
+            device_commands: Vec::new(),
+            pairing_next_steps: Vec::new(),
+            pairings: 0,
             fail_next: None,
         })
     }
@@ -240,6 +267,35 @@ impl MemoryBackend {
                     offer(SAMPLE_SERVICE, OFFLINE_PEER, 3_000, "tomorrow's weather", expires_at),
                 ],
             };
+            let mut state = serde_json::Map::new();
+            state.insert("temperature_c".to_owned(), serde_json::json!(4.5));
+            state.insert("door".to_owned(), serde_json::json!("closed"));
+            s.devices = vec![
+                DeviceView {
+                    id: device_id(SAMPLE_DEVICE),
+                    name: "Kitchen fridge".to_owned(),
+                    kind: "mqtt".to_owned(),
+                    address: None,
+                    profile: None,
+                    public_key: Some(SAMPLE_DEVICE_KEY),
+                    online: true,
+                    last_seen: Some(Timestamp(now.secs() - 30)),
+                    state,
+                    added_at: Timestamp(now.secs() - 30 * 86_400),
+                },
+                DeviceView {
+                    id: device_id(SAMPLE_BLE_DEVICE),
+                    name: "Balcony thermometer".to_owned(),
+                    kind: "ble".to_owned(),
+                    address: Some("A4:C1:38:00:11:22".to_owned()),
+                    profile: Some("xiaomi-lywsd03mmc".to_owned()),
+                    public_key: None,
+                    online: false,
+                    last_seen: None,
+                    state: serde_json::Map::new(),
+                    added_at: Timestamp(now.secs() - 86_400),
+                },
+            ];
             s.status.channels_open = 1;
             s.status.approvals_pending = 1;
             s.status.budgets = 1;
@@ -262,6 +318,11 @@ impl MemoryBackend {
         self.with_state(|s| s.fail_next = Some(error));
     }
 
+    /// Every command sent to a known device, in order: (device, command name, payload).
+    pub fn device_commands(&self) -> Vec<(DeviceId, String, serde_json::Value)> {
+        self.with_state(|s| s.device_commands.clone())
+    }
+
     /// Runs `f` on the state unless a failure was queued.
     fn call<R>(&self, f: impl FnOnce(&mut MemoryState) -> Result<R, BackendError>) -> Result<R, BackendError> {
         self.with_state(|s| match s.fail_next.take() {
@@ -277,6 +338,36 @@ fn no_channel(id: ChannelId) -> BackendError {
 
 fn no_approval(id: u64) -> BackendError {
     BackendError::NotFound(format!("there is no approval {id}"))
+}
+
+fn no_device(id: &DeviceId) -> BackendError {
+    BackendError::NotFound(format!("there is no device {id}"))
+}
+
+/// A device id known to be valid (the sample's constants).
+fn device_id(text: &str) -> DeviceId {
+    text.parse().unwrap_or_else(|_| unreachable!("the sample's device ids are valid"))
+}
+
+/// `n` made-up bytes from `seed` (splitmix64): distinct per pairing, the same in every run.
+fn made_up_bytes<const N: usize>(seed: u64) -> [u8; N] {
+    let mut state = seed;
+    let mut out = [0u8; N];
+    for chunk in out.chunks_mut(8) {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        for (byte, value) in chunk.iter_mut().zip(z.to_le_bytes()) {
+            *byte = value;
+        }
+    }
+    out
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Backend for MemoryBackend {
@@ -407,6 +498,77 @@ impl Backend for MemoryBackend {
                 body: SAMPLE_SERVICE_ANSWER.to_owned(),
                 receipt,
             })
+        })
+    }
+
+    async fn devices(&self) -> Result<Vec<DeviceView>, BackendError> {
+        self.call(|s| Ok(s.devices.clone()))
+    }
+
+    async fn device(&self, id: DeviceId) -> Result<DeviceView, BackendError> {
+        self.call(|s| s.devices.iter().find(|d| d.id == id).cloned().ok_or_else(|| no_device(&id)))
+    }
+
+    async fn add_device(&self, device: NewDevice) -> Result<PairedDevice, BackendError> {
+        self.call(|s| {
+            let NewDevice { id, name, public_key, ble } = device;
+            let at = match s.devices.binary_search_by(|d| d.id.cmp(&id)) {
+                Ok(_) => return Err(BackendError::Conflict(format!("device {id} is already paired"))),
+                Err(at) => at,
+            };
+            s.pairings += 1;
+            let seed = s.pairings;
+            let (public_key, secret_key) = match public_key {
+                Some(key) => (key, None),
+                None => {
+                    let secret: [u8; 32] = made_up_bytes(seed << 1);
+                    let key = PublicKey::from(SigningKey::from_bytes(&secret).verifying_key());
+                    (key, Some(to_hex(&secret)))
+                }
+            };
+            let (kind, address, profile, credentials, next_steps) = match ble {
+                Some(ble) => ("ble", Some(ble.address), Some(ble.profile), None, Vec::new()),
+                None => {
+                    let password: [u8; 16] = made_up_bytes((seed << 1) | 1);
+                    let credentials = MqttCredentials {
+                        broker: SAMPLE_BROKER.to_owned(),
+                        username: id.to_string(),
+                        password: to_hex(&password),
+                    };
+                    ("mqtt", None, None, Some(credentials), s.pairing_next_steps.clone())
+                }
+            };
+            let view = DeviceView {
+                name: name.unwrap_or_else(|| id.to_string()),
+                id,
+                kind: kind.to_owned(),
+                address,
+                profile,
+                public_key: Some(public_key),
+                online: false,
+                last_seen: None,
+                state: serde_json::Map::new(),
+                added_at: s.now,
+            };
+            s.devices.insert(at, view.clone());
+            Ok(PairedDevice { device: view, credentials, secret_key, next_steps })
+        })
+    }
+
+    async fn remove_device(&self, id: DeviceId) -> Result<DeviceView, BackendError> {
+        self.call(|s| {
+            let at = s.devices.iter().position(|d| d.id == id).ok_or_else(|| no_device(&id))?;
+            Ok(s.devices.remove(at))
+        })
+    }
+
+    async fn send_command(&self, id: DeviceId, name: String, payload: serde_json::Value) -> Result<(), BackendError> {
+        self.call(|s| {
+            if !s.devices.iter().any(|d| d.id == id) {
+                return Err(no_device(&id));
+            }
+            s.device_commands.push((id, name, payload));
+            Ok(())
         })
     }
 }

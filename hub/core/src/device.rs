@@ -459,7 +459,8 @@ mod tests {
             "",
             Some("{}"),
         );
-        let cases: [(&str, fn(&mut SpendRequestMessage)); 7] = [
+        type Change = fn(&mut SpendRequestMessage);
+        let cases: [(&str, Change); 7] = [
             ("amount", |m| m.amount = "1.5".into()),
             ("amount", |m| m.amount = "0".into()),
             ("amount", |m| m.amount = "9".repeat(40)),

@@ -4,9 +4,10 @@ use machinomy_hub::config::FIRST_RUN_CONFIG;
 use machinomy_tests::{TestHub, file_mode, http_client, identity_in};
 use machinomy_web::model::HubStatus;
 
-/// The first-run config has no `[web]` or `[p2p]`: the daemon listens on the default
-/// 127.0.0.1:8080, and its peer network on every interface with mDNS. Tests keep to loopback.
-const FREE_PORT: &str = "[web]\nlisten = \"127.0.0.1:0\"\n[p2p]\nenabled = false";
+/// The first-run config has no `[web]`, `[p2p]` or `[mqtt]`: the daemon listens on the default
+/// 127.0.0.1:8080, its peer network on every interface with mDNS, and its MQTT broker on the
+/// fixed port 1883. Tests keep to loopback and free ports.
+const FREE_PORT: &str = "[web]\nlisten = \"127.0.0.1:0\"\n[p2p]\nenabled = false\n[mqtt]\nmode = \"off\"";
 
 #[tokio::test]
 async fn run_from_nothing_creates_config_and_private_keys_then_serves_that_identity() {

@@ -3,9 +3,11 @@
 
 mod api;
 mod bad_input;
+mod bridge;
 mod channels;
 mod cli;
 mod first_run;
+mod mosquitto;
 mod multi_hub;
 mod peers;
 mod persistence;

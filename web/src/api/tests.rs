@@ -14,7 +14,8 @@ use super::{parse_approval_id, parse_time};
 use crate::model::CallBody;
 use crate::testing::{
     APPROVED_APPROVAL, CONNECTED_PEER, EXPENSIVE_SERVICE, MemoryBackend, OFFLINE_PEER, OPEN_CHANNEL, OWN_SERVICE,
-    PENDING_APPROVAL, SAMPLE_NOW, SAMPLE_SERVICE, SAMPLE_SERVICE_ANSWER, SAMPLE_SERVICE_PRICE, SETTLED_CHANNEL,
+    PENDING_APPROVAL, SAMPLE_BLE_DEVICE, SAMPLE_BROKER, SAMPLE_DEVICE, SAMPLE_DEVICE_KEY, SAMPLE_NOW, SAMPLE_SERVICE,
+    SAMPLE_SERVICE_ANSWER, SAMPLE_SERVICE_PRICE, SETTLED_CHANNEL,
 };
 use crate::{AdminAuth, BODY_LIMIT, BackendError, INTERNAL_ERROR_MESSAGE};
 
@@ -127,6 +128,11 @@ fn api_routes() -> Vec<(Method, String)> {
         (Method::GET, "/api/v1/peers".to_owned()),
         (Method::GET, "/api/v1/services".to_owned()),
         (Method::POST, format!("/api/v1/services/{SAMPLE_SERVICE}/call")),
+        (Method::GET, "/api/v1/devices".to_owned()),
+        (Method::POST, "/api/v1/devices".to_owned()),
+        (Method::GET, format!("/api/v1/devices/{SAMPLE_DEVICE}")),
+        (Method::DELETE, format!("/api/v1/devices/{SAMPLE_DEVICE}")),
+        (Method::POST, format!("/api/v1/devices/{SAMPLE_DEVICE}/commands/defrost")),
     ]
 }
 
@@ -178,6 +184,8 @@ async fn every_api_route_refuses_a_request_without_a_token() {
         assert!(s.decisions.is_empty());
         assert!(s.service_calls.is_empty());
         assert!(s.channels.iter().all(|c| c.id != OPEN_CHANNEL || c.status.is_open()));
+        assert_eq!(s.devices.len(), 2);
+        assert!(s.device_commands.is_empty());
     });
 }
 
@@ -201,6 +209,8 @@ async fn every_api_route_refuses_a_wrong_token() {
     h.backend.with_state(|s| {
         assert!(s.decisions.is_empty());
         assert!(s.service_calls.is_empty());
+        assert_eq!(s.devices.len(), 2);
+        assert!(s.device_commands.is_empty());
     });
 }
 
@@ -878,6 +888,337 @@ async fn peer_and_service_backend_failures_map_to_statuses() {
     h.backend.fail_next(BackendError::Internal("secret detail".into()));
     let error = h.get("/api/v1/channels").await.expect_error(StatusCode::INTERNAL_SERVER_ERROR, "internal");
     assert!(!error.contains("secret"));
+}
+
+// ---- devices ----
+
+fn device_uri(id: &str) -> String {
+    format!("/api/v1/devices/{id}")
+}
+
+fn command_uri(id: &str, name: &str) -> String {
+    format!("/api/v1/devices/{id}/commands/{name}")
+}
+
+/// Ids that are not device ids, as they go in a path, and as the error quotes them.
+fn bad_device_ids() -> Vec<(String, String)> {
+    let long = "a".repeat(200);
+    vec![
+        ("a+b".to_owned(), "a+b".to_owned()),
+        ("a%2Fb".to_owned(), "a/b".to_owned()),
+        (long.clone(), long),
+        ("Fridge".to_owned(), "Fridge".to_owned()),
+        ("two%20words".to_owned(), "two words".to_owned()),
+        ("a.b".to_owned(), "a.b".to_owned()),
+        ("%C3%A9".to_owned(), "é".to_owned()),
+    ]
+}
+
+#[tokio::test]
+async fn devices_are_listed_in_id_order_with_their_state() {
+    let h = harness();
+    let body = h.get("/api/v1/devices").await.expect(StatusCode::OK).json();
+    let list = body.as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    let fridge = &list[0];
+    assert_eq!(fridge["id"], SAMPLE_DEVICE);
+    assert_eq!(fridge["name"], "Kitchen fridge");
+    assert_eq!(fridge["kind"], "mqtt");
+    assert_eq!(fridge["public_key"], SAMPLE_DEVICE_KEY.to_hex());
+    assert_eq!(fridge["online"], true);
+    assert_eq!(fridge["last_seen"], SAMPLE_NOW.secs() - 30);
+    assert_eq!(fridge["state"], json!({"temperature_c": 4.5, "door": "closed"}));
+    assert!(fridge.get("address").is_none() && fridge.get("profile").is_none());
+    let thermometer = &list[1];
+    assert_eq!(thermometer["id"], SAMPLE_BLE_DEVICE);
+    assert_eq!(thermometer["kind"], "ble");
+    assert_eq!(thermometer["address"], "A4:C1:38:00:11:22");
+    assert_eq!(thermometer["public_key"], Value::Null);
+    assert_eq!(thermometer["last_seen"], Value::Null);
+    assert_eq!(thermometer["state"], json!({}));
+}
+
+#[tokio::test]
+async fn no_devices_is_an_empty_list() {
+    let h = harness_with(MemoryBackend::empty());
+    assert_eq!(h.get("/api/v1/devices").await.expect(StatusCode::OK).json(), json!([]));
+}
+
+#[tokio::test]
+async fn one_device_is_shown_by_its_id() {
+    let h = harness();
+    let body = h.get(&device_uri(SAMPLE_BLE_DEVICE)).await.expect(StatusCode::OK).json();
+    assert_eq!(body["name"], "Balcony thermometer");
+    assert_eq!(body["profile"], "xiaomi-lywsd03mmc");
+    assert_eq!(body["online"], false);
+}
+
+#[tokio::test]
+async fn an_unknown_device_is_404_everywhere() {
+    let h = harness();
+    h.get(&device_uri("toaster")).await.expect_error(StatusCode::NOT_FOUND, "toaster");
+    h.send(request(Method::DELETE, &device_uri("toaster")).body(Body::empty()).unwrap())
+        .await
+        .expect_error(StatusCode::NOT_FOUND, "toaster");
+    h.send_json(Method::POST, &command_uri("toaster", "on"), "{}").await.expect_error(StatusCode::NOT_FOUND, "toaster");
+    assert!(h.backend.device_commands().is_empty());
+}
+
+#[tokio::test]
+async fn bad_device_ids_are_400_everywhere_and_reach_nothing() {
+    let h = harness();
+    for (in_path, shown) in bad_device_ids() {
+        let error = h.get(&device_uri(&in_path)).await.expect_error(StatusCode::BAD_REQUEST, "device id");
+        assert!(error.contains("1 to 64 characters of a-z, 0-9") && error.contains(&shown), "{in_path}: {error}");
+        h.send(request(Method::DELETE, &device_uri(&in_path)).body(Body::empty()).unwrap())
+            .await
+            .expect_error(StatusCode::BAD_REQUEST, &shown);
+        h.send_json(Method::POST, &command_uri(&in_path, "on"), "{}")
+            .await
+            .expect_error(StatusCode::BAD_REQUEST, &shown);
+    }
+    // Not UTF-8 once percent-decoded.
+    h.get(&device_uri("%FF")).await.expect_error(StatusCode::BAD_REQUEST, "bad path");
+    // An unescaped slash is another path: no such route.
+    h.get("/api/v1/devices/a/b").await.expect_error(StatusCode::NOT_FOUND, "/api/v1/devices/a/b");
+    h.backend.with_state(|s| {
+        assert_eq!(s.devices.len(), 2);
+        assert!(s.device_commands.is_empty());
+    });
+    // The longest id and every allowed character pass (and reach the backend, which knows neither).
+    let longest = "b".repeat(64);
+    for id in [longest.as_str(), "az09_-"] {
+        h.get(&device_uri(id)).await.expect_error(StatusCode::NOT_FOUND, id);
+    }
+}
+
+#[tokio::test]
+async fn pairing_an_mqtt_device_without_a_key_answers_credentials_and_a_secret_key_once() {
+    let h = harness();
+    h.backend.with_state(|s| s.pairing_next_steps = vec!["add the user to your broker".to_owned()]);
+    let answer = h.send_json(Method::POST, "/api/v1/devices", r#"{"id": "washer"}"#).await.expect(StatusCode::CREATED);
+    assert!(answer.header(header::CONTENT_TYPE).starts_with("application/json"));
+    let body = answer.json();
+    assert_eq!(body["device"]["id"], "washer");
+    assert_eq!(body["device"]["name"], "washer", "the name defaults to the id");
+    assert_eq!(body["device"]["kind"], "mqtt");
+    assert_eq!(body["device"]["online"], false);
+    assert_eq!(body["device"]["added_at"], SAMPLE_NOW.secs());
+    assert_eq!(body["credentials"]["broker"], SAMPLE_BROKER);
+    assert_eq!(body["credentials"]["username"], "washer");
+    let password = body["credentials"]["password"].as_str().unwrap();
+    assert!(password.len() >= 16, "{password}");
+    // The secret key is the one behind the device's public key.
+    let secret = body["secret_key"].as_str().unwrap();
+    let bytes: Vec<u8> = (0..32).map(|i| u8::from_str_radix(&secret[2 * i..2 * i + 2], 16).unwrap()).collect();
+    let signing = machinomy_core::SigningKey::from_bytes(&bytes.try_into().unwrap());
+    let public = machinomy_core::PublicKey::from(signing.verifying_key());
+    assert_eq!(body["device"]["public_key"], public.to_hex());
+    assert_eq!(body["next_steps"], json!(["add the user to your broker"]));
+    // Listed from now on, without its credentials.
+    let shown = h.get(&device_uri("washer")).await.expect(StatusCode::OK).json();
+    assert_eq!(shown, body["device"]);
+    assert!(!String::from_utf8_lossy(&h.get("/api/v1/devices").await.body).contains(password));
+}
+
+#[tokio::test]
+async fn pairing_with_a_key_and_a_name_keeps_them_and_makes_no_secret() {
+    let h = harness();
+    let key = "ab".repeat(32);
+    let request = json!({"id": "washer", "name": "Washing machine", "public_key": key});
+    let body =
+        h.send_json(Method::POST, "/api/v1/devices", request.to_string()).await.expect(StatusCode::CREATED).json();
+    assert_eq!(body["device"]["name"], "Washing machine");
+    assert_eq!(body["device"]["public_key"], key);
+    assert!(body.get("secret_key").is_none(), "{body}");
+    assert!(body.get("next_steps").is_none(), "{body}");
+    assert_eq!(body["credentials"]["username"], "washer");
+}
+
+#[tokio::test]
+async fn pairing_a_ble_device_records_its_address_and_profile_without_broker_credentials() {
+    let h = harness();
+    let request = json!({"id": "scale", "ble": {"address": "C8:47:8C:00:00:01", "profile": "mi-scale"}});
+    let body =
+        h.send_json(Method::POST, "/api/v1/devices", request.to_string()).await.expect(StatusCode::CREATED).json();
+    assert_eq!(body["device"]["kind"], "ble");
+    assert_eq!(body["device"]["address"], "C8:47:8C:00:00:01");
+    assert_eq!(body["device"]["profile"], "mi-scale");
+    assert!(body.get("credentials").is_none(), "{body}");
+    assert_eq!(body["secret_key"].as_str().unwrap().len(), 64);
+    let ids: Vec<_> = h.backend.with_state(|s| s.devices.iter().map(|d| d.id.to_string()).collect());
+    assert_eq!(ids, ["fridge", "scale", "thermometer"]);
+}
+
+#[tokio::test]
+async fn pairing_a_taken_id_is_409_and_changes_nothing() {
+    let h = harness();
+    let request = json!({"id": SAMPLE_DEVICE, "name": "Another fridge"});
+    h.send_json(Method::POST, "/api/v1/devices", request.to_string())
+        .await
+        .expect_error(StatusCode::CONFLICT, "already paired");
+    h.backend.with_state(|s| {
+        assert_eq!(s.devices.len(), 2);
+        assert_eq!(s.devices[0].name, "Kitchen fridge");
+    });
+}
+
+#[tokio::test]
+async fn malformed_pairing_bodies_are_400_and_pair_nothing() {
+    let h = harness();
+    let cases = [
+        (r#"{"id": "washer", "#, "not valid JSON"),
+        ("not json", "not valid JSON"),
+        (r#"{"id": "washer"} {}"#, "not valid JSON"),
+        (r#"{"name": "Washer"}"#, "missing field `id`"),
+        (r#"{"id": "Washer"}"#, "`id`"),
+        (r#"{"id": "a/b"}"#, "device id \"a/b\""),
+        (r#"{"id": "a+b"}"#, "must be 1 to 64 characters"),
+        (r#"{"id": ""}"#, "`id`"),
+        (r#"{"id": 5}"#, "`id`"),
+        (r#"{"id": "washer", "public_key": "abc"}"#, "`public_key`"),
+        (r#"{"id": "washer", "name": 5}"#, "`name`"),
+        (r#"{"id": "washer", "password": "hunter2"}"#, "unknown field `password`"),
+        (r#"{"id": "washer", "ble": {"address": "x"}}"#, "missing field `profile`"),
+        (r#"{"id": "washer", "ble": {"address": "x", "profile": "y", "pin": 1}}"#, "unknown field `pin`"),
+        ("[]", "invalid request body"),
+    ];
+    for (body, needle) in cases {
+        let answer = h.send_json(Method::POST, "/api/v1/devices", body).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(answer.error().contains(needle), "{body}: {:?} lacks {needle:?}", answer.error());
+    }
+    h.send_json(Method::POST, "/api/v1/devices", "").await.expect_error(StatusCode::BAD_REQUEST, "needs a JSON body");
+    h.post("/api/v1/devices").await.expect_error(StatusCode::BAD_REQUEST, "needs a JSON body");
+    let plain = request(Method::POST, "/api/v1/devices").header(header::CONTENT_TYPE, "text/plain");
+    h.send(plain.body(Body::from(r#"{"id":"washer"}"#)).unwrap())
+        .await
+        .expect_error(StatusCode::BAD_REQUEST, "application/json");
+    let huge = json!({"id": "washer", "name": "x".repeat(BODY_LIMIT)});
+    h.send_json(Method::POST, "/api/v1/devices", huge.to_string())
+        .await
+        .expect_error(StatusCode::PAYLOAD_TOO_LARGE, "64 KiB");
+    h.backend.with_state(|s| {
+        assert_eq!(s.devices.len(), 2);
+        assert_eq!(s.pairings, 0);
+    });
+}
+
+#[tokio::test]
+async fn removing_a_device_answers_it_and_it_is_gone() {
+    let h = harness();
+    let uri = device_uri(SAMPLE_DEVICE);
+    let body = h.send(request(Method::DELETE, &uri).body(Body::empty()).unwrap()).await.expect(StatusCode::OK).json();
+    assert_eq!(body["id"], SAMPLE_DEVICE);
+    assert_eq!(body["name"], "Kitchen fridge");
+    h.get(&uri).await.expect_error(StatusCode::NOT_FOUND, SAMPLE_DEVICE);
+    h.send(request(Method::DELETE, &uri).body(Body::empty()).unwrap())
+        .await
+        .expect_error(StatusCode::NOT_FOUND, SAMPLE_DEVICE);
+    let list = h.get("/api/v1/devices").await.expect(StatusCode::OK).json();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    // The id is free again.
+    h.send_json(Method::POST, "/api/v1/devices", json!({"id": SAMPLE_DEVICE}).to_string())
+        .await
+        .expect(StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn a_command_is_accepted_and_its_payload_passed_on() {
+    let h = harness();
+    let payload = json!({"target_c": 3, "mode": "eco"});
+    let answer = h.send_json(Method::POST, &command_uri(SAMPLE_DEVICE, "set_temp"), payload.to_string()).await;
+    assert_eq!(answer.expect(StatusCode::ACCEPTED).json(), json!({"sent": true}));
+    // Any JSON value is a payload.
+    for other in ["{}", "null", "42", "\"on\"", "[1, 2]", "true"] {
+        h.send_json(Method::POST, &command_uri(SAMPLE_BLE_DEVICE, "light-1"), other).await.expect(StatusCode::ACCEPTED);
+    }
+    let commands = h.backend.device_commands();
+    assert_eq!(commands.len(), 7);
+    let (device, name, sent) = &commands[0];
+    assert_eq!((device.as_str(), name.as_str(), sent), (SAMPLE_DEVICE, "set_temp", &payload));
+    let rest: Vec<Value> = commands[1..].iter().map(|(_, _, p)| p.clone()).collect();
+    assert_eq!(rest, [json!({}), Value::Null, json!(42), json!("on"), json!([1, 2]), json!(true)]);
+    assert!(commands[1..].iter().all(|(d, n, _)| d.as_str() == SAMPLE_BLE_DEVICE && n == "light-1"));
+}
+
+#[tokio::test]
+async fn bad_command_names_are_400_and_send_nothing() {
+    let h = harness();
+    let too_long = "a".repeat(65);
+    let cases = [
+        (too_long.as_str(), too_long.as_str()),
+        ("Defrost", "Defrost"),
+        ("a.b", "a.b"),
+        ("a%2Fb", "a/b"),
+        ("a+b", "a+b"),
+        ("%23", "#"),
+        ("two%20words", "two words"),
+    ];
+    for (in_path, shown) in cases {
+        let error = h
+            .send_json(Method::POST, &command_uri(SAMPLE_DEVICE, in_path), "{}")
+            .await
+            .expect_error(StatusCode::BAD_REQUEST, "command name");
+        assert!(error.contains("1 to 64 characters") && error.contains(shown), "{in_path}: {error}");
+    }
+    // An empty name is no route at all.
+    h.send_json(Method::POST, &command_uri(SAMPLE_DEVICE, ""), "{}").await.expect_error(StatusCode::NOT_FOUND, "");
+    assert!(h.backend.device_commands().is_empty());
+    let longest = "c".repeat(64);
+    h.send_json(Method::POST, &command_uri(SAMPLE_DEVICE, &longest), "{}").await.expect(StatusCode::ACCEPTED);
+    assert_eq!(h.backend.device_commands().len(), 1);
+}
+
+#[tokio::test]
+async fn malformed_command_payloads_are_400_and_send_nothing() {
+    let h = harness();
+    let uri = command_uri(SAMPLE_DEVICE, "on");
+    h.send_json(Method::POST, &uri, r#"{"a": "#).await.expect_error(StatusCode::BAD_REQUEST, "not valid JSON");
+    h.send_json(Method::POST, &uri, "{} {}").await.expect_error(StatusCode::BAD_REQUEST, "not valid JSON");
+    h.send_json(Method::POST, &uri, "on").await.expect_error(StatusCode::BAD_REQUEST, "not valid JSON");
+    h.send_json(Method::POST, &uri, "").await.expect_error(StatusCode::BAD_REQUEST, "needs a JSON body");
+    h.post(&uri).await.expect_error(StatusCode::BAD_REQUEST, "needs a JSON body");
+    let plain = request(Method::POST, &uri).header(header::CONTENT_TYPE, "text/plain");
+    h.send(plain.body(Body::from("{}")).unwrap()).await.expect_error(StatusCode::BAD_REQUEST, "application/json");
+    let huge = json!({"blob": "x".repeat(BODY_LIMIT)});
+    h.send_json(Method::POST, &uri, huge.to_string()).await.expect_error(StatusCode::PAYLOAD_TOO_LARGE, "64 KiB");
+    assert!(h.backend.device_commands().is_empty());
+}
+
+#[tokio::test]
+async fn device_routes_allow_only_their_methods() {
+    let h = harness();
+    let answer = h.send(request(Method::PUT, "/api/v1/devices").body(Body::empty()).unwrap()).await;
+    assert_eq!(answer.header(header::ALLOW), "GET,HEAD,POST");
+    answer.expect_error(StatusCode::METHOD_NOT_ALLOWED, "PUT");
+    let answer = h.post(&device_uri(SAMPLE_DEVICE)).await;
+    assert_eq!(answer.header(header::ALLOW), "GET,HEAD,DELETE");
+    answer.expect_error(StatusCode::METHOD_NOT_ALLOWED, "POST");
+    let answer = h.get(&command_uri(SAMPLE_DEVICE, "on")).await;
+    assert_eq!(answer.header(header::ALLOW), "POST");
+    answer.expect_error(StatusCode::METHOD_NOT_ALLOWED, "GET");
+    h.backend.with_state(|s| assert_eq!(s.devices.len(), 2));
+}
+
+#[tokio::test]
+async fn device_backend_failures_map_to_statuses() {
+    let h = harness();
+    h.backend.fail_next(BackendError::Unavailable("the MQTT bridge is not running".into()));
+    h.get("/api/v1/devices").await.expect_error(StatusCode::SERVICE_UNAVAILABLE, "MQTT bridge");
+    h.backend.fail_next(BackendError::Unavailable("the device is offline".into()));
+    h.send_json(Method::POST, &command_uri(SAMPLE_DEVICE, "on"), "{}")
+        .await
+        .expect_error(StatusCode::SERVICE_UNAVAILABLE, "offline");
+    h.backend.fail_next(BackendError::Invalid("unknown BLE profile \"nope\"".into()));
+    let request = json!({"id": "scale", "ble": {"address": "x", "profile": "nope"}});
+    h.send_json(Method::POST, "/api/v1/devices", request.to_string())
+        .await
+        .expect_error(StatusCode::BAD_REQUEST, "BLE profile");
+    h.backend.fail_next(BackendError::Internal("sled: io error".into()));
+    let error = h.get(&device_uri(SAMPLE_DEVICE)).await.expect_error(StatusCode::INTERNAL_SERVER_ERROR, "internal");
+    assert!(!error.contains("sled"));
+    assert!(h.backend.device_commands().is_empty());
 }
 
 // ---- backend failures ----

@@ -4,11 +4,16 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
-use machinomy_core::{Amount, AmountError, Approval, Budget, ChannelId, Currency, GroupBy, Period, Subject, Timestamp};
+use machinomy_core::{
+    Amount, AmountError, Approval, Budget, ChannelId, Currency, DeviceId, GroupBy, Period, PublicKey, Subject,
+    Timestamp,
+};
 use machinomy_hub::client::Client;
 use machinomy_hub::config::{Config, DefaultPaths};
 use machinomy_hub::datadir::DataDir;
-use machinomy_web::model::{BudgetView, ChannelView, DenyBody, HubStatus, SpendingReport};
+use machinomy_web::model::{
+    BudgetView, ChannelView, DenyBody, DeviceView, HubStatus, NewBleDevice, NewDevice, PairedDevice, SpendingReport,
+};
 
 use crate::output;
 
@@ -58,6 +63,47 @@ enum Command {
     /// Services on the peer network: what this hub sells, what others offer, buying a call
     #[command(subcommand, visible_alias = "services")]
     Service(ServiceCommand),
+    /// Devices paired with this hub: MQTT appliances and Bluetooth LE peripherals
+    #[command(subcommand, visible_alias = "devices")]
+    Device(DeviceCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum DeviceCommand {
+    /// List paired devices with what they last reported
+    List,
+    /// Pair a device; its credentials (and a generated key) are shown this once only
+    Add {
+        /// 1 to 64 of a-z 0-9 _ - (its MQTT topics are machinomy/<ID>/...)
+        id: String,
+        /// A display name [default: the id]
+        #[arg(long)]
+        name: Option<String>,
+        /// The device's ed25519 public key (64 hex characters) for signing spend requests;
+        /// without it the hub makes a key pair and shows the secret key once
+        #[arg(long, value_name = "HEX")]
+        key: Option<String>,
+        /// Pair a Bluetooth LE peripheral at this address instead of an MQTT device
+        #[arg(long, value_name = "ADDR", requires = "ble_profile")]
+        ble_address: Option<String>,
+        /// The profile that maps the peripheral's characteristics
+        #[arg(long, value_name = "NAME", requires = "ble_address")]
+        ble_profile: Option<String>,
+    },
+    /// Show one device with everything it last reported
+    Show { id: String },
+    /// Unpair a device: its credentials stop working and its key can no longer spend
+    Remove { id: String },
+    /// Send a command to a device (MQTT: its machinomy/<ID>/cmd/<NAME> topic)
+    #[command(name = "command")]
+    SendCommand {
+        id: String,
+        /// 1 to 64 of a-z 0-9 _ -
+        name: String,
+        /// The command's payload, as JSON
+        #[arg(long, value_name = "JSON", default_value = "{}", allow_hyphen_values = true)]
+        payload: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -303,9 +349,88 @@ fn check(command: &Command) -> Result<()> {
             }
             parse_subject(subject)?;
         }
+        Command::Device(device) => check_device(device)?,
         _ => {}
     }
     Ok(())
+}
+
+fn check_device(command: &DeviceCommand) -> Result<()> {
+    match command {
+        DeviceCommand::List => {}
+        DeviceCommand::Add { .. } => {
+            new_device(command)?;
+        }
+        DeviceCommand::Show { id } | DeviceCommand::Remove { id } => {
+            device_id(id)?;
+        }
+        DeviceCommand::SendCommand { id, name, payload } => {
+            device_id(id)?;
+            command_name(name)?;
+            command_payload(payload)?;
+        }
+    }
+    Ok(())
+}
+
+async fn device(command: &DeviceCommand, client: &Client, json: bool) -> Result<()> {
+    match command {
+        DeviceCommand::List => {
+            let devices: Vec<DeviceView> = client.get("/api/v1/devices").await?;
+            output::show(json, &devices, || output::devices(&devices))
+        }
+        DeviceCommand::Add { .. } => {
+            let paired: PairedDevice = client.post("/api/v1/devices", &new_device(command)?).await?;
+            output::show(json, &paired, || output::paired(&paired))
+        }
+        DeviceCommand::Show { id } => {
+            let device: DeviceView = client.get(&format!("/api/v1/devices/{}", device_id(id)?)).await?;
+            output::show(json, &device, || output::device(&device))
+        }
+        DeviceCommand::Remove { id } => {
+            let device: DeviceView = client.delete(&format!("/api/v1/devices/{}", device_id(id)?)).await?;
+            output::show(json, &device, || output::removed(&device))
+        }
+        DeviceCommand::SendCommand { id, name, payload } => {
+            let id = device_id(id)?;
+            command_name(name)?;
+            let answer: serde_json::Value =
+                client.post(&format!("/api/v1/devices/{id}/commands/{name}"), &command_payload(payload)?).await?;
+            output::show(json, &answer, || output::command_sent(&id, name))
+        }
+    }
+}
+
+/// What `device add` asks the hub for.
+fn new_device(command: &DeviceCommand) -> Result<NewDevice> {
+    let DeviceCommand::Add { id, name, key, ble_address, ble_profile } = command else {
+        bail!("not `device add`");
+    };
+    let public_key = key.as_deref().map(device_key).transpose()?;
+    let ble = match (ble_address, ble_profile) {
+        (Some(address), Some(profile)) => Some(NewBleDevice { address: address.clone(), profile: profile.clone() }),
+        (None, None) => None,
+        _ => return Err(usage("--ble-address and --ble-profile go together")),
+    };
+    Ok(NewDevice { id: device_id(id)?, name: name.clone(), public_key, ble })
+}
+
+/// A device id as typed: `[a-z0-9_-]{1,64}` (safe in a URL path and an MQTT topic).
+fn device_id(text: &str) -> Result<DeviceId> {
+    text.parse().map_err(|e: machinomy_core::DeviceError| usage(e.to_string()))
+}
+
+fn device_key(text: &str) -> Result<PublicKey> {
+    text.parse().map_err(|_| usage(format!("--key: {} is not a public key (64 hex characters)", output::quoted(text))))
+}
+
+fn command_name(name: &str) -> Result<()> {
+    machinomy_core::device::check_name("command", name).map_err(|e| usage(e.to_string()))
+}
+
+fn command_payload(text: &str) -> Result<serde_json::Value> {
+    serde_json::from_str(text)
+        .map_err(|e| usage(format!("--payload is not valid JSON ({e}); e.g. --payload '{{\"on\": true}}'")))
 }
 
 async fn admin(command: &Command, client: &Client, json: bool) -> Result<()> {
@@ -385,6 +510,7 @@ async fn admin(command: &Command, client: &Client, json: bool) -> Result<()> {
             output::show(json, &approval, || output::approval(&approval, &status.currency))
         }
         Command::Spending(args) => spending(args, client, json).await,
+        Command::Device(command) => device(command, client, json).await,
     }
 }
 
@@ -568,5 +694,83 @@ mod tests {
             "0",
         ]);
         assert!(matches.is_ok(), "{matches:?}");
+    }
+
+    fn parse_args(args: &[&str]) -> Result<Args, clap::Error> {
+        let matches = command().try_get_matches_from(std::iter::once("machinomy-hub").chain(args.iter().copied()))?;
+        Args::from_arg_matches(&matches)
+    }
+
+    fn device_command(args: &[&str]) -> DeviceCommand {
+        match parse_args(args).unwrap().command {
+            Command::Device(device) => device,
+            other => panic!("not a device command: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn device_commands_parse() {
+        assert_eq!(subcommands_of(&["device"]), ["list", "add", "show", "remove", "command"]);
+        assert!(matches!(device_command(&["devices", "list"]), DeviceCommand::List));
+        let add = device_command(&["device", "add", "washer", "--name", "Washing machine", "--key", &"ab".repeat(32)]);
+        let new = new_device(&add).unwrap();
+        assert_eq!(new.id.as_str(), "washer");
+        assert_eq!(new.name.as_deref(), Some("Washing machine"));
+        assert_eq!(new.public_key.unwrap().to_hex(), "ab".repeat(32));
+        assert_eq!(new.ble, None);
+        let ble =
+            device_command(&["device", "add", "scale", "--ble-address", "C8:47:8C:00:00:01", "--ble-profile", "mi"]);
+        let new = new_device(&ble).unwrap();
+        assert_eq!(new.ble, Some(NewBleDevice { address: "C8:47:8C:00:00:01".to_owned(), profile: "mi".to_owned() }));
+        assert_eq!((new.name, new.public_key), (None, None));
+        let DeviceCommand::SendCommand { payload, .. } = device_command(&["device", "command", "fridge", "defrost"])
+        else {
+            panic!("not `device command`");
+        };
+        assert_eq!(command_payload(&payload).unwrap(), serde_json::json!({}));
+        let DeviceCommand::SendCommand { payload, .. } =
+            device_command(&["device", "command", "fridge", "set", "--payload", "-5"])
+        else {
+            panic!("not `device command`");
+        };
+        assert_eq!(command_payload(&payload).unwrap(), serde_json::json!(-5));
+    }
+
+    #[test]
+    fn a_ble_address_needs_a_profile() {
+        for args in [
+            &["device", "add", "scale", "--ble-address", "C8:47:8C:00:00:01"][..],
+            &["device", "add", "scale", "--ble-profile", "mi"][..],
+        ] {
+            let error = parse_args(args).unwrap_err();
+            assert_eq!(error.kind(), clap::error::ErrorKind::MissingRequiredArgument, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn device_arguments_are_checked_before_asking_the_hub() {
+        let usage_error = |args: &[&str]| {
+            let Command::Device(device) = parse_args(args).unwrap().command else { panic!("not a device command") };
+            let error = check_device(&device).unwrap_err();
+            assert!(error.downcast_ref::<Usage>().is_some(), "{args:?}: {error}");
+            error.to_string()
+        };
+        let long = "a".repeat(200);
+        for bad in ["Fridge", "a/b", "a+b", "../budgets", "", long.as_str()] {
+            for args in [&["device", "show", bad][..], &["device", "remove", bad], &["device", "add", bad]] {
+                let error = usage_error(args);
+                assert!(error.starts_with("device id ") && error.contains("1 to 64 characters"), "{error}");
+            }
+        }
+        let error = usage_error(&["device", "add", "washer", "--key", "abc"]);
+        assert_eq!(error, r#"--key: "abc" is not a public key (64 hex characters)"#);
+        let error = usage_error(&["device", "command", "fridge", "Set-Temp"]);
+        assert!(error.starts_with(r#"command name "Set-Temp" must be"#), "{error}");
+        let error = usage_error(&["device", "command", "fridge", "on", "--payload", "{on: true}"]);
+        assert!(error.starts_with("--payload is not valid JSON ("), "{error}");
+        let error = usage_error(&["device", "command", "fridge", "on", "--payload", ""]);
+        assert!(error.starts_with("--payload is not valid JSON"), "{error}");
+        let ok = parse_args(&["device", "command", "fridge", "set_temp", "--payload", r#"{"c": 3}"#]).unwrap();
+        assert!(check(&ok.command).is_ok());
     }
 }

@@ -4,10 +4,10 @@
 use std::fmt::Write;
 
 use anyhow::Result;
-use machinomy_core::{Approval, ApprovalState, ChannelStatus, Currency, PublicKey, SpendOutcome, Timestamp};
+use machinomy_core::{Approval, ApprovalState, ChannelStatus, Currency, DeviceId, PublicKey, SpendOutcome, Timestamp};
 use machinomy_hub::Config;
 use machinomy_hub::datadir::DataDir;
-use machinomy_web::model::{BudgetView, ChannelView, HubStatus, SpendingReport};
+use machinomy_web::model::{BudgetView, ChannelView, DeviceView, HubStatus, PairedDevice, SpendingReport};
 use serde::Serialize;
 
 pub(crate) fn print(text: &str) {
@@ -324,6 +324,142 @@ pub(crate) fn call(result: &machinomy_web::model::CallResult) -> String {
     )
 }
 
+/// How many of a device's state keys `device list` shows.
+const STATE_KEYS_LISTED: usize = 3;
+/// How many characters of one state value `device list` shows.
+const STATE_VALUE_CHARS: usize = 24;
+
+fn last_seen(d: &DeviceView) -> String {
+    d.last_seen.map_or_else(|| "never".to_owned(), when)
+}
+
+/// `text` cut to `max` characters, `…` marking the cut.
+fn truncate(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let mut out: String = text.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+/// The first few keys of what a device reported: `door=closed temperature_c=4.5 (+2 more)`.
+fn state_summary(state: &serde_json::Map<String, serde_json::Value>) -> String {
+    let mut parts: Vec<String> = state
+        .iter()
+        .take(STATE_KEYS_LISTED)
+        .map(|(key, value)| {
+            let value = match value {
+                serde_json::Value::String(text) => text.clone(),
+                other => other.to_string(),
+            };
+            format!("{}={}", clean(&truncate(key, STATE_VALUE_CHARS)), clean(&truncate(&value, STATE_VALUE_CHARS)))
+        })
+        .collect();
+    if state.len() > STATE_KEYS_LISTED {
+        parts.push(format!("(+{} more)", state.len() - STATE_KEYS_LISTED));
+    }
+    parts.join(" ")
+}
+
+fn online(d: &DeviceView) -> &'static str {
+    if d.online { "online" } else { "offline" }
+}
+
+pub(crate) fn devices(devices: &[DeviceView]) -> String {
+    if devices.is_empty() {
+        return "no devices paired (pair one with `machinomy-hub device add <ID>`)\n".to_owned();
+    }
+    let names: Vec<String> = devices.iter().map(|d| clean(&d.name)).collect();
+    let id_width = devices.iter().map(|d| d.id.as_str().len()).chain([2]).max().unwrap_or(2);
+    let name_width = names.iter().map(|n| n.chars().count()).chain([4]).max().unwrap_or(4).min(32);
+    let mut out = format!(
+        "{:<id_width$}  {:<11}  {:<7}  {:<20}  {:<name_width$}  {}\n",
+        "ID", "KIND", "STATUS", "LAST SEEN", "NAME", "STATE"
+    );
+    for (d, name) in devices.iter().zip(&names) {
+        let line = format!(
+            "{:<id_width$}  {:<11}  {:<7}  {:<20}  {:<name_width$}  {}",
+            d.id,
+            clean(&d.kind),
+            online(d),
+            last_seen(d),
+            name,
+            state_summary(&d.state)
+        );
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+    out
+}
+
+/// One device in full, its state as pretty JSON.
+pub(crate) fn device(d: &DeviceView) -> String {
+    let mut out = format!("device     {}\nname       {}\nkind       {}\n", d.id, clean(&d.name), clean(&d.kind));
+    if let Some(address) = &d.address {
+        let _ = writeln!(out, "address    {}", clean(address));
+    }
+    if let Some(profile) = &d.profile {
+        let _ = writeln!(out, "profile    {}", clean(profile));
+    }
+    match &d.public_key {
+        Some(key) => {
+            let _ = writeln!(out, "key        {key}");
+        }
+        None => out.push_str("key        none (it cannot ask to spend)\n"),
+    }
+    let _ = writeln!(out, "status     {}\nlast seen  {}\nadded      {}", online(d), last_seen(d), when(d.added_at));
+    if d.state.is_empty() {
+        out.push_str("state      nothing reported yet\n");
+        return out;
+    }
+    let pretty = serde_json::to_string_pretty(&d.state).unwrap_or_else(|e| format!("(cannot show: {e})"));
+    for (i, line) in pretty.lines().enumerate() {
+        let label = if i == 0 { "state" } else { "" };
+        let _ = writeln!(out, "{label:<11}{}", clean(line));
+    }
+    out
+}
+
+/// A newly paired device, then what must reach the device (shown this once), then what the
+/// owner must still do.
+pub(crate) fn paired(p: &PairedDevice) -> String {
+    let mut out = device(&p.device);
+    if p.credentials.is_some() || p.secret_key.is_some() {
+        out.push_str("\nSave these now: they are shown only this once, and the hub cannot show them again.\n");
+    }
+    if let Some(c) = &p.credentials {
+        let _ = writeln!(
+            out,
+            "broker     {}\nusername   {}\npassword   {}",
+            clean(&c.broker),
+            clean(&c.username),
+            clean(&c.password)
+        );
+    }
+    if let Some(secret) = &p.secret_key {
+        let _ = writeln!(out, "secret key {} (the device signs its spend requests with it)", clean(secret));
+    }
+    if !p.next_steps.is_empty() {
+        out.push_str("\nNext steps:\n");
+        for step in &p.next_steps {
+            let _ = writeln!(out, "  - {}", clean(step));
+        }
+    }
+    out
+}
+
+pub(crate) fn removed(d: &DeviceView) -> String {
+    format!(
+        "removed device {} ({}): its credentials no longer work and its key can no longer spend\n",
+        d.id,
+        clean(&d.name)
+    )
+}
+
+pub(crate) fn command_sent(id: &DeviceId, name: &str) -> String {
+    format!("sent {} to {id} (what it did shows in `machinomy-hub device show {id}`)\n", clean(name))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,5 +470,90 @@ mod tests {
         assert_eq!(clean("plain café: 1.5 USD"), "plain café: 1.5 USD");
         assert_eq!(quoted("a\"b\u{1b}"), "\"a\\\"b\\u{1b}\"");
         assert_eq!(csv("key,paid\r\n\"a\u{1b}b\",1\r\n"), "key,paid\r\n\"a\\u{1b}b\",1\r\n");
+    }
+
+    fn sample_device() -> DeviceView {
+        let mut state = serde_json::Map::new();
+        state.insert("door".to_owned(), serde_json::json!("closed\u{1b}[2J"));
+        state.insert("temperature_c".to_owned(), serde_json::json!(4.5));
+        DeviceView {
+            id: "fridge".parse().unwrap(),
+            name: "Kitchen\nfridge \u{202e}".to_owned(),
+            kind: "mqtt".to_owned(),
+            address: None,
+            profile: None,
+            public_key: Some(PublicKey::from_bytes([0x0f; 32])),
+            online: true,
+            last_seen: Some(Timestamp::from_civil(2026, 11, 24)),
+            state,
+            added_at: Timestamp::from_civil(2026, 11, 1),
+        }
+    }
+
+    #[test]
+    fn the_device_list_escapes_what_devices_report_and_summarises_their_state() {
+        let mut quiet = sample_device();
+        quiet.id = "thermometer".parse().unwrap();
+        quiet.name = "Balcony".to_owned();
+        quiet.kind = "ble".to_owned();
+        quiet.online = false;
+        quiet.last_seen = None;
+        quiet.state = (0..5).map(|i| (format!("k{i}"), serde_json::json!("x".repeat(40)))).collect();
+        let text = devices(&[sample_device(), quiet]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[0].starts_with("ID           KIND         STATUS   LAST SEEN"), "{text}");
+        assert!(
+            lines[1].contains(
+                "online   2026-11-24 00:00 UTC  Kitchen\\nfridge \\u{202e}  door=closed\\u{1b}[2J temperature_c=4.5"
+            ),
+            "{text}"
+        );
+        assert!(lines[2].contains("offline  never"), "{text}");
+        assert!(lines[2].ends_with(&format!("k2={}… (+2 more)", "x".repeat(23))), "{text}");
+        assert!(!text.contains('\u{1b}') && !text.contains('\u{202e}'));
+        assert_eq!(devices(&[]), "no devices paired (pair one with `machinomy-hub device add <ID>`)\n");
+    }
+
+    #[test]
+    fn a_device_is_shown_whole_with_its_state_as_escaped_json() {
+        let text = device(&sample_device());
+        assert!(
+            text.starts_with("device     fridge\nname       Kitchen\\nfridge \\u{202e}\nkind       mqtt\n"),
+            "{text}"
+        );
+        assert!(text.contains(&format!("key        {}\n", "0f".repeat(32))), "{text}");
+        assert!(text.contains("last seen  2026-11-24 00:00 UTC\n"), "{text}");
+        assert!(text.contains("state      {\n             \"door\": \"closed\\u001b[2J\",\n"), "{text}");
+        assert!(!text.contains('\u{1b}'));
+        let mut empty = sample_device();
+        empty.state.clear();
+        empty.public_key = None;
+        empty.address = Some("A4:C1:38:00:11:22".to_owned());
+        let text = device(&empty);
+        assert!(text.contains("address    A4:C1:38:00:11:22\n") && text.contains("key        none"), "{text}");
+        assert!(text.ends_with("state      nothing reported yet\n"), "{text}");
+    }
+
+    #[test]
+    fn pairing_shows_the_credentials_once_with_a_warning_and_the_next_steps() {
+        let paired_device = PairedDevice {
+            device: sample_device(),
+            credentials: Some(machinomy_web::model::MqttCredentials {
+                broker: "192.168.1.10:1883".to_owned(),
+                username: "fridge".to_owned(),
+                password: "s3cret".to_owned(),
+            }),
+            secret_key: Some("ab".repeat(32)),
+            next_steps: vec!["add the user to your broker\u{1b}".to_owned()],
+        };
+        let text = paired(&paired_device);
+        assert!(text.starts_with(&device(&paired_device.device)));
+        assert!(text.contains("shown only this once"), "{text}");
+        assert!(text.contains("broker     192.168.1.10:1883\nusername   fridge\npassword   s3cret\n"), "{text}");
+        assert!(text.contains(&format!("secret key {}", "ab".repeat(32))), "{text}");
+        assert!(text.ends_with("Next steps:\n  - add the user to your broker\\u{1b}\n"), "{text}");
+        let bare = PairedDevice { credentials: None, secret_key: None, next_steps: Vec::new(), ..paired_device };
+        assert_eq!(paired(&bare), device(&bare.device));
     }
 }

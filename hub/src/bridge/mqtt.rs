@@ -1,0 +1,267 @@
+//! The hub's own MQTT client: one task polls rumqttc's event loop, reads every device topic,
+//! and answers on the device's `error` topic whatever it cannot accept. Others publish through
+//! the cloneable [`Publisher`].
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use machinomy_core::device::{self, DeviceError, MAX_PAYLOAD};
+use machinomy_core::{DeviceId, ErrorMessage, TopicKind};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use super::{Bridge, BridgeError, BridgeEvent, Device, broker, homeassistant, spend, zigbee};
+use crate::config::HomeAssistantSettings;
+use crate::hub::now;
+use crate::store::DeviceKind;
+
+/// Publishes waiting for the connection; beyond this, publishing waits (or `try_publish` fails).
+const REQUEST_QUEUE: usize = 1024;
+/// Longest wait between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// How to reach the broker.
+#[derive(Debug, Clone)]
+pub(super) struct Connection {
+    pub(super) host: String,
+    pub(super) port: u16,
+    pub(super) username: String,
+    pub(super) password: Option<String>,
+}
+
+/// Publishes on the hub's connection; cheap to clone.
+#[derive(Clone, Debug)]
+pub(super) struct Publisher {
+    client: AsyncClient,
+    homeassistant: HomeAssistantSettings,
+}
+
+impl Publisher {
+    /// Publishes at QoS 1 once the connection takes it (queued while reconnecting).
+    pub(super) async fn publish(&self, topic: String, payload: Vec<u8>, retain: bool) -> Result<(), BridgeError> {
+        self.client.publish(topic, QoS::AtLeastOnce, retain, payload).await.map_err(|_| BridgeError::NoBroker)
+    }
+
+    /// Publishes without waiting: for the event-loop task, which must never wait on its own queue.
+    fn try_publish(&self, topic: String, payload: Vec<u8>, retain: bool) {
+        if let Err(e) = self.client.try_publish(topic, QoS::AtLeastOnce, retain, payload) {
+            debug!(error = %e, "dropped an MQTT publish: the queue is full");
+        }
+    }
+
+    /// Clears what the hub published for a removed device (its Home Assistant entities).
+    pub(super) async fn forget(&self, device: &Device) {
+        if self.homeassistant.discovery {
+            for topic in homeassistant::topics(&self.homeassistant.prefix, device) {
+                let _ = self.publish(topic, Vec::new(), true).await;
+            }
+        }
+    }
+
+    pub(super) async fn disconnect(&self) {
+        let _ = self.client.disconnect().await;
+    }
+}
+
+pub(super) struct Client {
+    events: EventLoop,
+    publisher: Publisher,
+    zigbee_base: Option<String>,
+    spend: mpsc::Sender<spend::Job>,
+    /// State keys announced to Home Assistant, per device.
+    discovered: HashMap<DeviceId, BTreeSet<String>>,
+}
+
+impl Client {
+    pub(super) fn new(
+        connection: Connection,
+        hub_name: &str,
+        homeassistant: HomeAssistantSettings,
+        zigbee_base: Option<String>,
+        spend: mpsc::Sender<spend::Job>,
+    ) -> (Publisher, Client) {
+        // One client id per hub name, so two hubs can share a broker.
+        let client_id: String =
+            format!("machinomy-hub-{hub_name}").chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+        let mut options = MqttOptions::new(client_id, connection.host, connection.port);
+        options.set_keep_alive(Duration::from_secs(30));
+        options.set_clean_session(true);
+        // Larger than any device may send, so an oversized payload is read and answered with an
+        // error instead of breaking the hub's connection.
+        options.set_max_packet_size(broker::MAX_PACKET + 1024, broker::MAX_PACKET + 1024);
+        options.set_credentials(connection.username, connection.password.unwrap_or_default());
+        let (client, events) = AsyncClient::new(options, REQUEST_QUEUE);
+        let publisher = Publisher { client, homeassistant };
+        (publisher.clone(), Client { events, publisher, zigbee_base, spend, discovered: HashMap::new() })
+    }
+
+    pub(super) async fn run(mut self, bridge: Bridge, mut stop: watch::Receiver<bool>) {
+        let mut backoff = Duration::from_millis(100);
+        let mut connected = false;
+        loop {
+            let event = tokio::select! {
+                _ = stop.wait_for(|stopped| *stopped) => return,
+                event = self.events.poll() => event,
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    info!("connected to the MQTT broker");
+                    connected = true;
+                    backoff = Duration::from_millis(100);
+                    self.subscribe();
+                    self.discovered.clear();
+                    self.announce_all(&bridge);
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    self.on_publish(&bridge, &publish.topic, &publish.payload, publish.retain);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    if connected {
+                        warn!(error = %e, "lost the MQTT broker; reconnecting");
+                    } else {
+                        debug!(error = %e, "cannot reach the MQTT broker yet");
+                    }
+                    connected = false;
+                    tokio::select! {
+                        _ = stop.wait_for(|stopped| *stopped) => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    fn subscribe(&self) {
+        let mut filters = vec![format!("{}/#", device::TOPIC_ROOT)];
+        if self.publisher.homeassistant.discovery {
+            filters.push(format!("{}/status", self.publisher.homeassistant.prefix));
+        }
+        if let Some(base) = &self.zigbee_base {
+            filters.push(format!("{base}/#"));
+        }
+        for filter in filters {
+            if let Err(e) = self.publisher.client.try_subscribe(filter, QoS::AtLeastOnce) {
+                warn!(error = %e, "could not subscribe");
+            }
+        }
+    }
+
+    fn on_publish(&mut self, bridge: &Bridge, topic: &str, payload: &[u8], retained: bool) {
+        if topic.starts_with(device::TOPIC_ROOT) && topic.as_bytes().get(device::TOPIC_ROOT.len()) == Some(&b'/') {
+            self.on_device_topic(bridge, topic, payload, retained);
+        } else if self.publisher.homeassistant.discovery
+            && topic.strip_prefix(self.publisher.homeassistant.prefix.as_str()) == Some("/status")
+        {
+            if payload.trim_ascii() == b"online" {
+                // Home Assistant restarted and forgot its entities: announce them again.
+                self.discovered.clear();
+                self.announce_all(bridge);
+            }
+        } else if let Some(base) = &self.zigbee_base
+            && let Some(rest) = topic.strip_prefix(base.as_str()).and_then(|r| r.strip_prefix('/'))
+        {
+            let base = base.clone();
+            zigbee::on_message(bridge, &base, rest, payload);
+        }
+    }
+
+    fn on_device_topic(&mut self, bridge: &Bridge, topic: &str, payload: &[u8], retained: bool) {
+        let (id, kind) = match device::parse_topic(topic) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                // No valid device in the topic, so no device topic to answer on.
+                debug!(topic, error = %e, "ignored a message");
+                return;
+            }
+        };
+        let kind = match kind {
+            // What the hub sends (commands, results, errors) comes back to it; not for it.
+            Ok(TopicKind::Command(_) | TopicKind::SpendResult | TopicKind::Error) => return,
+            Ok(kind) => kind,
+            Err(e) => return self.refuse(&id, topic, &e.to_string()),
+        };
+        if payload.is_empty() {
+            // An empty retained message clears the topic; nothing to read.
+            return;
+        }
+        let Some(device) = bridge.registry().get(&id) else {
+            return self.refuse(&id, topic, &format!("device {id} is not paired with this hub"));
+        };
+        if payload.len() > MAX_PAYLOAD {
+            return self.refuse(&id, topic, &DeviceError::TooLarge { size: payload.len() }.to_string());
+        }
+        let now = now();
+        match kind {
+            TopicKind::Status => match device::parse_status(payload) {
+                Ok(online) => {
+                    if bridge.registry().set_online(&id, online, now) != Some(online) {
+                        bridge.emit(BridgeEvent::Availability { device: id, online });
+                    }
+                }
+                Err(e) => self.refuse(&id, topic, &e.to_string()),
+            },
+            TopicKind::State => match device::parse_state(payload) {
+                Ok(state) => {
+                    // The hub republishes BLE devices' state here itself; it is the same state.
+                    let merge = matches!(device.record.kind, DeviceKind::Ble { .. });
+                    bridge.state_reported(&id, state, merge, now);
+                    if let Some(device) = bridge.registry().get(&id) {
+                        self.announce(&device);
+                    }
+                }
+                Err(e) => self.refuse(&id, topic, &e.to_string()),
+            },
+            TopicKind::Event(name) => match device::parse_json(payload) {
+                Ok(payload) => {
+                    bridge.registry().seen(&id, now);
+                    bridge.emit(BridgeEvent::Event { device: id, name, payload });
+                }
+                Err(e) => self.refuse(&id, topic, &e.to_string()),
+            },
+            TopicKind::SpendRequest if retained => {
+                // A retained request would be re-delivered at every start.
+                self.refuse(&id, topic, "spend requests must not be retained");
+            }
+            TopicKind::SpendRequest => {
+                let job = spend::Job::Request { device: id.clone(), payload: payload.to_vec() };
+                if self.spend.try_send(job).is_err() {
+                    self.refuse(&id, topic, "the hub is busy with other spend requests; send it again later");
+                }
+            }
+            TopicKind::Command(_) | TopicKind::SpendResult | TopicKind::Error => {}
+        }
+    }
+
+    /// Tells a device, on its `error` topic, what the hub could not accept.
+    fn refuse(&self, id: &DeviceId, topic: &str, error: &str) {
+        debug!(device = %id, topic, error, "refused a device message");
+        let message = ErrorMessage { topic: topic.to_owned(), error: error.to_owned() };
+        let payload = serde_json::to_vec(&message).unwrap_or_default();
+        self.publisher.try_publish(TopicKind::Error.topic(id), payload, false);
+    }
+
+    /// Announces a device's state fields to Home Assistant, once per field.
+    fn announce(&mut self, device: &Device) {
+        if !self.publisher.homeassistant.discovery || matches!(device.record.kind, DeviceKind::Zigbee2mqtt { .. }) {
+            return;
+        }
+        let known = self.discovered.entry(device.record.id.clone()).or_default();
+        let fresh: Vec<String> = device.state.keys().filter(|k| !known.contains(*k)).cloned().collect();
+        if fresh.is_empty() {
+            return;
+        }
+        for (topic, payload) in homeassistant::discovery(&self.publisher.homeassistant.prefix, device, &fresh) {
+            self.publisher.try_publish(topic, payload, true);
+        }
+        known.extend(fresh);
+    }
+
+    fn announce_all(&mut self, bridge: &Bridge) {
+        for device in bridge.registry().list() {
+            self.announce(&device);
+        }
+    }
+}
