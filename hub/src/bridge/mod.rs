@@ -51,7 +51,9 @@ pub enum BridgeError {
     Invalid(String),
     #[error("the MQTT bridge is not running ([mqtt] mode = \"off\")")]
     NoBroker,
-    #[error("cannot start the embedded MQTT broker on {addr}: {message}")]
+    #[error(
+        "cannot start the embedded MQTT broker on {addr}: {message} (set [mqtt] listen, or mode = \"external\" to use a broker already running there)"
+    )]
     Broker { addr: std::net::SocketAddr, message: String },
     #[error("MQTT password file {path}: {message}")]
     PasswordFile { path: std::path::PathBuf, message: String },
