@@ -47,7 +47,8 @@ pub(super) fn start(
         },
     );
     // The router runs on its own thread for the life of the process (rumqttd has no way to
-    // stop it); closing the server below disconnects every client.
+    // stop it). Stopping the server below stops it accepting; connections already open stay up
+    // until the process exits (rumqttd spawns them and offers no way to close them).
     let router_tx = router.spawn();
     let mut settings = ServerSettings {
         name: "machinomy".to_owned(),

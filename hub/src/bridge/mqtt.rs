@@ -114,7 +114,7 @@ impl Client {
                     self.announce_all(&bridge);
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
-                    self.on_publish(&bridge, &publish.topic, &publish.payload, publish.retain);
+                    self.on_publish(&bridge, &publish.topic, &publish.payload, publish.retain).await;
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -149,7 +149,7 @@ impl Client {
         }
     }
 
-    fn on_publish(&mut self, bridge: &Bridge, topic: &str, payload: &[u8], retained: bool) {
+    async fn on_publish(&mut self, bridge: &Bridge, topic: &str, payload: &[u8], retained: bool) {
         if topic.starts_with(device::TOPIC_ROOT) && topic.as_bytes().get(device::TOPIC_ROOT.len()) == Some(&b'/') {
             self.on_device_topic(bridge, topic, payload, retained);
         } else if self.publisher.homeassistant.discovery
@@ -164,7 +164,7 @@ impl Client {
             && let Some(rest) = topic.strip_prefix(base.as_str()).and_then(|r| r.strip_prefix('/'))
         {
             let base = base.clone();
-            zigbee::on_message(bridge, &base, rest, payload);
+            zigbee::on_message(bridge, &base, rest, payload).await;
         }
     }
 
@@ -193,6 +193,13 @@ impl Client {
         if payload.len() > MAX_PAYLOAD {
             return self.refuse(&id, topic, &DeviceError::TooLarge { size: payload.len() }.to_string());
         }
+        if matches!(device.record.kind, DeviceKind::Ble { .. })
+            && matches!(kind, TopicKind::Status | TopicKind::State | TopicKind::Event(_))
+        {
+            // The hub itself publishes these for a BLE device; reading its own echo back could
+            // put an older value over a newer one.
+            return;
+        }
         let now = now();
         match kind {
             TopicKind::Status => match device::parse_status(payload) {
@@ -205,9 +212,7 @@ impl Client {
             },
             TopicKind::State => match device::parse_state(payload) {
                 Ok(state) => {
-                    // The hub republishes BLE devices' state here itself; it is the same state.
-                    let merge = matches!(device.record.kind, DeviceKind::Ble { .. });
-                    bridge.state_reported(&id, state, merge, now);
+                    bridge.state_reported(&id, state, false, now);
                     if let Some(device) = bridge.registry().get(&id) {
                         self.announce(&device);
                     }

@@ -60,18 +60,10 @@ fn read(rest: &str, payload: &[u8]) -> Option<(String, Message)> {
     }
 }
 
-pub(super) fn on_message(bridge: &Bridge, base: &str, rest: &str, payload: &[u8]) {
+pub(super) async fn on_message(bridge: &Bridge, base: &str, rest: &str, payload: &[u8]) {
     let Some((friendly_name, message)) = read(rest, payload) else {
         debug!(topic = %format!("{base}/{rest}"), "ignored a Zigbee2MQTT message");
         return;
-    };
-    let apply = move |bridge: &Bridge, id: &DeviceId, message: Message| match message {
-        Message::State(state) => bridge.state_reported(id, state, true, now()),
-        Message::Availability(online) => {
-            if bridge.registry().set_online(id, online, now()) != Some(online) {
-                bridge.emit(BridgeEvent::Availability { device: id.clone(), online });
-            }
-        }
     };
     if let Some(id) = bridge.registry().by_friendly_name(&friendly_name) {
         return apply(bridge, &id, message);
@@ -81,26 +73,36 @@ pub(super) fn on_message(bridge: &Bridge, base: &str, rest: &str, payload: &[u8]
         warn!(%friendly_name, %id, "a Zigbee2MQTT device maps to an id already paired; ignored");
         return;
     }
-    // First message from this device: pair it (durably), then apply what it said.
-    let bridge = bridge.clone();
-    tokio::spawn(async move {
-        let record = DeviceRecord {
-            id: id.clone(),
-            name: friendly_name.clone(),
-            kind: DeviceKind::Zigbee2mqtt { friendly_name },
-            public_key: None,
-            password_hash: None,
-            added_at: now(),
-            removed_at: None,
-        };
-        match bridge.registry().add(record).await {
-            Ok(_) => {
-                bridge.emit(BridgeEvent::Paired { device: id.clone() });
-                apply(&bridge, &id, message);
-            }
-            Err(e) => debug!(%id, error = %e, "did not add a Zigbee2MQTT device"),
+    // First message from this device: pair it (durably), then apply what it said. Awaited, not
+    // spawned: Zigbee2MQTT sends a device's retained availability and state back to back, and
+    // the second must find the device paired, not race the first to pair it (and be dropped).
+    let record = DeviceRecord {
+        id: id.clone(),
+        name: friendly_name.clone(),
+        kind: DeviceKind::Zigbee2mqtt { friendly_name },
+        public_key: None,
+        password_hash: None,
+        added_at: now(),
+        removed_at: None,
+    };
+    match bridge.registry().add(record).await {
+        Ok(_) => {
+            bridge.emit(BridgeEvent::Paired { device: id.clone() });
+            apply(bridge, &id, message);
         }
-    });
+        Err(e) => debug!(%id, error = %e, "did not add a Zigbee2MQTT device"),
+    }
+}
+
+fn apply(bridge: &Bridge, id: &DeviceId, message: Message) {
+    match message {
+        Message::State(state) => bridge.state_reported(id, state, true, now()),
+        Message::Availability(online) => {
+            if bridge.registry().set_online(id, online, now()) != Some(online) {
+                bridge.emit(BridgeEvent::Availability { device: id.clone(), online });
+            }
+        }
+    }
 }
 
 #[cfg(test)]

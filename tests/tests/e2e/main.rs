@@ -4,6 +4,7 @@
 mod api;
 mod bad_input;
 mod bridge;
+mod bridge_mosquitto;
 mod channels;
 mod cli;
 mod first_run;
