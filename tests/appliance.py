@@ -240,7 +240,7 @@ def parse_args(argv):
     parser.add_argument("--api", help="the hub's admin API, e.g. http://127.0.0.1:8080")
     parser.add_argument("--token", help="the hub's admin token (for pairing)")
     parser.add_argument("--broker-host", default="127.0.0.1")
-    parser.add_argument("--broker-port", type=int)
+    parser.add_argument("--broker-port", type=int, default=1883, help="default 1883, the hub's embedded broker")
     parser.add_argument("--device", required=True, help="the device id (also its MQTT username and client id)")
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--payee", help="the payee's public key (64 hex)")
@@ -256,7 +256,7 @@ def parse_args(argv):
     parser.add_argument("--sign-only", action="store_true", help="print the public key and signed request; no I/O")
     args = parser.parse_args(argv)
     if not args.sign_only:
-        missing = [flag for flag, value in (("--broker-port", args.broker_port),) if value is None]
+        missing = []
         if args.password is None:
             missing += [flag for flag, value in (("--api", args.api), ("--token", args.token)) if value is None]
         if missing:

@@ -198,9 +198,17 @@ impl Backend for Hub {
         let credentials = match (&pairing.password, bridge.broker_addr()) {
             (Some(password), Some(broker)) => {
                 let username = pairing.device.record.id.to_string();
+                // Commands and spend results sent while a device is away reach it only in a
+                // persistent session.
+                let session = "connect with a persistent session (clean session off) and QoS 1, so commands and \
+                               spend results sent while the device is offline reach it";
                 if bridge.external_broker() {
                     next_steps.push(format!(
-                        "add the device to the broker: mosquitto_passwd -b /etc/mosquitto/machinomy.passwd {username} {password} && systemctl reload mosquitto"
+                        "add the device to the broker: mosquitto_passwd -b /etc/mosquitto/machinomy.passwd {username} {password} && systemctl reload mosquitto; then {session}"
+                    ));
+                } else {
+                    next_steps.push(format!(
+                        "connect as client id {username:?} (the broker refuses any other client id for this login); {session}"
                     ));
                 }
                 Some(MqttCredentials { broker: broker.to_owned(), username, password: password.clone() })

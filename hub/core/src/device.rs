@@ -88,7 +88,8 @@ impl<'de> Deserialize<'de> for DeviceId {
 
 impl fmt::Display for DeviceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        // `pad`, so tables can align ids with `{:<10}`.
+        f.pad(&self.0)
     }
 }
 

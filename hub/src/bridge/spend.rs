@@ -126,6 +126,9 @@ impl Worker {
             ));
         }
         let payee = match &request.target {
+            SpendTarget::Payee(key) if *key == self.payments.public_key() => {
+                return Err("the payee is this hub itself: a device spends by paying another hub".to_owned());
+            }
             SpendTarget::Payee(key) => key.to_hex(),
             SpendTarget::Service(name) => format!("{SERVICE_PREFIX}{name}"),
         };

@@ -184,6 +184,14 @@ async fn a_paired_device_reports_takes_commands_and_pays_inside_its_budget() {
     let refused = next_on(&mut fridge, "machinomy/fridge/error").await;
     assert!(refused["error"].as_str().unwrap().contains("signature"), "{refused}");
 
+    // Paying this hub itself is refused at once, not after an approval.
+    let own = home.api().unwrap().get_json::<HubStatus>("/api/v1/status").await.unwrap().public_key;
+    let to_self = spend("fridge", &key, "r5", 1500, own);
+    fridge.publish("machinomy/fridge/spend/request", QoS::AtLeastOnce, false, to_self).await.unwrap();
+    let refused = next_on(&mut fridge, "machinomy/fridge/error").await;
+    assert!(refused["error"].as_str().unwrap().contains("this hub itself"), "{refused}");
+    assert!(paired.next_steps.iter().any(|step| step.contains("client id \"fridge\"")), "{:?}", paired.next_steps);
+
     // Both hubs' books agree: 4500 base units went from the fridge to the grocer.
     let spent: SpendingReport = home.api().unwrap().get_json("/api/v1/spending").await.unwrap();
     let received: SpendingReport = payee.api().unwrap().get_json("/api/v1/spending").await.unwrap();

@@ -615,8 +615,9 @@ fn not_a_channel_id(text: &str) -> anyhow::Error {
 
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    // rumqttd logs every connection and subscription at info; its warnings are what an owner needs.
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rumqttd=warn"));
+    // rumqttd logs every connection at info and ordinary disconnects and refused logins as errors;
+    // the bridge logs what an owner needs itself (`RUST_LOG=rumqttd=info` shows rumqttd's own).
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rumqttd=off"));
     use std::io::IsTerminal;
     let ansi = std::io::stderr().is_terminal();
     tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
