@@ -194,7 +194,15 @@ pub(crate) fn budgets(budgets: &[BudgetView]) -> String {
 fn approval_state(a: &Approval) -> String {
     match &a.state {
         ApprovalState::Pending => format!("pending, expires {}", when(a.expires_at)),
-        ApprovalState::Approved { by, at } => format!("approved by {} at {}", clean(by), when(*at)),
+        ApprovalState::Approved { by, at } => {
+            // The list shows whether the money moved, not only that it was allowed to.
+            let outcome = match &a.outcome {
+                Some(machinomy_core::SpendOutcome::Paid { .. }) => ", paid",
+                Some(machinomy_core::SpendOutcome::Failed { .. }) => ", payment failed",
+                None => "",
+            };
+            format!("approved by {} at {}{outcome}", clean(by), when(*at))
+        }
         ApprovalState::Denied { by, at, reason } if reason.is_empty() => {
             format!("denied by {} at {}", clean(by), when(*at))
         }
@@ -510,6 +518,7 @@ mod tests {
             "{text}"
         );
         assert!(lines[2].contains("offline  never"), "{text}");
+        assert!(lines[1].starts_with("fridge       mqtt"), "ids are padded like their header: {text}");
         assert!(lines[2].ends_with(&format!("k2={}… (+2 more)", "x".repeat(23))), "{text}");
         assert!(!text.contains('\u{1b}') && !text.contains('\u{202e}'));
         assert_eq!(devices(&[]), "no devices paired (pair one with `machinomy-hub device add <ID>`)\n");
@@ -555,5 +564,25 @@ mod tests {
         assert!(text.ends_with("Next steps:\n  - add the user to your broker\\u{1b}\n"), "{text}");
         let bare = PairedDevice { credentials: None, secret_key: None, next_steps: Vec::new(), ..paired_device };
         assert_eq!(paired(&bare), device(&bare.device));
+    }
+
+    #[test]
+    fn the_approvals_list_says_whether_the_money_moved() {
+        let request = machinomy_core::SpendRequest {
+            subject: "device:fridge".parse().unwrap(),
+            payee: "grocer".to_owned(),
+            amount: machinomy_core::Amount::from_base_units(5),
+            memo: "milk".to_owned(),
+            reference: "r1".to_owned(),
+            created_at: Timestamp::from_civil(2026, 11, 24),
+        };
+        let decision = machinomy_core::Decision::Approved;
+        let mut approval = Approval::from_decision(1, request, &decision, Timestamp::from_civil(2026, 11, 24));
+        assert!(!approval_state(&approval).contains(','), "{}", approval_state(&approval));
+        let at = Timestamp::from_civil(2026, 11, 24);
+        approval.outcome = Some(machinomy_core::SpendOutcome::Failed { at, reason: "unreachable".to_owned() });
+        assert!(approval_state(&approval).ends_with(", payment failed"), "{}", approval_state(&approval));
+        approval.outcome = Some(machinomy_core::SpendOutcome::Paid { at, channel: None });
+        assert!(approval_state(&approval).ends_with(", paid"), "{}", approval_state(&approval));
     }
 }
