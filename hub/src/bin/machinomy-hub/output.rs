@@ -465,7 +465,8 @@ pub(crate) fn removed(d: &DeviceView) -> String {
 }
 
 pub(crate) fn command_sent(id: &DeviceId, name: &str) -> String {
-    format!("sent {} to {id} (what it did shows in `machinomy-hub device show {id}`)\n", clean(name))
+    // Sent, not done: the device answers with its next state, which `device show` has.
+    format!("sent {} to {id}; its state as it next reports it: `machinomy-hub device show {id}`\n", clean(name))
 }
 
 #[cfg(test)]
