@@ -252,7 +252,7 @@ impl From<BridgeError> for BackendError {
                 | BleError::UnknownCommand { .. }
                 | BleError::Payload { .. },
             ) => BackendError::Invalid(e.to_string()),
-            BridgeError::NoBroker | BridgeError::Busy | BridgeError::Ble(_) => BackendError::Unavailable(e.to_string()),
+            BridgeError::NoBroker | BridgeError::Ble(_) => BackendError::Unavailable(e.to_string()),
             _ => BackendError::Internal(e.to_string()),
         }
     }

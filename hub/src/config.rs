@@ -338,19 +338,32 @@ impl Config {
     }
 
     pub fn parse(text: &str, path: &Path, default_data_dir: &Path) -> Result<Config, ConfigError> {
-        let deserializer = toml::Deserializer::parse(text)
-            .map_err(|e| ConfigError::Syntax { path: path.to_owned(), message: one_line(&e.to_string()) })?;
-        let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
-            let key = e.path().to_string();
-            let message = one_line(&e.into_inner().to_string());
-            if key == "." || key.is_empty() {
-                ConfigError::Syntax { path: path.to_owned(), message }
-            } else {
-                ConfigError::Key { path: path.to_owned(), key, message }
-            }
+        let raw: RawConfig = parse_strict(text).map_err(|e| match e.key {
+            Some(key) => ConfigError::Key { path: path.to_owned(), key, message: e.message },
+            None => ConfigError::Syntax { path: path.to_owned(), message: e.message },
         })?;
         raw.validate(path, default_data_dir)
     }
+}
+
+/// Why a TOML file could not be read into its raw shape: the key at fault (if the syntax was
+/// fine) and one line saying why.
+#[derive(Debug)]
+pub(crate) struct TomlError {
+    pub key: Option<String>,
+    pub message: String,
+}
+
+/// Reads TOML into `T`, naming the key at fault (with `deny_unknown_fields`, unknown keys too).
+/// Shared by `hub.toml` and the BLE device profiles.
+pub(crate) fn parse_strict<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, TomlError> {
+    let deserializer =
+        toml::Deserializer::parse(text).map_err(|e| TomlError { key: None, message: one_line(&e.to_string()) })?;
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let key = e.path().to_string();
+        let message = one_line(&e.into_inner().to_string());
+        TomlError { key: (key != "." && !key.is_empty()).then_some(key), message }
+    })
 }
 
 /// Reads `mqtt://host:port` (port 1883 if absent). TLS brokers are not supported yet: the

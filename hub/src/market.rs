@@ -75,19 +75,21 @@ pub struct Bought {
     pub receipt: Receipt,
 }
 
-/// The latest state each device reported; filled by the appliance bridges.
+/// The latest state each device reported; filled by the appliance bridges. Kept as JSON
+/// values and encoded only when a service call reads one: states change far more often.
 #[derive(Debug, Default)]
-pub struct DeviceStates(Mutex<HashMap<String, Vec<u8>>>);
+pub struct DeviceStates(Mutex<HashMap<String, serde_json::Map<String, serde_json::Value>>>);
 
 impl DeviceStates {
-    pub fn set(&self, device: &str, state: Vec<u8>) {
+    pub fn set(&self, device: &str, state: serde_json::Map<String, serde_json::Value>) {
         if let Ok(mut states) = self.0.lock() {
             states.insert(device.to_owned(), state);
         }
     }
 
+    /// The state as JSON bytes, as a service call answers it.
     pub fn get(&self, device: &str) -> Option<Vec<u8>> {
-        self.0.lock().ok()?.get(device).cloned()
+        serde_json::to_vec(self.0.lock().ok()?.get(device)?).ok()
     }
 }
 
@@ -497,7 +499,8 @@ impl Market {
             ApprovalState::Denied { reason, .. } => return Err(MarketError::Denied(reason.clone())),
             ApprovalState::Expired { .. } => return Err(MarketError::Denied("expired".to_owned())),
         }
-        self.call_approved(&offer, service, body, subject, approval.id).await
+        let result = self.call_paid(&offer, service, body, subject, approval.id).await;
+        self.release_if_failed(approval.id, result).await
     }
 
     /// Buys one call of `service` with an approval already granted for up to `approval`'s
@@ -508,35 +511,24 @@ impl Market {
         body: Vec<u8>,
         approval: &machinomy_core::Approval,
     ) -> Result<Bought, MarketError> {
-        let offer = match self.sellers(service).await {
-            Ok(sellers) => {
-                sellers.into_iter().filter(|o| o.price <= approval.request.amount).min_by_key(|o| o.price).ok_or_else(
-                    || MarketError::Denied(format!("no seller of {service:?} at or under the amount asked")),
-                )
-            }
-            Err(e) => Err(e),
-        };
-        match offer {
-            Ok(offer) => self.call_approved(&offer, service, body, &approval.request.subject, approval.id).await,
-            Err(e) => {
-                let _ = self.inner.payments.spend_failed(approval.id, &e.to_string(), now()).await;
-                Err(e)
-            }
+        let result = async {
+            let offer = self
+                .sellers(service)
+                .await?
+                .into_iter()
+                .filter(|o| o.price <= approval.request.amount)
+                .min_by_key(|o| o.price)
+                .ok_or_else(|| MarketError::Denied(format!("no seller of {service:?} at or under the amount asked")))?;
+            self.call_paid(&offer, service, body, &approval.request.subject, approval.id).await
         }
+        .await;
+        self.release_if_failed(approval.id, result).await
     }
 
-    async fn call_approved(
-        &self,
-        offer: &ServiceOffer,
-        service: &str,
-        body: Vec<u8>,
-        subject: &Subject,
-        approval: u64,
-    ) -> Result<Bought, MarketError> {
-        let result = self.call_paid(offer, service, body, subject, approval).await;
+    /// Releases an approval's budget when its spend failed: nothing was delivered (a promise
+    /// the payee never stored is forgotten by the resync after the failure).
+    async fn release_if_failed<T>(&self, approval: u64, result: Result<T, MarketError>) -> Result<T, MarketError> {
         if let Err(e) = &result {
-            // Nothing was delivered: release the budget (a promise the seller never stored is
-            // forgotten by the resync in call_paid).
             let _ = self.inner.payments.spend_failed(approval, &e.to_string(), now()).await;
         }
         result
@@ -621,10 +613,7 @@ impl Market {
             }
         }
         .await;
-        if let Err(e) = &result {
-            let _ = self.inner.payments.spend_failed(approval.id, &e.to_string(), now()).await;
-        }
-        result
+        self.release_if_failed(approval.id, result).await
     }
 
     fn verify_receipt(&self, receipt: &Receipt, seller: &PublicKey) -> bool {

@@ -122,7 +122,8 @@ async fn a_device_state_service_answers_with_the_latest_state_and_charges_nothin
     let err = buyer.market.call("weather", Vec::new(), &buyer_subject()).await.unwrap_err();
     assert!(matches!(err, MarketError::Refused(ref e) if e.code == ErrorCode::ServiceUnavailable), "{err}");
     assert_eq!(seller.payments.spending(None, None).unwrap().len(), 0, "no answer, no charge");
-    seller.devices.set("station", br#"{"rain_mm":3}"#.to_vec());
+    let state = serde_json::json!({"rain_mm": 3}).as_object().cloned().unwrap();
+    seller.devices.set("station", state);
     let bought = buyer.market.call("weather", Vec::new(), &buyer_subject()).await.unwrap();
     assert_eq!(bought.body, br#"{"rain_mm":3}"#);
     buyer.stop().await;

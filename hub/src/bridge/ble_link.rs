@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use machinomy_core::{DeviceId, ErrorMessage, TopicKind};
+use machinomy_core::{DeviceId, TopicKind};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
@@ -175,9 +175,7 @@ pub(super) async fn relay_reports(
             BleReport::Error { error, .. } => {
                 warn!(%device, %error, "a BLE device sent what its profile cannot read");
                 if let Some(mqtt) = mqtt {
-                    let message = ErrorMessage { topic: format!("ble:{device}"), error };
-                    let payload = serde_json::to_vec(&message).unwrap_or_default();
-                    let _ = mqtt.publish(TopicKind::Error.topic(&device), payload, false).await;
+                    mqtt.publish_error(&device, &format!("ble:{device}"), &error).await;
                 }
             }
         }

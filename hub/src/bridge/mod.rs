@@ -57,8 +57,6 @@ pub enum BridgeError {
     Broker { addr: std::net::SocketAddr, message: String },
     #[error("MQTT password file {path}: {message}")]
     PasswordFile { path: std::path::PathBuf, message: String },
-    #[error("the bridge is busy; try again")]
-    Busy,
     #[error(transparent)]
     Ble(#[from] ble::BleError),
     #[error(transparent)]
@@ -347,7 +345,7 @@ impl Bridge {
     /// for devices the hub speaks for, republishes it on the device's own retained topic.
     fn state_reported(&self, id: &DeviceId, fields: Map<String, Value>, merge: bool, now: Timestamp) {
         if let Some(state) = self.inner.registry.set_state(id, fields, merge, now) {
-            self.inner.states.set(id.as_str(), serde_json::to_vec(&state).unwrap_or_default());
+            self.inner.states.set(id.as_str(), state.clone());
             self.emit(BridgeEvent::State { device: id.clone(), state });
         }
     }

@@ -50,6 +50,11 @@ impl Publisher {
         }
     }
 
+    /// Tells a device, on its `error` topic, what the hub could not accept from `topic`.
+    pub(super) async fn publish_error(&self, id: &DeviceId, topic: &str, error: &str) {
+        let _ = self.publish(TopicKind::Error.topic(id), error_payload(topic, error), false).await;
+    }
+
     /// Clears what the hub published for a removed device (its Home Assistant entities).
     pub(super) async fn forget(&self, device: &Device) {
         if self.homeassistant.discovery {
@@ -62,6 +67,10 @@ impl Publisher {
     pub(super) async fn disconnect(&self) {
         let _ = self.client.disconnect().await;
     }
+}
+
+fn error_payload(topic: &str, error: &str) -> Vec<u8> {
+    serde_json::to_vec(&ErrorMessage { topic: topic.to_owned(), error: error.to_owned() }).unwrap_or_default()
 }
 
 pub(super) struct Client {
@@ -212,8 +221,12 @@ impl Client {
             },
             TopicKind::State => match device::parse_state(payload) {
                 Ok(state) => {
+                    // Only a field Home Assistant has not been told of costs more than the update.
+                    let known = self.discovered.get(&id);
+                    let fresh = self.publisher.homeassistant.discovery
+                        && state.keys().any(|k| !known.is_some_and(|known| known.contains(k)));
                     bridge.state_reported(&id, state, false, now);
-                    if let Some(device) = bridge.registry().get(&id) {
+                    if fresh && let Some(device) = bridge.registry().get(&id) {
                         self.announce(&device);
                     }
                 }
@@ -243,9 +256,7 @@ impl Client {
     /// Tells a device, on its `error` topic, what the hub could not accept.
     fn refuse(&self, id: &DeviceId, topic: &str, error: &str) {
         debug!(device = %id, topic, error, "refused a device message");
-        let message = ErrorMessage { topic: topic.to_owned(), error: error.to_owned() };
-        let payload = serde_json::to_vec(&message).unwrap_or_default();
-        self.publisher.try_publish(TopicKind::Error.topic(id), payload, false);
+        self.publisher.try_publish(TopicKind::Error.topic(id), error_payload(topic, error), false);
     }
 
     /// Announces a device's state fields to Home Assistant, once per field.

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::RwLock;
 
 use ed25519_dalek::VerifyingKey;
-use machinomy_core::{DeviceId, PublicKey, Timestamp};
+use machinomy_core::{DeviceId, Timestamp};
 use serde_json::{Map, Value};
 use subtle::ConstantTimeEq;
 
@@ -207,11 +207,6 @@ impl Registry {
         }
         entry.device.last_seen = Some(now);
         Some(entry.device.state.clone())
-    }
-
-    /// Devices that may spend: the public key each registered.
-    pub fn public_key(&self, id: &DeviceId) -> Option<PublicKey> {
-        self.read().get(id).and_then(|entry| entry.device.record.public_key)
     }
 }
 

@@ -6,8 +6,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use machinomy_core::{
-    Approval, ApprovalState, DeviceId, ErrorMessage, SpendRequest, SpendRequestMessage, SpendResultMessage,
-    SpendStatus, SpendTarget, Subject, TopicKind, VerifiedSpendRequest,
+    Approval, ApprovalState, DeviceId, SpendRequest, SpendRequestMessage, SpendResultMessage, SpendStatus, SpendTarget,
+    Subject, TopicKind, VerifiedSpendRequest,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -217,10 +217,9 @@ impl Worker {
     }
 
     async fn refuse(&self, device: &DeviceId, topic: &str, error: &str) {
-        let Some(mqtt) = &self.bridge.inner.mqtt else { return };
-        let message = ErrorMessage { topic: topic.to_owned(), error: error.to_owned() };
-        let _ =
-            mqtt.publish(TopicKind::Error.topic(device), serde_json::to_vec(&message).unwrap_or_default(), false).await;
+        if let Some(mqtt) = &self.bridge.inner.mqtt {
+            mqtt.publish_error(device, topic, error).await;
+        }
     }
 }
 

@@ -158,16 +158,9 @@ struct RawCommand {
 impl DeviceProfile {
     /// Parses and validates a profile; `path` only names it in errors.
     pub fn parse(text: &str, path: &Path) -> Result<DeviceProfile, ProfileError> {
-        let deserializer = toml::Deserializer::parse(text)
-            .map_err(|e| ProfileError::Syntax { path: path.to_owned(), message: one_line(&e.to_string()) })?;
-        let raw: RawProfile = serde_path_to_error::deserialize(deserializer).map_err(|e| {
-            let key = e.path().to_string();
-            let message = one_line(&e.into_inner().to_string());
-            if key == "." || key.is_empty() {
-                ProfileError::Syntax { path: path.to_owned(), message }
-            } else {
-                ProfileError::Key { path: path.to_owned(), key, message }
-            }
+        let raw: RawProfile = crate::config::parse_strict(text).map_err(|e| match e.key {
+            Some(key) => ProfileError::Key { path: path.to_owned(), key, message: e.message },
+            None => ProfileError::Syntax { path: path.to_owned(), message: e.message },
         })?;
         raw.validate(path)
     }
@@ -303,16 +296,6 @@ fn check_scale(format: Format, scale: Option<f64>) -> Result<(), &'static str> {
         Some(_) if !format.is_numeric() => Err("only numeric formats can be scaled"),
         Some(s) if !s.is_finite() || s == 0.0 => Err("must be a finite, non-zero number"),
         Some(_) => Ok(()),
-    }
-}
-
-/// TOML errors come with a multi-line snippet; errors here are one line (as in `config.rs`).
-fn one_line(message: &str) -> String {
-    let lines: Vec<&str> = message.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-    match (lines.first(), lines.last()) {
-        (Some(first), Some(last)) if lines.len() > 1 => format!("{last} ({first})"),
-        (Some(only), _) => (*only).to_owned(),
-        _ => message.to_owned(),
     }
 }
 
