@@ -43,4 +43,30 @@ for component in rustfmt clippy; do
     fi
 done
 
+# --- WebAssembly plugins ----------------------------------------------------------------------
+# plugins/build.sh builds the example plugins for wasm32-unknown-unknown; the end-to-end tests
+# load them into the hub. rustup's target is preferred, but adding it needs the network, so when
+# it cannot be added Debian's Rust 1.63 with its wasm32 std is the fallback (the SDK and the
+# plugins build on 1.63; build.sh picks whichever is there). lld-14 is part of that toolchain:
+# Debian's rustc links wasm with rust-lld, a link to lld-14 that it only recommends.
+wasm_target=wasm32-unknown-unknown
+rustup_has_wasm() {
+    command -v rustup >/dev/null 2>&1 && rustup target list --installed 2>/dev/null | grep -qx "$wasm_target"
+}
+if ! rustup_has_wasm && command -v rustup >/dev/null 2>&1; then
+    say "adding the ${wasm_target} target"
+    rustup target add "$wasm_target" || say "rustup could not add ${wasm_target}; using Debian's wasm toolchain"
+fi
+if ! rustup_has_wasm; then
+    wasm_missing=()
+    for pkg in rustc cargo libstd-rust-dev-wasm32 lld-14; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || wasm_missing+=("$pkg")
+    done
+    if [ "${#wasm_missing[@]}" -gt 0 ]; then
+        say "installing ${wasm_missing[*]}"
+        sudo_if_needed apt-get update -q
+        sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${wasm_missing[@]}"
+    fi
+fi
+
 say "ready"
