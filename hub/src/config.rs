@@ -46,6 +46,18 @@ struct RawConfig {
     homeassistant: RawHomeAssistant,
     #[serde(default)]
     zigbee2mqtt: RawZigbee2Mqtt,
+    #[serde(default)]
+    plugins: RawPlugins,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlugins {
+    enabled: Option<bool>,
+    dir: Option<PathBuf>,
+    max_memory_mib: Option<u64>,
+    max_fuel_per_event: Option<u64>,
+    max_kv_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -163,6 +175,8 @@ pub struct Config {
     pub ble: BleSettings,
     pub homeassistant: HomeAssistantSettings,
     pub zigbee2mqtt: Zigbee2MqttSettings,
+    /// `None` when plugins are off.
+    pub plugins: Option<crate::plugin::PluginSettings>,
 }
 
 /// Where the appliances' MQTT broker is.
@@ -604,7 +618,35 @@ impl RawConfig {
             )?,
         };
 
+        let plugins = if self.plugins.enabled.unwrap_or(true) {
+            let defaults = machinomy_core::plugin::Ceiling::default();
+            let mut ceiling = defaults;
+            for (key, value, slot) in [
+                ("plugins.max_memory_mib", self.plugins.max_memory_mib, &mut ceiling.memory_mib),
+                ("plugins.max_fuel_per_event", self.plugins.max_fuel_per_event, &mut ceiling.fuel_per_event),
+                ("plugins.max_kv_bytes", self.plugins.max_kv_bytes, &mut ceiling.kv_bytes),
+            ] {
+                match value {
+                    Some(0) => return Err(key_error(key, "must be above 0".to_owned())),
+                    Some(value) => *slot = value,
+                    None => {}
+                }
+            }
+            let dir = match self.plugins.dir {
+                Some(dir) if dir.as_os_str().is_empty() => {
+                    return Err(key_error("plugins.dir", "must not be empty".to_owned()));
+                }
+                Some(dir) if dir.is_relative() => path.parent().unwrap_or(Path::new(".")).join(dir),
+                Some(dir) => dir,
+                None => data_dir.join("plugins"),
+            };
+            Some(crate::plugin::PluginSettings { dir, ceiling })
+        } else {
+            None
+        };
+
         Ok(Config {
+            plugins,
             p2p,
             sell,
             mqtt,
@@ -771,5 +813,22 @@ mod example {
         assert_eq!(config.ble.profiles.as_deref(), Some(Path::new("/etc/machinomy/ble-profiles")));
         assert!(config.homeassistant.discovery && config.homeassistant.prefix == "homeassistant");
         assert!(!config.zigbee2mqtt.enabled && config.zigbee2mqtt.base_topic == "zigbee2mqtt");
+        let plugins = config.plugins.unwrap();
+        assert_eq!(plugins.dir, Path::new("/var/lib/machinomy/plugins"));
+        assert_eq!(plugins.ceiling, machinomy_core::plugin::Ceiling::default());
+    }
+
+    #[test]
+    fn plugin_ceilings_and_switch() {
+        let load = |text: &str| Config::parse(text, Path::new("/etc/machinomy/hub.toml"), Path::new("/var/lib"));
+        let config = load("[plugins]\nmax_memory_mib = 32\ndir = \"mods\"\n").unwrap();
+        let plugins = config.plugins.unwrap();
+        assert_eq!(plugins.ceiling.memory_mib, 32);
+        assert!(plugins.dir.ends_with("mods") && plugins.dir.is_absolute());
+        assert!(load("[plugins]\nenabled = false\n").unwrap().plugins.is_none());
+        let error = load("[plugins]\nmax_fuel_per_event = 0\n").unwrap_err().to_string();
+        assert!(error.contains("plugins.max_fuel_per_event"), "{error}");
+        let error = load("[plugins]\nmax_fuel = 1\n").unwrap_err().to_string();
+        assert!(error.contains("max_fuel"), "{error}");
     }
 }

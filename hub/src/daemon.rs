@@ -28,6 +28,8 @@ pub enum DaemonError {
     DataDir(#[from] crate::datadir::DataDirError),
     #[error(transparent)]
     Bridge(#[from] crate::bridge::BridgeError),
+    #[error("the plugin host could not start: {0}")]
+    Plugins(#[from] crate::plugin::PluginError),
     #[error("admin token: {0}")]
     Auth(machinomy_web::AuthError),
     #[error("the API server failed: {0}")]
@@ -96,11 +98,6 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             crate::net::start(hub.data_dir().identity(), &net_config, Arc::new(hub.market().clone())).await?;
         info!(peer_id = handle.peer_id(), "peer network up");
         hub.market().attach(handle);
-        background.push(tokio::spawn(announce_offers(
-            hub.clone(),
-            config.p2p.offer_ttl_secs,
-            Shutdown(stop_rx.clone()),
-        )));
         background.push(tokio::spawn(pay_approved_invoices(hub.clone(), Shutdown(stop_rx.clone()))));
         Some(task)
     } else {
@@ -113,7 +110,35 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     if let Some(addr) = bridge.broker_addr() {
         info!(broker = addr, "appliance bridge up");
     }
-    hub.attach_bridge(bridge);
+    hub.attach_bridge(bridge.clone());
+    let plugin_tasks = match &config.plugins {
+        Some(settings) => {
+            let deps = crate::plugin::PluginDeps {
+                store: hub.payments().store().clone(),
+                payments: hub.payments().clone(),
+                market: hub.market().clone(),
+                devices: hub.devices().clone(),
+                bridge: Some(bridge),
+            };
+            let (plugins, tasks) = crate::plugin::Plugins::start(settings.clone(), deps).await?;
+            info!(dir = %settings.dir.display(), "plugin host up");
+            hub.attach_plugins(plugins);
+            Some(tasks)
+        }
+        None => {
+            info!("plugins disabled (plugins.enabled = false)");
+            None
+        }
+    };
+    if config.p2p.enabled {
+        let offers_changed = hub.plugins().map(crate::plugin::Plugins::offers_changed);
+        background.push(tokio::spawn(announce_offers(
+            hub.clone(),
+            config.p2p.offer_ttl_secs,
+            offers_changed,
+            Shutdown(stop_rx.clone()),
+        )));
+    }
     let auth = machinomy_web::AdminAuth::new(hub.data_dir().admin_token()).map_err(DaemonError::Auth)?;
     let app = machinomy_web::router(Arc::new(hub.clone()), auth);
     let server_stop = Shutdown(stop_rx.clone());
@@ -136,6 +161,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     }
     for task in background {
         let _ = task.await;
+    }
+    // Plugins first: they publish through the bridge and pay through the network.
+    if let Some(tasks) = plugin_tasks {
+        tasks.shutdown().await;
     }
     bridge_tasks.shutdown().await;
     if let Some(net) = net {
@@ -165,11 +194,23 @@ async fn expire_approvals(hub: Hub, shutdown: Shutdown) {
 
 /// Announces this hub's offers now, again well before they expire, and whenever a peer starts
 /// listening for offers (gossip keeps no history, so a newcomer would otherwise wait a period).
-async fn announce_offers(hub: Hub, ttl_secs: u64, shutdown: Shutdown) {
-    if hub.market().own_offers(now()).is_empty() {
-        return;
-    }
+/// Announces this hub's offers (config's `[[sell]]` and plugins') periodically, when a peer
+/// subscribes to offers, and whenever plugins' offers change.
+async fn announce_offers(
+    hub: Hub,
+    ttl_secs: u64,
+    mut offers_changed: Option<watch::Receiver<u64>>,
+    shutdown: Shutdown,
+) {
     let Some(mut events) = hub.market().net().map(|net| net.events()) else { return };
+    let changed = async |offers: &mut Option<watch::Receiver<u64>>| {
+        let Some(receiver) = offers else { return std::future::pending().await };
+        if receiver.changed().await.is_err() {
+            // The plugin host stopped: nothing more will change.
+            *offers = None;
+            std::future::pending::<()>().await;
+        }
+    };
     let mut tick = tokio::time::interval(Duration::from_secs((ttl_secs / 3).max(1)));
     let stop = shutdown.wait();
     tokio::pin!(stop);
@@ -177,6 +218,7 @@ async fn announce_offers(hub: Hub, ttl_secs: u64, shutdown: Shutdown) {
         let due = tokio::select! {
             _ = &mut stop => return,
             _ = tick.tick() => true,
+            () = changed(&mut offers_changed) => true,
             event = events.recv() => match event {
                 Ok(crate::net::NetEvent::OffersSubscribed { .. }) => true,
                 Ok(_) => false,

@@ -44,6 +44,8 @@ struct HubInner {
     devices: Arc<DeviceStates>,
     /// Set once the daemon has started the appliance bridge.
     bridge: std::sync::OnceLock<crate::bridge::Bridge>,
+    /// Set once the daemon has started the plugin host.
+    plugins: std::sync::OnceLock<crate::plugin::Plugins>,
 }
 
 impl Hub {
@@ -82,6 +84,7 @@ impl Hub {
                 market,
                 devices,
                 bridge: std::sync::OnceLock::new(),
+                plugins: std::sync::OnceLock::new(),
             }),
         };
         Ok((hub, created))
@@ -119,6 +122,15 @@ impl Hub {
 
     pub fn bridge(&self) -> Option<&crate::bridge::Bridge> {
         self.inner.bridge.get()
+    }
+
+    /// Hands the hub its plugin host (once; later calls are ignored).
+    pub fn attach_plugins(&self, plugins: crate::plugin::Plugins) {
+        let _ = self.inner.plugins.set(plugins);
+    }
+
+    pub fn plugins(&self) -> Option<&crate::plugin::Plugins> {
+        self.inner.plugins.get()
     }
 
     /// Flushes the books and stops the store; the last thing the daemon does. The store's lock

@@ -12,6 +12,7 @@ pub mod ledger;
 pub mod market;
 pub mod net;
 pub mod payments;
+pub mod plugin;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -4,7 +4,10 @@
 //! grants or refuses), payments (accept, then a signed receipt), invoices (the budget decides)
 //! and service calls (accept the promise for the price, durably, then answer). Outbound, it buys:
 //! finds a seller, asks the caller's budget, opens a channel when none has room, pays, calls,
-//! checks the receipt, and resyncs with the seller when a call's fate is unknown.
+//! checks the receipt, and resyncs with the seller when a call's fate is unknown. It also
+//! invoices peers, pays per tick over hash-chain streams (a stream's channel is its own lane:
+//! plain payments use other channels), and sells what a [`ServiceProvider`] (the plugin host)
+//! offers beside the config's `[[sell]]`.
 //!
 //! It knows nothing of libp2p: peers are public keys, and the net layer carries the messages.
 
@@ -13,25 +16,33 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use machinomy_core::wire::{
     self, ChannelProposal, ChannelRequest, ChannelResponse, ErrorCode, Invoice, InvoiceResponse, PayRequest,
-    PayResponse, Receipt, ServiceCall, ServiceOffer, ServiceResponse, WireError,
+    PayResponse, Receipt, ServiceCall, ServiceOffer, ServiceResponse, TickRequest, WireError,
 };
 use machinomy_core::{
-    Amount, ApprovalState, ChannelId, Currency, LedgerId, PromiseError, PublicKey, SigningKey, SpendRequest, Subject,
-    Timestamp,
+    Amount, ApprovalState, ChannelError, ChannelId, Currency, LedgerId, PromiseError, PublicKey, SigningKey,
+    SpendRequest, Subject, Timestamp,
 };
 use tracing::{debug, warn};
 
 use crate::config::{P2pSettings, SellSettings, ServiceAnswer};
 use crate::hub::now;
 use crate::ledger::{LedgerError, Proposal};
-use crate::net::{InboundHandler, NetError, NetHandle};
-use crate::payments::{IncomingMeta, OutgoingMeta, PaymentError, Payments};
+use crate::net::{BoxFuture, InboundHandler, NetError, NetHandle};
+use crate::payments::{HubEvent, IncomingMeta, IncomingState, OutgoingMeta, PaymentError, Payments};
 use crate::store::ChannelRecord;
 
 /// Offers remembered from other hubs; beyond this the soonest to expire are dropped.
 const MAX_OFFERS: usize = 4096;
 /// How long a payment waits for a channel to the payee to come free.
 const LANE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Invoices waiting for their payer's owner, remembered to book their payment; beyond this
+/// the oldest are forgotten (their payment is then booked to the payer).
+const MAX_INVOICES: usize = 4096;
+/// The most ticks one stream commits to: the sender rebuilds the whole chain after a restart,
+/// and one more signature per this many ticks is cheap.
+const STREAM_TICKS: u64 = 256;
+/// How a payment for an invoice names it: `invoice <reference>`.
+const INVOICE_MEMO: &str = "invoice ";
 
 /// A channel reserved for one payment; freed when dropped.
 struct Lane<'a> {
@@ -66,6 +77,50 @@ pub enum MarketError {
     Payment(#[from] PaymentError),
 }
 
+/// What became of an invoice this hub sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InvoiceOutcome {
+    /// Paid at once, and the promise durably accepted here: `amount` is what it added on `channel`.
+    Paid {
+        amount: Amount,
+        channel: ChannelId,
+    },
+    /// Waiting for the payer's owner. If approved, the payment arrives later, booked to the
+    /// invoicing subject, and [`HubEvent::InvoicePaid`] names the reference.
+    Pending {
+        approval: u64,
+    },
+    Denied {
+        reason: String,
+    },
+}
+
+/// A service sold by something outside the market (a plugin), like a `[[sell]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SoldService {
+    pub name: String,
+    pub price: Amount,
+    pub description: String,
+}
+
+/// A provider's answer to one paid call, and whose income the payment is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProvidedAnswer {
+    pub body: Vec<u8>,
+    /// Booked as the payment's subject, e.g. `Subject::Plugin(name)`.
+    pub subject: Subject,
+}
+
+/// Sells services beside the config's `[[sell]]` (the plugin host).
+pub trait ServiceProvider: Send + Sync + std::fmt::Debug {
+    /// Services sold right now (they change as plugins are installed or enabled).
+    fn offers(&self) -> Vec<SoldService>;
+    /// Answers one call whose payment was checked; the market takes the money only after an
+    /// `Ok` answer (as for `[[sell]]`), so an error charges nothing.
+    fn answer(&self, service: &str, from: PublicKey, body: Vec<u8>)
+    -> BoxFuture<'_, Result<ProvidedAnswer, WireError>>;
+}
+
 /// What a bought call returned.
 #[derive(Debug, Clone)]
 pub struct Bought {
@@ -91,6 +146,12 @@ impl DeviceStates {
     pub fn get(&self, device: &str) -> Option<Vec<u8>> {
         serde_json::to_vec(self.0.lock().ok()?.get(device)?).ok()
     }
+}
+
+/// Who answers a call to a service this hub sells.
+enum Seller<'a> {
+    Config(&'a SellSettings),
+    Provider(&'a dyn ServiceProvider, SoldService),
 }
 
 /// Cheap to clone.
@@ -124,6 +185,16 @@ struct Inner {
     unsettled: Mutex<std::collections::HashSet<ChannelId>>,
     /// Set once the net layer runs (it needs this market as its handler first).
     net: OnceLock<NetHandle>,
+    /// Sells services beside `sell`; set once.
+    provider: OnceLock<Arc<dyn ServiceProvider>>,
+    invoices: Mutex<Invoices>,
+}
+
+/// Invoices sent and not yet paid: (payer, reference) → (order sent, subject to book to).
+#[derive(Debug, Default)]
+struct Invoices {
+    next: u64,
+    waiting: HashMap<(PublicKey, String), (u64, Subject)>,
 }
 
 impl Market {
@@ -153,6 +224,8 @@ impl Market {
                 lane_freed: tokio::sync::Notify::new(),
                 seller_keys: Mutex::new(HashMap::new()),
                 net: OnceLock::new(),
+                provider: OnceLock::new(),
+                invoices: Mutex::new(Invoices::default()),
             }),
         }
     }
@@ -165,23 +238,40 @@ impl Market {
         self.inner.net.get()
     }
 
-    /// This hub's own offers, freshly signed.
+    /// Lets `provider` (the plugin host) sell services beside `[[sell]]`. Set once; later
+    /// calls are ignored.
+    pub fn set_service_provider(&self, provider: Arc<dyn ServiceProvider>) {
+        if self.inner.provider.set(provider).is_err() {
+            warn!("a service provider is already set; ignoring another");
+        }
+    }
+
+    /// This hub's own offers, freshly signed: `[[sell]]`, then the provider's (a name
+    /// `[[sell]]` already has, or an invalid one, is left out).
     pub fn own_offers(&self, now: Timestamp) -> Vec<ServiceOffer> {
         let expires = now.saturating_add_secs(self.inner.p2p.offer_ttl_secs);
-        self.inner
-            .sell
-            .iter()
-            .map(|s| {
-                ServiceOffer::sign(
-                    &s.name,
-                    s.price,
-                    self.inner.currency.code(),
-                    &s.description,
-                    expires,
-                    &self.inner.identity,
-                )
-            })
-            .collect()
+        let sign = |name: &str, price: Amount, description: &str| {
+            ServiceOffer::sign(name, price, self.inner.currency.code(), description, expires, &self.inner.identity)
+        };
+        let mut offers: Vec<ServiceOffer> =
+            self.inner.sell.iter().map(|s| sign(&s.name, s.price, &s.description)).collect();
+        for service in self.inner.provider.get().map(|p| p.offers()).unwrap_or_default() {
+            if !wire::valid_service_name(&service.name) || service.description.len() > wire::MAX_DESCRIPTION {
+                debug!(service = %service.name, "not offering a provided service with an invalid name or description");
+                continue;
+            }
+            if !offers.iter().any(|o| o.name == service.name) {
+                offers.push(sign(&service.name, service.price, &service.description));
+            }
+        }
+        offers
+    }
+
+    /// The provider's service called `name`, unless `[[sell]]` has it.
+    fn provided(&self, name: &str) -> Option<(&dyn ServiceProvider, SoldService)> {
+        let provider = self.inner.provider.get()?;
+        let service = provider.offers().into_iter().find(|s| s.name == name)?;
+        Some((provider.as_ref(), service))
     }
 
     /// Announces every service this hub sells (gossip and DHT).
@@ -244,7 +334,7 @@ impl Market {
                 Err(e) => ChannelResponse::Error(e),
             },
             ChannelRequest::Resync { channel } => match self.inner.payments.incoming_state(channel, &from) {
-                Ok((accepted, best)) => ChannelResponse::State { channel, accepted, best },
+                Ok(IncomingState { accepted, best, tick }) => ChannelResponse::State { channel, accepted, best, tick },
                 Err(e) => ChannelResponse::Error(wire_error(&e)),
             },
             ChannelRequest::Offers => ChannelResponse::Offers { offers: self.own_offers(now()) },
@@ -286,43 +376,84 @@ impl Market {
         wire::check_text("memo", &request.memo, wire::MAX_MEMO)?;
         let channel = request.promise.body.channel;
         self.check_sender(&from, channel)?;
-        let meta = IncomingMeta { subject: peer_subject(&from), memo: request.memo };
+        // Paying an invoice of ours that waited for the payer's owner.
+        let reference = request.memo.strip_prefix(INVOICE_MEMO).filter(|r| !r.is_empty()).map(str::to_owned);
+        let subject =
+            reference.as_ref().and_then(|r| self.invoiced_subject(&from, r)).unwrap_or_else(|| peer_subject(&from));
+        let meta = IncomingMeta { subject, memo: request.memo };
         let acceptance = self.inner.payments.accept(request.promise, &meta, now()).await.map_err(|e| wire_error(&e))?;
+        if let Some(reference) = reference {
+            self.forget_invoice(&from, &reference);
+            self.inner.payments.emit(HubEvent::InvoicePaid { from, reference, amount: acceptance.increment });
+        }
         Ok(self.inner.payments.receipt(channel, acceptance, now()))
     }
 
+    async fn on_tick(&self, from: PublicKey, request: TickRequest) -> Result<Receipt, WireError> {
+        wire::check_text("memo", &request.memo, wire::MAX_MEMO)?;
+        self.check_sender(&from, request.channel)?;
+        let meta = IncomingMeta { subject: peer_subject(&from), memo: request.memo };
+        let acceptance = self
+            .inner
+            .payments
+            .accept_tick(request.channel, &request.tick.preimage, &meta, now())
+            .await
+            .map_err(|e| wire_error(&e))?;
+        Ok(self.inner.payments.receipt(request.channel, acceptance, now()))
+    }
+
     async fn on_call(&self, from: PublicKey, call: ServiceCall) -> Result<(Vec<u8>, Receipt), WireError> {
-        let service = self.inner.sell.iter().find(|s| s.name == call.service).ok_or_else(|| {
-            WireError::new(ErrorCode::UnknownService, format!("this hub does not sell {:?}", call.service))
-        })?;
+        let seller = match self.inner.sell.iter().find(|s| s.name == call.service) {
+            Some(service) => Seller::Config(service),
+            None => match self.provided(&call.service) {
+                Some((provider, service)) => Seller::Provider(provider, service),
+                None => {
+                    return Err(WireError::new(
+                        ErrorCode::UnknownService,
+                        format!("this hub does not sell {:?}", call.service),
+                    ));
+                }
+            },
+        };
         if call.body.len() > wire::MAX_BODY {
             return Err(WireError::new(ErrorCode::BadRequest, "the request body is too large"));
         }
         let channel = call.promise.body.channel;
         self.check_sender(&from, channel)?;
         // Have the answer before taking the money.
-        let (body, subject) = match &service.answer {
-            ServiceAnswer::Text(text) => (text.clone().into_bytes(), peer_subject(&from)),
-            ServiceAnswer::DeviceState { device } => match self.inner.devices.get(device) {
-                Some(state) => (state, Subject::Device(device.clone())),
-                None => {
-                    return Err(WireError::new(
-                        ErrorCode::ServiceUnavailable,
-                        format!("device {device} has reported no state yet"),
-                    ));
-                }
-            },
+        let (price, body, subject) = match seller {
+            Seller::Config(service) => {
+                let (body, subject) = self.answer_sold(service, &from)?;
+                (service.price, body, subject)
+            }
+            Seller::Provider(provider, service) => {
+                // A plugin's work is worth more than a check: the payment is checked first.
+                self.inner.payments.check_at_least(&call.promise, service.price).map_err(|e| refusal(&e))?;
+                let answer = provider.answer(&call.service, from, call.body).await?;
+                (service.price, answer.body, answer.subject)
+            }
         };
-        let meta = IncomingMeta { subject, memo: format!("service {}", service.name) };
-        let acceptance = self.inner.payments.accept_at_least(call.promise, service.price, &meta, now()).await.map_err(
-            |e| match e {
-                PaymentError::Underpaid { required, .. } => {
-                    WireError { code: ErrorCode::PaymentRequired, message: e.to_string(), required: Some(required) }
-                }
-                other => wire_error(&other),
-            },
-        )?;
+        if body.len() > wire::MAX_BODY {
+            return Err(WireError::new(ErrorCode::ServiceUnavailable, "the answer is too large to send"));
+        }
+        let meta = IncomingMeta { subject, memo: format!("service {}", call.service) };
+        let acceptance =
+            self.inner.payments.accept_at_least(call.promise, price, &meta, now()).await.map_err(|e| refusal(&e))?;
         Ok((body, self.inner.payments.receipt(channel, acceptance, now())))
+    }
+
+    /// A `[[sell]]` service's answer, and whose income it is.
+    fn answer_sold(&self, service: &SellSettings, from: &PublicKey) -> Result<(Vec<u8>, Subject), WireError> {
+        match &service.answer {
+            ServiceAnswer::Text(text) => Ok((text.clone().into_bytes(), peer_subject(from))),
+            ServiceAnswer::DeviceState { device } => match self.inner.devices.get(device) {
+                Some(state) => Ok((state, Subject::Device(device.clone()))),
+                None => Err(WireError::new(
+                    ErrorCode::ServiceUnavailable,
+                    format!("device {device} has reported no state yet"),
+                )),
+            },
+        }
     }
 
     async fn on_invoice(&self, from: PublicKey, invoice: Invoice) -> InvoiceResponse {
@@ -346,7 +477,7 @@ impl Market {
         match &approval.state {
             ApprovalState::Pending => InvoiceResponse::Pending { approval: approval.id },
             ApprovalState::Approved { .. } => {
-                let memo = format!("invoice {}", invoice.reference);
+                let memo = format!("{INVOICE_MEMO}{}", invoice.reference);
                 match self.promise_to(&from, invoice.amount, &peer_subject(&from), &memo, Some(approval.id)).await {
                     // The promise travels back in this answer; the lane frees as it is sent.
                     Ok((promise, _lane)) => InvoiceResponse::Paid { promise },
@@ -358,6 +489,79 @@ impl Market {
             }
             ApprovalState::Denied { reason, .. } => InvoiceResponse::Denied { reason: reason.clone() },
             ApprovalState::Expired { .. } => InvoiceResponse::Denied { reason: "expired".to_owned() },
+        }
+    }
+
+    // --- invoicing ----------------------------------------------------------------------------
+
+    /// Asks `payer` to pay this hub `amount`; the payer's budget decides. Paid at once, the
+    /// promise must be on a channel from `payer` and is accepted durably here (booked to
+    /// `subject`) before `Paid` is told; if it does not add exactly `amount` the answer is
+    /// `BadAnswer`, though what it added is kept. Pending, the payer pays later with memo
+    /// `invoice <reference>`, booked to `subject`, and [`HubEvent::InvoicePaid`] follows.
+    /// `reference` (at most 64 bytes) should be unique: it is how that payment is recognised.
+    pub async fn invoice(
+        &self,
+        payer: &PublicKey,
+        amount: Amount,
+        memo: &str,
+        reference: &str,
+        subject: &Subject,
+    ) -> Result<InvoiceOutcome, MarketError> {
+        wire::check_text("memo", memo, wire::MAX_MEMO)
+            .and_then(|()| wire::check_text("reference", reference, wire::MAX_NAME))
+            .map_err(MarketError::Refused)?;
+        let net = self.net().ok_or(MarketError::NoNetwork)?;
+        // Remembered before asking: the payer's owner may approve before its answer is here.
+        self.expect_invoice(payer, reference, subject);
+        let invoice = Invoice { amount, memo: memo.to_owned(), reference: reference.to_owned() };
+        // Unanswered, it may still be pending there: it stays remembered.
+        let answer = net.invoice(*payer, invoice).await?;
+        if !matches!(answer, InvoiceResponse::Pending { .. }) {
+            self.forget_invoice(payer, reference);
+        }
+        match answer {
+            InvoiceResponse::Paid { promise } => {
+                let channel = promise.body.channel;
+                self.check_sender(payer, channel).map_err(|e| MarketError::BadAnswer(e.message))?;
+                let meta = IncomingMeta { subject: subject.clone(), memo: memo.to_owned() };
+                let acceptance = self.inner.payments.accept(promise, &meta, now()).await?;
+                if acceptance.increment != amount {
+                    return Err(MarketError::BadAnswer(format!(
+                        "the payer paid {} of the {} invoiced (kept)",
+                        acceptance.increment, amount
+                    )));
+                }
+                Ok(InvoiceOutcome::Paid { amount: acceptance.increment, channel })
+            }
+            InvoiceResponse::Pending { approval } => Ok(InvoiceOutcome::Pending { approval }),
+            InvoiceResponse::Denied { reason } => Ok(InvoiceOutcome::Denied { reason }),
+            InvoiceResponse::Error(e) => Err(MarketError::Refused(e)),
+        }
+    }
+
+    fn expect_invoice(&self, payer: &PublicKey, reference: &str, subject: &Subject) {
+        let Ok(mut invoices) = self.inner.invoices.lock() else { return };
+        let order = invoices.next;
+        invoices.next += 1;
+        let waiting = &mut invoices.waiting;
+        if waiting.len() >= MAX_INVOICES {
+            let oldest = waiting.iter().min_by_key(|(_, (order, _))| *order).map(|(key, _)| key.clone());
+            if let Some(key) = oldest {
+                waiting.remove(&key);
+            }
+        }
+        waiting.insert((*payer, reference.to_owned()), (order, subject.clone()));
+    }
+
+    fn invoiced_subject(&self, payer: &PublicKey, reference: &str) -> Option<Subject> {
+        let invoices = self.inner.invoices.lock().ok()?;
+        invoices.waiting.get(&(*payer, reference.to_owned())).map(|(_, subject)| subject.clone())
+    }
+
+    fn forget_invoice(&self, payer: &PublicKey, reference: &str) {
+        if let Ok(mut invoices) = self.inner.invoices.lock() {
+            invoices.waiting.remove(&(*payer, reference.to_owned()));
         }
     }
 
@@ -479,11 +683,16 @@ impl Market {
         if found.is_empty() { Err(MarketError::NoSeller(service.to_owned())) } else { Ok(found) }
     }
 
+    /// The cheapest offer of `service` known or found, so a buyer can ask its budget for the
+    /// real price before [`Market::call_with_approval`].
+    pub async fn quote(&self, service: &str) -> Result<ServiceOffer, MarketError> {
+        let sellers = self.sellers(service).await?;
+        sellers.into_iter().min_by_key(|o| o.price).ok_or_else(|| MarketError::NoSeller(service.to_owned()))
+    }
+
     /// Buys one call of `service` for `subject`, inside `subject`'s budget.
     pub async fn call(&self, service: &str, body: Vec<u8>, subject: &Subject) -> Result<Bought, MarketError> {
-        let sellers = self.sellers(service).await?;
-        let offer =
-            sellers.into_iter().min_by_key(|o| o.price).ok_or_else(|| MarketError::NoSeller(service.to_owned()))?;
+        let offer = self.quote(service).await?;
         let request = SpendRequest {
             subject: subject.clone(),
             payee: offer.seller.to_hex(),
@@ -581,7 +790,7 @@ impl Market {
             return Ok(());
         }
         let Ok(payee) = payee.parse::<PublicKey>() else { return Ok(()) };
-        let memo = format!("invoice {}", approval.request.reference);
+        let memo = format!("{INVOICE_MEMO}{}", approval.request.reference);
         self.pay_with_approval(&payee, &memo, approval).await.map(|_| ())
     }
 
@@ -614,6 +823,111 @@ impl Market {
         }
         .await;
         self.release_if_failed(approval.id, result).await
+    }
+
+    /// Pays `payee` one tick of `price_per_tick` for `approval` (its budget already asked, for
+    /// exactly that amount) over a stream. The first tick opens a stream on a channel of its
+    /// own, its opening promise paying the tick; later ones reveal the next link of the stream's
+    /// hash chain. When the stream is used up or its price differs, a new one is opened. The
+    /// stream's lane is held for the tick, so its ticks go in order. On failure the approval is
+    /// released and the channel resynced, as for [`Market::pay_with_approval`].
+    pub async fn stream_tick_with_approval(
+        &self,
+        payee: &PublicKey,
+        price_per_tick: Amount,
+        memo: &str,
+        approval: &machinomy_core::Approval,
+    ) -> Result<Receipt, MarketError> {
+        let result = async {
+            if price_per_tick.is_zero() || approval.request.amount != price_per_tick {
+                return Err(MarketError::Denied(format!(
+                    "approval #{} is for {}, not one tick of {price_per_tick}",
+                    approval.id, approval.request.amount
+                )));
+            }
+            wire::check_text("memo", memo, wire::MAX_MEMO).map_err(MarketError::Refused)?;
+            let net = self.net().ok_or(MarketError::NoNetwork)?;
+            let lane = self.stream_lane(payee, price_per_tick).await?;
+            let channel = lane.channel;
+            let ChannelRecord::Sender(before) = self.inner.payments.channel(&channel)? else {
+                return Err(PaymentError::WrongSide { id: channel, held: "receiver", wanted: "sender" }.into());
+            };
+            let total = before.promised().checked_add(price_per_tick).map_err(|_| PaymentError::Overflow)?;
+            let meta = OutgoingMeta {
+                subject: approval.request.subject.clone(),
+                payee: payee.to_hex(),
+                memo: memo.to_owned(),
+                approval: Some(approval.id),
+            };
+            let ticking = before
+                .stream
+                .as_ref()
+                .is_some_and(|s| s.terms.price_per_tick == price_per_tick && s.ticks_sent < s.terms.max_ticks);
+            let tick = if ticking {
+                match self.inner.payments.tick(channel, &meta, now()).await {
+                    Ok(tick) => Some(tick),
+                    // A stream known only from a resync cannot tick on: a new one starts here.
+                    Err(PaymentError::Channel(ChannelError::Tick(_))) => None,
+                    Err(e) => return Err(e.into()),
+                }
+            } else {
+                None
+            };
+            let answer = match tick {
+                Some(tick) => net.tick(*payee, TickRequest { channel, tick, memo: memo.to_owned() }).await,
+                None => {
+                    let payments = &self.inner.payments;
+                    let promise = match stream_length(before.remaining(), price_per_tick) {
+                        // Only a channel whose stream cannot tick on lacks the room; pay it plainly.
+                        0 => payments.pay(channel, price_per_tick, &meta, now()).await?,
+                        ticks => {
+                            payments.open_stream(channel, price_per_tick, price_per_tick, ticks, &meta, now()).await?
+                        }
+                    };
+                    net.pay(*payee, PayRequest { promise, memo: memo.to_owned() }).await
+                }
+            };
+            match answer {
+                Ok(PayResponse::Receipt(receipt)) => {
+                    let valid = self.verify_receipt(&receipt, payee)
+                        && receipt.channel == channel
+                        && receipt.total == total
+                        && receipt.increment == price_per_tick;
+                    if valid {
+                        Ok(receipt)
+                    } else {
+                        Err(MarketError::BadAnswer("the receipt does not match the tick".to_owned()))
+                    }
+                }
+                Ok(PayResponse::Error(e)) => {
+                    self.resync(payee, channel).await;
+                    Err(MarketError::Refused(e))
+                }
+                Err(e) => {
+                    self.resync(payee, channel).await;
+                    Err(e.into())
+                }
+            }
+        }
+        .await;
+        self.release_if_failed(approval.id, result).await
+    }
+
+    /// A lane for one tick of `price` to `payee`: a channel whose stream ticks at that price,
+    /// else one where a new stream fits (the opening payment and at least one tick) — a stream
+    /// at another price is replaced rather than left stranded, as plain payments skip it.
+    async fn stream_lane(&self, payee: &PublicKey, price: Amount) -> Result<Lane<'_>, MarketError> {
+        let room = price.checked_mul(2).map_err(|_| PaymentError::Overflow)?;
+        let streams = self.inner.payments.outgoing_streams(payee)?;
+        let blocked = self.inner.unsettled.lock().map(|u| u.clone()).unwrap_or_default();
+        let same_price = streams.iter().filter(|s| s.price_per_tick == price);
+        let repriced = streams.iter().filter(|s| s.price_per_tick != price && s.remaining >= room);
+        for stream in same_price.chain(repriced) {
+            if !blocked.contains(&stream.channel) && self.try_take_lane(stream.channel) {
+                return Ok(Lane { market: self, channel: stream.channel });
+            }
+        }
+        self.lane_to(payee, room).await
     }
 
     fn verify_receipt(&self, receipt: &Receipt, seller: &PublicKey) -> bool {
@@ -649,8 +963,8 @@ impl Market {
         };
         let Some(net) = self.net() else { return mark(true) };
         match net.channel(*seller, ChannelRequest::Resync { channel }).await {
-            Ok(ChannelResponse::State { best, .. }) => {
-                match self.inner.payments.resync_outgoing(channel, best, now()).await {
+            Ok(ChannelResponse::State { best, tick, .. }) => {
+                match self.inner.payments.resync_outgoing(channel, best, tick, now()).await {
                     Ok(_) => mark(false),
                     Err(e) => {
                         warn!(%channel, error = %e, "could not resync a channel");
@@ -678,6 +992,15 @@ impl InboundHandler for Market {
     fn pay(&self, from: PublicKey, request: PayRequest) -> crate::net::BoxFuture<'_, PayResponse> {
         Box::pin(async move {
             match self.on_pay(from, request).await {
+                Ok(receipt) => PayResponse::Receipt(receipt),
+                Err(e) => PayResponse::Error(e),
+            }
+        })
+    }
+
+    fn tick(&self, from: PublicKey, request: TickRequest) -> crate::net::BoxFuture<'_, PayResponse> {
+        Box::pin(async move {
+            match self.on_tick(from, request).await {
                 Ok(receipt) => PayResponse::Receipt(receipt),
                 Err(e) => PayResponse::Error(e),
             }
@@ -714,6 +1037,23 @@ fn random_id() -> Result<[u8; 32], MarketError> {
     Ok(id)
 }
 
+/// Ticks in a new stream: what the channel's room holds beyond the opening payment (which
+/// pays the first tick), at most [`STREAM_TICKS`].
+fn stream_length(remaining: Amount, price: Amount) -> u64 {
+    let beyond_opening = remaining.saturating_sub(price).base_units() / price.base_units().max(1);
+    u64::try_from(beyond_opening).unwrap_or(u64::MAX).min(STREAM_TICKS)
+}
+
+/// As [`wire_error`], telling a short payment how much is required.
+fn refusal(e: &PaymentError) -> WireError {
+    match e {
+        PaymentError::Underpaid { required, .. } => {
+            WireError { code: ErrorCode::PaymentRequired, message: e.to_string(), required: Some(*required) }
+        }
+        other => wire_error(other),
+    }
+}
+
 /// The peer-facing form of a payment error: a stable code and a message without internals.
 fn wire_error(e: &PaymentError) -> WireError {
     let code = match e {
@@ -721,6 +1061,7 @@ fn wire_error(e: &PaymentError) -> WireError {
         PaymentError::UnknownChannel(_) => ErrorCode::UnknownChannel,
         PaymentError::Ledger(LedgerError::CreditLimit { .. }) => ErrorCode::CreditLimit,
         PaymentError::Ledger(_) => ErrorCode::BadRequest,
+        PaymentError::Channel(ChannelError::Tick(t)) => ErrorCode::from(t),
         PaymentError::Channel(_) => ErrorCode::ChannelClosed,
         PaymentError::Underpaid { .. } => ErrorCode::PaymentRequired,
         PaymentError::WrongSide { .. } => ErrorCode::UnknownChannel,

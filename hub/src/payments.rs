@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use machinomy_core::{
     Acceptance, Amount, Approval, ApprovalError, Budget, ChannelError, ChannelId, ChannelTerms, Currency, Decision,
     DenyReason, Direction, Promise, PromiseError, PublicKey, ReceiverChannel, SenderChannel, SigningKey, SpendOutcome,
-    SpendRequest, SpendingEntry, Subject, Timestamp, Verdict, committed_since, evaluate,
+    SpendRequest, SpendingEntry, StreamVerifier, Subject, Tick, Timestamp, Verdict, committed_since, evaluate,
 };
 use serde::Serialize;
 use tokio::sync::broadcast;
@@ -54,11 +54,32 @@ pub enum PaymentError {
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum HubEvent {
-    ApprovalCreated { approval: Approval },
-    ApprovalDecided { approval: Approval },
-    PaymentReceived { channel: ChannelId, amount: Amount, total: Amount },
-    PaymentSent { channel: ChannelId, amount: Amount, total: Amount },
-    ChannelChanged { channel: ChannelId },
+    ApprovalCreated {
+        approval: Approval,
+    },
+    ApprovalDecided {
+        approval: Approval,
+    },
+    PaymentReceived {
+        channel: ChannelId,
+        amount: Amount,
+        total: Amount,
+    },
+    PaymentSent {
+        channel: ChannelId,
+        amount: Amount,
+        total: Amount,
+    },
+    ChannelChanged {
+        channel: ChannelId,
+    },
+    /// A payer paid an invoice of this hub's that had waited for its owner (memo
+    /// `invoice <reference>`), durably. Listeners check `from` and `amount` against their invoice.
+    InvoicePaid {
+        from: PublicKey,
+        reference: String,
+        amount: Amount,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -83,6 +104,28 @@ pub struct OutgoingMeta {
     pub memo: String,
     /// The approved spend request this payment fulfils, if any.
     pub approval: Option<u64>,
+}
+
+/// What a receiver holds on a channel (see [`Payments::incoming_state`]).
+#[derive(Debug, Clone)]
+pub struct IncomingState {
+    pub accepted: Amount,
+    pub best: Option<Promise>,
+    pub tick: Option<Tick>,
+}
+
+/// A channel this hub pays a stream on, with ticks left.
+#[derive(Debug, Clone, Copy)]
+pub struct OutgoingStream {
+    pub channel: ChannelId,
+    pub price_per_tick: Amount,
+    /// Room left on the channel beyond what was promised and ticked.
+    pub remaining: Amount,
+}
+
+/// Whether a channel's stream has ticks left (a used-up stream's channel is free for payments).
+fn ticking(channel: &SenderChannel) -> bool {
+    channel.stream.as_ref().is_some_and(|s| s.ticks_sent < s.terms.max_ticks)
 }
 
 /// Cheap to clone; all clones share the same books.
@@ -197,7 +240,7 @@ impl Payments {
         &self.inner.store
     }
 
-    fn emit(&self, event: HubEvent) {
+    pub(crate) fn emit(&self, event: HubEvent) {
         // No listener is not an error: events are for whoever is watching.
         let _ = self.inner.events.send(event);
     }
@@ -306,27 +349,67 @@ impl Payments {
         Ok(acceptance)
     }
 
+    /// As receiver: whether `promise` would pay at least `required`, changing nothing; for
+    /// checking a payment before doing the work it pays for.
+    pub fn check_at_least(&self, promise: &Promise, required: Amount) -> Result<Acceptance, PaymentError> {
+        let id = promise.body.channel;
+        let slot = self.channel_slot(&id).map_err(|_| PromiseError::UnknownChannel(id))?;
+        let record = slot.lock().map_err(|_| poisoned())?;
+        let ChannelRecord::Receiver(channel) = &*record else {
+            return Err(PaymentError::WrongSide { id, held: "sender", wanted: "receiver" });
+        };
+        let acceptance = channel.check(promise)?;
+        if acceptance.increment < required {
+            return Err(PaymentError::Underpaid { required, got: acceptance.increment });
+        }
+        Ok(acceptance)
+    }
+
     /// A receipt for an acceptance on channel `id`, signed by this hub.
     pub fn receipt(&self, id: ChannelId, acceptance: Acceptance, now: Timestamp) -> machinomy_core::wire::Receipt {
         machinomy_core::wire::Receipt::sign(id, acceptance.total, acceptance.increment, now, &self.inner.identity)
     }
 
-    /// The open channels this hub pays `receiver` on with at least `room` left.
+    /// The open channels this hub pays `receiver` on with at least `room` left, except those
+    /// carrying a stream with ticks left: a plain payment would end the stream.
     pub fn outgoing_with_room(&self, receiver: &PublicKey, room: Amount) -> Result<Vec<ChannelId>, PaymentError> {
-        let slots: Vec<_> = self.inner.channels.read().map_err(|_| poisoned())?.values().cloned().collect();
         let mut ids = Vec::new();
+        self.each_outgoing(receiver, |c| {
+            if c.remaining() >= room && !ticking(c) {
+                ids.push(c.terms.id);
+            }
+        })?;
+        Ok(ids)
+    }
+
+    /// The open channels this hub pays `receiver` on whose stream has ticks left.
+    pub fn outgoing_streams(&self, receiver: &PublicKey) -> Result<Vec<OutgoingStream>, PaymentError> {
+        let mut streams = Vec::new();
+        self.each_outgoing(receiver, |c| {
+            if let Some(stream) = c.stream.as_ref().filter(|_| ticking(c)) {
+                streams.push(OutgoingStream {
+                    channel: c.terms.id,
+                    price_per_tick: stream.terms.price_per_tick,
+                    remaining: c.remaining(),
+                });
+            }
+        })?;
+        Ok(streams)
+    }
+
+    fn each_outgoing(&self, receiver: &PublicKey, mut f: impl FnMut(&SenderChannel)) -> Result<(), PaymentError> {
+        let slots: Vec<_> = self.inner.channels.read().map_err(|_| poisoned())?.values().cloned().collect();
         for slot in slots {
             // Looked at in place: this runs for every payment, and cloning channels is not free.
             let record = slot.lock().map_err(|_| poisoned())?;
             if let ChannelRecord::Sender(c) = &*record
                 && &c.terms.receiver == receiver
                 && c.status.is_open()
-                && c.remaining() >= room
             {
-                ids.push(c.terms.id);
+                f(c);
             }
         }
-        Ok(ids)
+        Ok(())
     }
 
     /// As sender: adopts the receiver's durable view of channel `id` (see `SenderChannel::resync`).
@@ -336,6 +419,7 @@ impl Payments {
         &self,
         id: ChannelId,
         best: Option<Promise>,
+        tick: Option<Tick>,
         now: Timestamp,
     ) -> Result<Amount, PaymentError> {
         let slot = self.channel_slot(&id)?;
@@ -347,7 +431,7 @@ impl Payments {
             let before = channel.promised();
             let receiver = channel.terms.receiver;
             let mut next = channel.clone();
-            let promised = next.resync(best)?;
+            let promised = next.resync(best, tick)?;
             let withdrawn = before.saturating_sub(promised);
             let entry = SpendingEntry {
                 at: now,
@@ -373,10 +457,15 @@ impl Payments {
         Ok(promised)
     }
 
-    /// As receiver: the best promise held on channel `id` from `sender`, for a resync.
-    pub fn incoming_state(&self, id: ChannelId, sender: &PublicKey) -> Result<(Amount, Option<Promise>), PaymentError> {
+    /// As receiver: the best promise held on channel `id` from `sender`, with the latest tick
+    /// of the stream it opened (if any), for a resync.
+    pub fn incoming_state(&self, id: ChannelId, sender: &PublicKey) -> Result<IncomingState, PaymentError> {
         match self.channel(&id)? {
-            ChannelRecord::Receiver(c) if &c.terms.sender == sender => Ok((c.accepted(), c.best)),
+            ChannelRecord::Receiver(c) if &c.terms.sender == sender => Ok(IncomingState {
+                accepted: c.accepted(),
+                tick: c.stream.as_ref().and_then(StreamVerifier::last_tick),
+                best: c.best,
+            }),
             // Another hub's channel is none of this peer's business: same answer as unknown.
             _ => Err(PaymentError::UnknownChannel(id)),
         }

@@ -379,3 +379,395 @@ async fn invoices_are_paid_inside_the_budget_or_after_the_owner_approves() {
     payer.stop().await;
     payee.stop().await;
 }
+
+// --- invoices, streams and provided services ---------------------------------------------------
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use machinomy_core::wire::{PayRequest, PayResponse, ServiceCall, ServiceResponse, TickRequest, WireError};
+use machinomy_core::{
+    Approval, ApprovalState, ChannelId, Direction, HashChain, LedgerId, PromiseBody, PublicKey, SpendOutcome,
+    SpendRequest, StreamTerms, Tick, Verdict,
+};
+use machinomy_hub::market::{InvoiceOutcome, ProvidedAnswer, ServiceProvider, SoldService};
+use machinomy_hub::net::BoxFuture;
+use machinomy_hub::payments::{HubEvent, OutgoingMeta};
+
+fn public(seed: u8) -> PublicKey {
+    PublicKey::from(SigningKey::from_bytes(&[seed; 32]).verifying_key())
+}
+
+fn units(n: u128) -> Amount {
+    Amount::from_base_units(n)
+}
+
+fn meter() -> Subject {
+    Subject::Device("meter".to_owned())
+}
+
+fn meter_budget(limit: u128, auto: u128) -> Budget {
+    Budget::new(meter(), Period::Day, units(limit), units(auto)).unwrap()
+}
+
+/// What the spending ledger says moved in (positive) or out (negative), net.
+fn net_flow(hub: &InProcessHub) -> i128 {
+    hub.payments
+        .spending(None, None)
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let amount = i128::try_from(e.amount.base_units()).unwrap();
+            if e.direction == Direction::In { amount } else { -amount }
+        })
+        .sum()
+}
+
+fn promised(hub: &InProcessHub) -> u128 {
+    let channels = hub.payments.channels().unwrap();
+    channels.iter().map(|c| if let ChannelRecord::Sender(s) = c { s.promised().base_units() } else { 0 }).sum()
+}
+
+fn accepted(hub: &InProcessHub) -> u128 {
+    let channels = hub.payments.channels().unwrap();
+    channels.iter().map(|c| if let ChannelRecord::Receiver(r) = c { r.accepted().base_units() } else { 0 }).sum()
+}
+
+fn sender_channels(hub: &InProcessHub) -> Vec<machinomy_core::SenderChannel> {
+    let mut channels: Vec<_> = hub
+        .payments
+        .channels()
+        .unwrap()
+        .into_iter()
+        .filter_map(|c| if let ChannelRecord::Sender(s) = c { Some(s) } else { None })
+        .collect();
+    channels.sort_by_key(|c| c.terms.opened_at);
+    channels
+}
+
+/// The meter's budget approves `amount` for `payee`.
+async fn approved(hub: &InProcessHub, payee: &PublicKey, amount: u128) -> Approval {
+    let request = SpendRequest {
+        subject: meter(),
+        payee: payee.to_hex(),
+        amount: units(amount),
+        memo: "a minute of power".to_owned(),
+        reference: "tick".to_owned(),
+        created_at: machinomy_hub::now(),
+    };
+    let approval = hub.payments.request_spend(request, machinomy_hub::now()).await.unwrap();
+    assert!(matches!(approval.state, ApprovalState::Approved { .. }), "{approval:?}");
+    approval
+}
+
+async fn tick(payer: &InProcessHub, payee: &PublicKey, price: u128) -> machinomy_core::wire::Receipt {
+    let approval = approved(payer, payee, price).await;
+    let receipt = payer.market.stream_tick_with_approval(payee, units(price), "a minute", &approval).await.unwrap();
+    receipt.verify(payee).unwrap();
+    assert_eq!(receipt.increment, units(price));
+    let paid = payer.payments.approval(approval.id, machinomy_hub::now()).await.unwrap();
+    assert!(matches!(paid.outcome, Some(SpendOutcome::Paid { .. })), "{paid:?}");
+    receipt
+}
+
+/// Two connected hubs: (payer, payee), the payer with the meter's budget.
+async fn pair(payer_seed: u8, payee_seed: u8, sell: Vec<SellSettings>) -> (TestHub, TestHub) {
+    let payee = hub(payee_seed, sell, &[], Vec::new()).await;
+    let payer = hub(payer_seed, Vec::new(), &[meter_budget(1_000_000_000, 100 * PRICE)], payee.addrs().await).await;
+    payer.market.net().unwrap().dial(&payee.addrs().await[0]).await.unwrap();
+    (payer, payee)
+}
+
+fn expect_error(answer: PayResponse, code: ErrorCode) {
+    match answer {
+        PayResponse::Error(e) => assert_eq!(e.code, code, "{e}"),
+        PayResponse::Receipt(r) => panic!("expected {code:?}, got a receipt {r:?}"),
+    }
+}
+
+#[tokio::test]
+async fn stream_ticks_agree_on_both_hubs_and_a_used_up_stream_is_followed_by_a_new_one() {
+    const TICK: u128 = 7;
+    let (payer, payee) = pair(40, 41, Vec::new()).await;
+    let payee_key = public(41);
+    for i in 1..=300u128 {
+        let receipt = tick(&payer, &payee_key, TICK).await;
+        assert_eq!(receipt.total, units(i * TICK));
+    }
+    assert_eq!(net_flow(&payer), -300 * 7);
+    assert_eq!(net_flow(&payee), 300 * 7);
+    assert_eq!(promised(&payer), 300 * TICK);
+    assert_eq!(accepted(&payee), 300 * TICK);
+    // One channel: a stream of its opening payment and 256 ticks, then a second stream.
+    let channels = sender_channels(&payer);
+    assert_eq!(channels.len(), 1);
+    assert_eq!(channels[0].stream.as_ref().unwrap().ticks_sent, 300 - 257 - 1);
+    payer.stop().await;
+    payee.stop().await;
+}
+
+#[tokio::test]
+async fn a_full_stream_channel_is_followed_by_a_new_one_and_plain_payments_leave_streams_alone() {
+    // Ten payments fill a channel (capacity 100 × PRICE): an opening payment and nine ticks.
+    const TICK: u128 = 10 * PRICE;
+    let (payer, payee) = pair(42, 43, Vec::new()).await;
+    let payee_key = public(43);
+    for _ in 0..15 {
+        tick(&payer, &payee_key, TICK).await;
+    }
+    let channels = sender_channels(&payer);
+    assert_eq!(channels.len(), 2);
+    assert_eq!(channels[0].remaining(), Amount::ZERO);
+    let streaming = channels[1].terms.id;
+    assert_eq!(channels[1].stream.as_ref().unwrap().ticks_sent, 4);
+
+    // A plain payment to the same payee takes another channel.
+    let approval = approved(&payer, &payee_key, PRICE).await;
+    let receipt = payer.market.pay_with_approval(&payee_key, "a coffee", &approval).await.unwrap();
+    assert_ne!(receipt.channel, streaming);
+    assert_eq!(sender_channels(&payer).len(), 3);
+    // And the stream goes on where it was.
+    let receipt = tick(&payer, &payee_key, TICK).await;
+    assert_eq!((receipt.channel, receipt.total), (streaming, units(6 * TICK)));
+
+    let total = 16 * TICK + PRICE;
+    assert_eq!((promised(&payer), accepted(&payee)), (total, total));
+    assert_eq!(net_flow(&payer), -i128::try_from(total).unwrap());
+    assert_eq!(net_flow(&payee), i128::try_from(total).unwrap());
+    payer.stop().await;
+    payee.stop().await;
+}
+
+#[tokio::test]
+async fn a_tick_lost_on_the_way_is_withdrawn_by_the_resync_and_the_stream_goes_on() {
+    const TICK: u128 = 5;
+    let (payer, payee) = pair(44, 45, Vec::new()).await;
+    let payee_key = public(45);
+    for _ in 0..3 {
+        tick(&payer, &payee_key, TICK).await;
+    }
+    // A tick the payee never hears of: durable here, never sent.
+    let channel = sender_channels(&payer)[0].terms.id;
+    let meta = OutgoingMeta { subject: meter(), payee: payee_key.to_hex(), memo: "lost".to_owned(), approval: None };
+    payer.payments.tick(channel, &meta, machinomy_hub::now()).await.unwrap();
+
+    // The next one skips a link: refused, and the resync withdraws the lost tick.
+    let approval = approved(&payer, &payee_key, TICK).await;
+    let err = payer.market.stream_tick_with_approval(&payee_key, units(TICK), "a minute", &approval).await.unwrap_err();
+    assert!(matches!(err, MarketError::Refused(ref e) if e.code == ErrorCode::WrongPreimage), "{err}");
+    assert_eq!(promised(&payer), 3 * TICK);
+    let receipt = tick(&payer, &payee_key, TICK).await;
+    assert_eq!((receipt.channel, receipt.total), (channel, units(4 * TICK)));
+    assert_eq!(net_flow(&payer), -4 * 5);
+    assert_eq!(net_flow(&payee), 4 * 5);
+    payer.stop().await;
+    payee.stop().await;
+}
+
+#[tokio::test]
+async fn forged_unknown_and_excess_ticks_are_refused_and_change_nothing() {
+    let (payer, payee) = pair(46, 47, Vec::new()).await;
+    let (payer_key, payee_key) = (SigningKey::from_bytes(&[46; 32]), public(47));
+    tick(&payer, &payee_key, PRICE).await;
+    let channel = sender_channels(&payer)[0].terms.id;
+    let net = payer.market.net().unwrap();
+    let send = |channel: ChannelId, tick: Tick, memo: String| net.tick(payee_key, TickRequest { channel, tick, memo });
+    let books = || (payee.payments.spending(None, None).unwrap().len(), accepted(&payee));
+    let before = books();
+
+    expect_error(
+        send(channel, Tick { index: 1, preimage: [7; 32] }, String::new()).await.unwrap(),
+        ErrorCode::WrongPreimage,
+    );
+    let unknown = ChannelId::from_bytes([0xab; 32]);
+    expect_error(
+        send(unknown, Tick { index: 1, preimage: [7; 32] }, String::new()).await.unwrap(),
+        ErrorCode::UnknownChannel,
+    );
+    expect_error(
+        send(channel, Tick { index: 1, preimage: [7; 32] }, "x".repeat(10_000)).await.unwrap(),
+        ErrorCode::BadRequest,
+    );
+    assert_eq!(books(), before);
+
+    // A stream of two ticks from a chain of three: the third link hashes right but is not paid for.
+    let chain = HashChain::new([5; 32], 3).unwrap();
+    let opener = PromiseBody {
+        ledger: LedgerId::credit(),
+        channel,
+        amount: units(PRICE + 1),
+        stream: Some(StreamTerms { root: chain.root(), price_per_tick: units(1), max_ticks: 2 }),
+    }
+    .sign(&payer_key);
+    assert!(matches!(
+        net.pay(payee_key, PayRequest { promise: opener, memo: String::new() }).await.unwrap(),
+        PayResponse::Receipt(_)
+    ));
+    for index in 1..=2 {
+        let answer = send(channel, chain.tick(index).unwrap(), String::new()).await.unwrap();
+        assert!(
+            matches!(answer, PayResponse::Receipt(ref r) if r.total == units(PRICE + 1 + u128::from(index))),
+            "{answer:?}"
+        );
+    }
+    let before = books();
+    expect_error(send(channel, chain.tick(3).unwrap(), String::new()).await.unwrap(), ErrorCode::StreamEnded);
+    // A plain promise ends the stream; a tick after it has nothing to tick.
+    let plain =
+        PromiseBody { ledger: LedgerId::credit(), channel, amount: units(PRICE + 4), stream: None }.sign(&payer_key);
+    assert!(matches!(
+        net.pay(payee_key, PayRequest { promise: plain, memo: String::new() }).await.unwrap(),
+        PayResponse::Receipt(_)
+    ));
+    let before_plain = (before.0 + 1, before.1 + 1);
+    expect_error(send(channel, chain.tick(3).unwrap(), String::new()).await.unwrap(), ErrorCode::StreamEnded);
+    assert_eq!(books(), before_plain);
+    payer.stop().await;
+    payee.stop().await;
+}
+
+fn landlord() -> Subject {
+    Subject::Plugin("landlord".to_owned())
+}
+
+#[tokio::test]
+async fn invoices_sent_are_paid_at_once_or_after_the_owner_approves_or_denied_and_booked_alike() {
+    let (payer_key, payee_key) = (public(50), public(51));
+    let budget =
+        Budget::new(Subject::Peer(payee_key.to_hex()), Period::Month, units(50 * PRICE), units(5 * PRICE)).unwrap();
+    let payer = hub(50, Vec::new(), &[budget], Vec::new()).await;
+    let payee = hub(51, Vec::new(), &[], payer.addrs().await).await;
+    payee.market.net().unwrap().dial(&payer.addrs().await[0]).await.unwrap();
+
+    // Within the payer's budget: paid at once, booked to the invoicing plugin.
+    let outcome = payee
+        .market
+        .invoice(&payer_key, units(3 * PRICE), "two hours", "plugin:landlord:1", &landlord())
+        .await
+        .unwrap();
+    assert!(matches!(outcome, InvoiceOutcome::Paid { amount, .. } if amount == units(3 * PRICE)), "{outcome:?}");
+    let rows = payee.payments.spending(None, None).unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!((rows[0].direction, &rows[0].subject, rows[0].amount), (Direction::In, &landlord(), units(3 * PRICE)));
+    assert_eq!(rows[0].counterparty, payer_key.to_hex());
+    assert_eq!(net_flow(&payer), -3 * 1_000);
+
+    // Over the threshold: pending; once the payer's owner approves, paid and announced.
+    let mut events = payee.payments.subscribe();
+    let outcome = payee
+        .market
+        .invoice(&payer_key, units(20 * PRICE), "the week", "plugin:landlord:2", &landlord())
+        .await
+        .unwrap();
+    let InvoiceOutcome::Pending { approval } = outcome else { panic!("expected pending, got {outcome:?}") };
+    let decided = payer.payments.decide(approval, Verdict::Approve, "owner", machinomy_hub::now()).await.unwrap();
+    payer.market.pay_approved_invoice(&decided).await.unwrap();
+    let paid = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            if let HubEvent::InvoicePaid { from, reference, amount } = events.recv().await.unwrap() {
+                break (from, reference, amount);
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(paid, (payer_key, "plugin:landlord:2".to_owned(), units(20 * PRICE)));
+    let rows = payee.payments.spending(None, None).unwrap();
+    assert!(rows.iter().all(|r| r.subject == landlord()), "{rows:?}");
+    assert_eq!(net_flow(&payee), 23 * 1_000);
+    assert_eq!(net_flow(&payer), -23 * 1_000);
+
+    // A payer with no budget for this payee says no, and nothing moves.
+    let outcome = payer.market.invoice(&payee_key, units(PRICE), "", "back", &landlord()).await.unwrap();
+    assert!(matches!(outcome, InvoiceOutcome::Denied { ref reason } if reason.contains("budget")), "{outcome:?}");
+    assert_eq!(net_flow(&payee), 23 * 1_000);
+    payer.stop().await;
+    payee.stop().await;
+}
+
+/// Sells a forecast the way a plugin would, and counts the calls it answers.
+#[derive(Debug, Default)]
+struct Forecaster {
+    answered: AtomicUsize,
+}
+
+impl ServiceProvider for Forecaster {
+    fn offers(&self) -> Vec<SoldService> {
+        let sold = |name: &str, price: u128| SoldService {
+            name: name.to_owned(),
+            price: units(price),
+            description: format!("{name} from a plugin"),
+        };
+        vec![sold("forecast", 2 * PRICE), sold("weather", 1), sold("broken", PRICE), sold("bad name!", 1)]
+    }
+
+    fn answer(
+        &self,
+        service: &str,
+        _from: PublicKey,
+        body: Vec<u8>,
+    ) -> BoxFuture<'_, Result<ProvidedAnswer, WireError>> {
+        let service = service.to_owned();
+        Box::pin(async move {
+            self.answered.fetch_add(1, Ordering::SeqCst);
+            match service.as_str() {
+                "forecast" => Ok(ProvidedAnswer {
+                    body: [b"rain ".as_slice(), &body].concat(),
+                    subject: Subject::Plugin("forecaster".to_owned()),
+                }),
+                _ => Err(WireError::new(ErrorCode::ServiceUnavailable, "the plugin trapped")),
+            }
+        })
+    }
+}
+
+#[tokio::test]
+async fn services_a_provider_sells_are_offered_answered_and_paid_and_the_config_wins_a_clash() {
+    let seller = hub(53, vec![weather(ServiceAnswer::Text("sunny".to_owned()))], &[], Vec::new()).await;
+    let forecaster = Arc::new(Forecaster::default());
+    seller.market.set_service_provider(forecaster.clone());
+    let offers = seller.market.own_offers(machinomy_hub::now());
+    let offered: Vec<(&str, u128)> = offers.iter().map(|o| (o.name.as_str(), o.price.base_units())).collect();
+    assert_eq!(offered, vec![("weather", PRICE), ("forecast", 2 * PRICE), ("broken", PRICE)]);
+
+    let buyer = hub(52, Vec::new(), &[buyer_budget(100 * PRICE, 10 * PRICE)], seller.addrs().await).await;
+    buyer.market.net().unwrap().dial(&seller.addrs().await[0]).await.unwrap();
+    seller.market.announce().await.unwrap();
+    let quote = buyer.market.quote("forecast").await.unwrap();
+    assert_eq!((quote.seller, quote.price), (public(53), units(2 * PRICE)));
+
+    let bought = buyer.market.call("forecast", b"tomorrow".to_vec(), &buyer_subject()).await.unwrap();
+    assert_eq!(bought.body, b"rain tomorrow");
+    let rows = seller.payments.spending(None, None).unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!((&rows[0].subject, rows[0].amount), (&Subject::Plugin("forecaster".to_owned()), units(2 * PRICE)));
+    assert_eq!(buyer.market.call("weather", Vec::new(), &buyer_subject()).await.unwrap().body, b"sunny");
+
+    // The provider's error charges nothing.
+    let err = buyer.market.call("broken", Vec::new(), &buyer_subject()).await.unwrap_err();
+    assert!(matches!(err, MarketError::Refused(ref e) if e.code == ErrorCode::ServiceUnavailable), "{err}");
+    assert_eq!(seller.payments.spending(None, None).unwrap().len(), 2);
+    assert_eq!(net_flow(&seller), 3 * 1_000);
+    assert_eq!(net_flow(&buyer), -3 * 1_000);
+
+    // An underpaid call never reaches the provider; an unknown service is refused as before.
+    let net = buyer.market.net().unwrap();
+    let channel = sender_channels(&buyer)[0].terms.id;
+    let meta =
+        OutgoingMeta { subject: buyer_subject(), payee: public(53).to_hex(), memo: String::new(), approval: None };
+    let short = buyer.payments.pay(channel, units(1), &meta, machinomy_hub::now()).await.unwrap();
+    let asked = forecaster.answered.load(Ordering::SeqCst);
+    let call = |service: &str| ServiceCall { service: service.to_owned(), body: Vec::new(), promise: short.clone() };
+    let answer = net.call(public(53), call("forecast")).await.unwrap();
+    assert!(
+        matches!(answer, ServiceResponse::Error(ref e) if e.code == ErrorCode::PaymentRequired && e.required == Some(units(2 * PRICE))),
+        "{answer:?}"
+    );
+    assert_eq!(forecaster.answered.load(Ordering::SeqCst), asked);
+    let answer = net.call(public(53), call("astrology")).await.unwrap();
+    assert!(matches!(answer, ServiceResponse::Error(ref e) if e.code == ErrorCode::UnknownService), "{answer:?}");
+    let err = buyer.market.call("astrology", Vec::new(), &buyer_subject()).await.unwrap_err();
+    assert!(matches!(err, MarketError::NoSeller(_)), "{err}");
+    buyer.stop().await;
+    seller.stop().await;
+}

@@ -211,6 +211,47 @@ async fn streams_pay_per_tick_and_resume_after_the_sender_restarts() {
 }
 
 #[tokio::test]
+async fn a_resync_keeps_the_ticks_the_receiver_proves_and_a_stream_left_behind_stays_shut_after_a_restart() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let receiver = books(b.path(), 2, &[]).await;
+    let channel;
+    let units = Amount::from_base_units;
+    {
+        let sender = books(a.path(), 1, &[]).await;
+        channel = open_pair(&sender, &receiver, 10_000).await;
+        let opener = sender.open_stream(channel, units(10), units(5), 60, &outgoing(None), NOW).await.unwrap();
+        receiver.accept(opener, &incoming(), NOW).await.unwrap();
+        for _ in 0..4 {
+            let tick = sender.tick(channel, &outgoing(None), NOW).await.unwrap();
+            receiver.accept_tick(channel, &tick.preimage, &incoming(), NOW).await.unwrap();
+        }
+        // A plain payment ends the stream here, and never reaches the receiver.
+        sender.pay(channel, units(1), &outgoing(None), NOW).await.unwrap();
+        let held = receiver.incoming_state(channel, &public(1)).unwrap();
+        assert_eq!(held.tick.map(|t| t.index), Some(4));
+        assert_eq!(sender.resync_outgoing(channel, held.best, held.tick, NOW).await.unwrap(), units(30));
+        sender.store().close().await.unwrap();
+    }
+    let sender = books(a.path(), 1, &[]).await;
+    let err = sender.tick(channel, &outgoing(None), NOW).await.unwrap_err();
+    assert!(err.to_string().contains("not known here"), "{err}");
+    let promise = sender.pay(channel, units(3), &outgoing(None), NOW).await.unwrap();
+    assert_eq!(receiver.accept(promise, &incoming(), NOW).await.unwrap().increment, units(3));
+    // The books agree: the withdrawn payment came back in.
+    let flow = |p: &Payments| -> i128 {
+        p.spending(None, None)
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let amount = i128::try_from(e.amount.base_units()).unwrap();
+                if e.direction == machinomy_core::Direction::In { amount } else { -amount }
+            })
+            .sum()
+    };
+    assert_eq!((flow(&sender), flow(&receiver)), (-33, 33));
+}
+
+#[tokio::test]
 async fn closing_records_the_final_amount_for_settlement() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let sender = books(a.path(), 1, &[]).await;

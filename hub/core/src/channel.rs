@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::amount::{Amount, AmountError};
 use crate::ids::{ChannelId, LedgerId, PublicKey};
 use crate::promise::{BadSignature, MAX_STREAM_TICKS, Promise, PromiseBody, StreamTerms};
-use crate::stream::{HashChain, StreamVerifier, Tick, TickError};
+use crate::stream::{HashChain, StreamVerifier, Tick, TickError, verify_tick};
 use crate::time::Timestamp;
 
 /// What both sides agreed when the channel opened.
@@ -82,6 +82,9 @@ pub enum PromiseError {
     AboveCapacity { capacity: Amount, got: Amount },
     #[error("stream of {0} ticks is not allowed (1 to {MAX_STREAM_TICKS})")]
     BadStream(u64),
+    /// A tick offered as proof of a stream's worth (in a resync) is not one of its ticks.
+    #[error("the stream's tick does not verify: {0}")]
+    Tick(#[from] TickError),
     #[error(transparent)]
     Amount(#[from] AmountError),
 }
@@ -401,8 +404,12 @@ impl SenderChannel {
             return Err(TickError::PastMaximum { max: stream.terms.max_ticks }.into());
         }
         if stream.chain.is_none() {
-            // Restored from storage: rebuild the chain from its seed once.
-            stream.chain = Some(HashChain::new(stream.seed, stream.terms.max_ticks)?);
+            // Restored from storage (or learnt from a resync): rebuild the chain from its seed once.
+            let chain = HashChain::new(stream.seed, stream.terms.max_ticks)?;
+            if chain.root() != stream.terms.root {
+                return Err(TickError::UnknownChain.into());
+            }
+            stream.chain = Some(chain);
         }
         let index = stream.ticks_sent + 1;
         let tick = stream
@@ -415,10 +422,12 @@ impl SenderChannel {
     }
 
     /// Adopts the receiver's durable view after a reconnect: `best` is the best promise it
-    /// holds (which must be ours, for this channel). Promises the receiver never stored are
+    /// holds (which must be ours, for this channel) and, if that promise opened a stream,
+    /// `tick` the latest tick it verified. Promises and ticks the receiver never stored are
     /// forgotten, so the next payment pays for what was really delivered; the sender's liability
     /// never exceeds the largest promise it ever signed, so trusting the receiver here is safe.
-    pub fn resync(&mut self, best: Option<Promise>) -> Result<Amount, PromiseError> {
+    /// A tick must prove its place in the chain: a receiver cannot claim ticks never revealed.
+    pub fn resync(&mut self, best: Option<Promise>, tick: Option<Tick>) -> Result<Amount, PromiseError> {
         if let Some(promise) = &best {
             if promise.body.channel != self.terms.id {
                 return Err(PromiseError::WrongChannel { expected: self.terms.id, got: promise.body.channel });
@@ -428,8 +437,30 @@ impl SenderChannel {
                 return Err(PromiseError::AboveCapacity { capacity: self.terms.capacity, got: promise.body.amount });
             }
         }
-        // A stream's position is not known to the receiver's answer; it restarts with the next payment.
-        self.stream = None;
+        let stream = match (best.as_ref().and_then(|p| p.body.stream.map(|terms| (terms, p.body.amount))), tick) {
+            (None, None) => None,
+            (None, Some(_)) => return Err(TickError::NoStream.into()),
+            (Some((terms, base)), tick) => {
+                let ticks = match tick {
+                    Some(tick) => {
+                        verify_tick(&terms, &tick)?;
+                        tick.index
+                    }
+                    None => 0,
+                };
+                if terms.ceiling(base)? > self.terms.capacity {
+                    return Err(PromiseError::AboveCapacity { capacity: self.terms.capacity, got: base });
+                }
+                Some(match self.stream.take() {
+                    // Still our open stream: it goes on from where the receiver is.
+                    Some(ours) if ours.terms == terms => SenderStream { base, ticks_sent: ticks, ..ours },
+                    // A stream this side has moved on from: its ticks count, but it cannot tick
+                    // on (its seed is gone; the zero seed fails `next_tick`'s root check).
+                    _ => SenderStream { seed: [0; 32], terms, base, ticks_sent: ticks, chain: None },
+                })
+            }
+        };
+        self.stream = stream;
         self.latest = best;
         Ok(self.promised())
     }
@@ -1035,7 +1066,7 @@ mod resync_tests {
         receiver.accept(first).unwrap();
         // The second promise is lost with the receiver's crash.
         let _lost = sender.pay(Amount::from_base_units(10), &key).unwrap();
-        assert_eq!(sender.resync(receiver.best.clone()), Ok(Amount::from_base_units(10)));
+        assert_eq!(sender.resync(receiver.best.clone(), None), Ok(Amount::from_base_units(10)));
         let next = sender.pay(Amount::from_base_units(10), &key).unwrap();
         assert_eq!(receiver.accept(next).unwrap().increment, Amount::from_base_units(10));
     }
@@ -1052,7 +1083,7 @@ mod resync_tests {
             stream: None,
         }
         .sign(&SigningKey::from_bytes(&[9; 32]));
-        assert!(matches!(sender.resync(Some(forged)), Err(PromiseError::BadSignature(_))));
+        assert!(matches!(sender.resync(Some(forged), None), Err(PromiseError::BadSignature(_))));
         let other = PromiseBody {
             ledger: LedgerId::credit(),
             channel: ChannelId::from_bytes([4; 32]),
@@ -1060,7 +1091,68 @@ mod resync_tests {
             stream: None,
         }
         .sign(&key);
-        assert!(matches!(sender.resync(Some(other)), Err(PromiseError::WrongChannel { .. })));
+        assert!(matches!(sender.resync(Some(other), None), Err(PromiseError::WrongChannel { .. })));
         assert_eq!(sender.promised(), Amount::from_base_units(10));
+    }
+
+    fn stream_pair(max_ticks: u64) -> (SigningKey, SenderChannel, ReceiverChannel) {
+        let key = SigningKey::from_bytes(&[1; 32]);
+        let mut sender = SenderChannel::new(terms());
+        let mut receiver = ReceiverChannel::new(terms());
+        let opener =
+            sender.open_stream(Amount::from_base_units(2), Amount::from_base_units(3), max_ticks, [8; 32], &key);
+        receiver.accept(opener.unwrap()).unwrap();
+        (key, sender, receiver)
+    }
+
+    fn last_tick(receiver: &ReceiverChannel) -> Option<Tick> {
+        receiver.stream.as_ref().and_then(StreamVerifier::last_tick)
+    }
+
+    #[test]
+    fn a_stream_resumes_from_the_receivers_last_tick() {
+        let (_, mut sender, mut receiver) = stream_pair(10);
+        for _ in 0..3 {
+            let tick = sender.next_tick().unwrap();
+            receiver.accept_tick(&tick.preimage).unwrap();
+        }
+        // Two ticks lost on the way.
+        sender.next_tick().unwrap();
+        sender.next_tick().unwrap();
+        assert_eq!(sender.promised(), Amount::from_base_units(2 + 5 * 3));
+        assert_eq!(sender.resync(receiver.best.clone(), last_tick(&receiver)), Ok(receiver.accepted()));
+        let tick = sender.next_tick().unwrap();
+        assert_eq!(tick.index, 4);
+        assert_eq!(receiver.accept_tick(&tick.preimage).unwrap().total, sender.promised());
+    }
+
+    #[test]
+    fn a_stream_the_sender_moved_on_from_still_counts_its_ticks_but_cannot_tick() {
+        let (key, mut sender, mut receiver) = stream_pair(10);
+        for _ in 0..2 {
+            let tick = sender.next_tick().unwrap();
+            receiver.accept_tick(&tick.preimage).unwrap();
+        }
+        // A plain payment ended the stream, and was lost.
+        let _lost = sender.pay(Amount::from_base_units(1), &key).unwrap();
+        assert_eq!(sender.resync(receiver.best.clone(), last_tick(&receiver)), Ok(Amount::from_base_units(8)));
+        assert_eq!(sender.next_tick(), Err(ChannelError::Tick(TickError::UnknownChain)));
+        let next = sender.pay(Amount::from_base_units(1), &key).unwrap();
+        assert_eq!(receiver.accept(next).unwrap().increment, Amount::from_base_units(1));
+    }
+
+    #[test]
+    fn a_receiver_cannot_claim_ticks_it_was_never_given() {
+        let (_, mut sender, mut receiver) = stream_pair(10);
+        let first = sender.next_tick().unwrap();
+        receiver.accept_tick(&first.preimage).unwrap();
+        let claimed = Tick { index: 5, ..first };
+        assert_eq!(
+            sender.resync(receiver.best.clone(), Some(claimed)),
+            Err(PromiseError::Tick(TickError::WrongPreimage))
+        );
+        assert_eq!(sender.promised(), Amount::from_base_units(5));
+        assert_eq!(sender.resync(None, Some(first)), Err(PromiseError::Tick(TickError::NoStream)));
+        assert_eq!(sender.promised(), Amount::from_base_units(5));
     }
 }

@@ -10,6 +10,7 @@ pub mod budget;
 pub mod channel;
 pub mod device;
 pub mod ids;
+pub mod plugin;
 pub mod promise;
 pub mod spending;
 pub mod stream;

@@ -18,6 +18,10 @@ pub enum TickError {
     BadLength(u64),
     #[error("there is no open stream on this channel")]
     NoStream,
+    /// The stored seed does not lead to the stream's root: the sender cannot continue a stream
+    /// it learnt of only from the receiver (a resync), and must open a new one.
+    #[error("the stream's hash chain is not known here; open a new stream")]
+    UnknownChain,
     #[error(transparent)]
     Amount(#[from] AmountError),
 }
@@ -81,6 +85,26 @@ impl HashChain {
     }
 }
 
+/// Checks that `tick` is link `tick.index` of the chain under `terms`: hashing its preimage
+/// `index` times gives the root. Lets a sender trust a receiver's claim to ticks it can no
+/// longer recompute; costs at most `terms.max_ticks` hashes.
+pub fn verify_tick(terms: &StreamTerms, tick: &Tick) -> Result<(), TickError> {
+    if tick.index > terms.max_ticks {
+        return Err(TickError::PastMaximum { max: terms.max_ticks });
+    }
+    if tick.index == 0 {
+        return Err(TickError::WrongPreimage);
+    }
+    let mut link = tick.preimage;
+    for _ in 0..tick.index {
+        link = *blake3::hash(&link).as_bytes();
+    }
+    if link != terms.root {
+        return Err(TickError::WrongPreimage);
+    }
+    Ok(())
+}
+
 /// The receiver's side: the terms it accepted and the latest verified tick.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StreamVerifier {
@@ -113,6 +137,11 @@ impl StreamVerifier {
     /// Checks a tick without recording it.
     pub fn check(&self, preimage: &[u8; 32]) -> Result<(), TickError> {
         self.clone().verify(preimage).map(|_| ())
+    }
+
+    /// The latest verified tick, if any (proof of what the stream is worth, for a resync).
+    pub fn last_tick(&self) -> Option<Tick> {
+        (self.ticks > 0).then_some(Tick { index: self.ticks, preimage: self.last })
     }
 
     /// What the receiver can claim now: the base amount plus every verified tick.
@@ -212,6 +241,24 @@ mod tests {
         assert_eq!(verifier.check(&[9; 32]), Err(TickError::WrongPreimage));
         assert_eq!(verifier.ticks, 0);
         assert_eq!(verifier.last, chain.root());
+    }
+
+    #[test]
+    fn a_tick_proves_its_position_under_the_root_and_nothing_else() {
+        let chain = HashChain::new([3; 32], 4).unwrap();
+        let terms = terms(&chain, 1);
+        for index in 1..=4 {
+            assert_eq!(verify_tick(&terms, &chain.tick(index).unwrap()), Ok(()));
+        }
+        let second = chain.tick(2).unwrap();
+        assert_eq!(verify_tick(&terms, &Tick { index: 3, ..second }), Err(TickError::WrongPreimage));
+        assert_eq!(verify_tick(&terms, &Tick { index: 0, preimage: terms.root }), Err(TickError::WrongPreimage));
+        assert_eq!(verify_tick(&terms, &Tick { index: 5, ..second }), Err(TickError::PastMaximum { max: 4 }));
+        let mut verifier = StreamVerifier::new(Amount::ZERO, terms);
+        assert_eq!(verifier.last_tick(), None);
+        verifier.verify(&chain.tick(1).unwrap().preimage).unwrap();
+        verifier.verify(&second.preimage).unwrap();
+        assert_eq!(verifier.last_tick(), Some(second));
     }
 
     #[test]

@@ -11,6 +11,7 @@ use crate::amount::Amount;
 use crate::channel::ChannelTerms;
 use crate::ids::{ChannelId, LedgerId, PublicKey};
 use crate::promise::{BadSignature, Promise, Signature};
+use crate::stream::{Tick, TickError};
 use crate::time::Timestamp;
 
 /// Prefix of every signed receipt.
@@ -44,6 +45,10 @@ pub enum ErrorCode {
     ServiceUnavailable,
     Denied,
     Internal,
+    /// A stream tick whose preimage is not the next link of the stream's chain.
+    WrongPreimage,
+    /// A stream tick on a channel with no open stream, or past the stream's maximum.
+    StreamEnded,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -73,6 +78,17 @@ impl From<&crate::channel::PromiseError> for ErrorCode {
             P::WrongLedger { .. } => ErrorCode::WrongLedger,
             P::NotIncreasing { .. } => ErrorCode::NotIncreasing,
             P::AboveCapacity { .. } | P::BadStream(_) | P::Amount(_) => ErrorCode::AboveCapacity,
+            P::Tick(t) => ErrorCode::from(t),
+        }
+    }
+}
+
+impl From<&TickError> for ErrorCode {
+    fn from(e: &TickError) -> Self {
+        match e {
+            TickError::WrongPreimage => ErrorCode::WrongPreimage,
+            TickError::PastMaximum { .. } | TickError::NoStream => ErrorCode::StreamEnded,
+            TickError::BadLength(_) | TickError::UnknownChain | TickError::Amount(_) => ErrorCode::BadRequest,
         }
     }
 }
@@ -113,6 +129,10 @@ pub enum ChannelResponse {
         channel: ChannelId,
         accepted: Amount,
         best: Option<Promise>,
+        /// When `best` opened a stream: the latest tick verified, proving what the stream is
+        /// worth (absent from peers before ticks travelled; they hold no ticks).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tick: Option<Tick>,
     },
     Offers {
         offers: Vec<ServiceOffer>,
@@ -132,6 +152,15 @@ pub struct PayRequest {
 pub enum PayResponse {
     Receipt(Receipt),
     Error(WireError),
+}
+
+/// The next tick of the stream open on `channel` (the stream was opened by a [`PayRequest`]
+/// whose promise carries stream terms); answered with a [`PayResponse`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TickRequest {
+    pub channel: ChannelId,
+    pub tick: Tick,
+    pub memo: String,
 }
 
 /// A payee asks to be paid; the payer's budget decides.
@@ -352,6 +381,7 @@ mod serde_bytes_vec {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
 
@@ -390,6 +420,23 @@ mod tests {
         assert_eq!(unsigned.verify(Timestamp(0)), Err(OfferError::BadSignature));
         let long = ServiceOffer::sign(&"x".repeat(65), Amount::ZERO, "USD", "", Timestamp(100), &key(4));
         assert_eq!(long.verify(Timestamp(0)), Err(OfferError::BadField("name")));
+    }
+
+    #[test]
+    fn a_resync_answer_without_a_tick_still_reads() {
+        // As peers that predate ticks on the wire send it.
+        let old = r#"{"type":"state","channel":"0101010101010101010101010101010101010101010101010101010101010101","accepted":"5","best":null}"#;
+        let ChannelResponse::State { tick, accepted, .. } = serde_json::from_str(old).unwrap() else {
+            panic!("not a state")
+        };
+        assert_eq!((tick, accepted), (None, Amount::from_base_units(5)));
+        let state = ChannelResponse::State {
+            channel: ChannelId::from_bytes([1; 32]),
+            accepted: Amount::ZERO,
+            best: None,
+            tick: None,
+        };
+        assert!(!serde_json::to_string(&state).unwrap().contains("tick"));
     }
 
     #[test]

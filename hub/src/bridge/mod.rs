@@ -63,6 +63,8 @@ pub enum BridgeError {
     Profile(#[from] ble::ProfileError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("the MQTT client's queue is full; try again")]
+    Busy,
     #[error("{0}")]
     Internal(String),
 }
@@ -315,6 +317,13 @@ impl Bridge {
         }
         self.emit(BridgeEvent::Removed { device: id.clone() });
         Ok(device)
+    }
+
+    /// Publishes on any topic without waiting (plugins' publishes, already checked against
+    /// their grants); `Busy` when the client's queue is full.
+    pub fn try_publish(&self, topic: &str, payload: Vec<u8>, retain: bool) -> Result<(), BridgeError> {
+        let mqtt = self.inner.mqtt.as_ref().ok_or(BridgeError::NoBroker)?;
+        if mqtt.publish_now(topic.to_owned(), payload, retain) { Ok(()) } else { Err(BridgeError::Busy) }
     }
 
     /// Sends a command to a device: `machinomy/<id>/cmd/<name>`, Zigbee2MQTT's `/set`, or a

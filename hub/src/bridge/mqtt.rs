@@ -45,9 +45,14 @@ impl Publisher {
 
     /// Publishes without waiting: for the event-loop task, which must never wait on its own queue.
     fn try_publish(&self, topic: String, payload: Vec<u8>, retain: bool) {
-        if let Err(e) = self.client.try_publish(topic, QoS::AtLeastOnce, retain, payload) {
-            debug!(error = %e, "dropped an MQTT publish: the queue is full");
+        if !self.publish_now(topic, payload, retain) {
+            debug!("dropped an MQTT publish: the queue is full");
         }
+    }
+
+    /// Queues a publish without waiting; false when the queue is full.
+    pub(super) fn publish_now(&self, topic: String, payload: Vec<u8>, retain: bool) -> bool {
+        self.client.try_publish(topic, QoS::AtLeastOnce, retain, payload).is_ok()
     }
 
     /// Tells a device, on its `error` topic, what the hub could not accept from `topic`.

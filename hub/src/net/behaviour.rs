@@ -17,7 +17,7 @@ use libp2p::{
 
 use super::codec::WireCodec;
 use super::peer::public_key_of;
-use super::protocols::{ChannelProtocol, InvoiceProtocol, PayProtocol, Protocol, ServiceProtocol};
+use super::protocols::{ChannelProtocol, InvoiceProtocol, PayProtocol, Protocol, ServiceProtocol, TickProtocol};
 use super::{NetConfig, NetError, QUERY_TIMEOUT, REQUEST_TIMEOUT};
 
 /// Kademlia's protocol name: our own DHT, not the public IPFS one.
@@ -51,6 +51,7 @@ pub(super) struct Behaviour {
     autonat_server: Toggle<autonat::v2::server::Behaviour>,
     pub(super) channel: request_response::Behaviour<WireCodec<ChannelProtocol>>,
     pub(super) pay: request_response::Behaviour<WireCodec<PayProtocol>>,
+    pub(super) tick: request_response::Behaviour<WireCodec<TickProtocol>>,
     pub(super) invoice: request_response::Behaviour<WireCodec<InvoiceProtocol>>,
     pub(super) service: request_response::Behaviour<WireCodec<ServiceProtocol>>,
 }
@@ -123,6 +124,7 @@ impl Behaviour {
             autonat_server: Toggle::from(config.relay_server.then(autonat::v2::server::Behaviour::default)),
             channel: request_response(),
             pay: request_response(),
+            tick: request_response(),
             invoice: request_response(),
             service: request_response(),
         })

@@ -215,9 +215,35 @@ mod tests {
         assert_eq!(read_limited(&mut exact, 100).await.unwrap().len(), 100);
     }
 
+    /// The resync answer as peers sent it before ticks travelled.
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    #[serde(tag = "type", rename_all = "snake_case")]
+    enum OldChannelResponse {
+        State { channel: ChannelId, accepted: Amount, best: Option<machinomy_core::Promise> },
+    }
+
+    #[test]
+    fn resync_answers_read_both_ways_across_the_tick_change() {
+        use machinomy_core::Tick;
+        use machinomy_core::wire::ChannelResponse;
+        let (channel, accepted) = (ChannelId::from_bytes([3; 32]), Amount::from_base_units(9));
+        let old = encode(&OldChannelResponse::State { channel, accepted, best: None }, 1024).unwrap();
+        assert_eq!(
+            decode::<ChannelResponse>(&old, 1024).unwrap(),
+            ChannelResponse::State { channel, accepted, best: None, tick: None }
+        );
+        let tick = Some(Tick { index: 2, preimage: [4; 32] });
+        let new = encode(&ChannelResponse::State { channel, accepted, best: None, tick }, 1024).unwrap();
+        assert_eq!(
+            decode::<OldChannelResponse>(&new, 1024).unwrap(),
+            OldChannelResponse::State { channel, accepted, best: None }
+        );
+    }
+
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode::<machinomy_core::wire::TickRequest>(&bytes, 1024);
             let _ = decode::<ServiceCall>(&bytes, 1024);
             let _ = decode::<ServiceResponse>(&bytes, 1024);
             let _ = decode::<machinomy_core::wire::ServiceOffer>(&bytes, 1024);

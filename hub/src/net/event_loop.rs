@@ -23,7 +23,7 @@ use tracing::{debug, error, info, warn};
 use super::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL, build_swarm};
 use super::peer::{parse_addr, parse_peer_addr, public_key_of, split_peer, with_peer};
 use super::protocols::{
-    ChannelProtocol, InvoiceProtocol, PayProtocol, PendingRequests, Protocol, Reply, ServiceProtocol,
+    ChannelProtocol, InvoiceProtocol, PayProtocol, PendingRequests, Protocol, Reply, ServiceProtocol, TickProtocol,
 };
 use super::{
     Announced, InboundHandler, MAX_INBOUND, NetConfig, NetError, NetEvent, OFFER_LIMIT, OFFER_TOPIC, PeerInfo,
@@ -49,6 +49,7 @@ pub(super) enum Command {
     Peers { reply: Reply<Vec<PeerInfo>> },
     Channel(Outbound<ChannelProtocol>),
     Pay(Outbound<PayProtocol>),
+    Tick(Outbound<TickProtocol>),
     Invoice(Outbound<InvoiceProtocol>),
     Service(Outbound<ServiceProtocol>),
     Announce { bytes: Vec<u8>, key: kad::RecordKey, reply: Reply<Announced> },
@@ -240,6 +241,7 @@ impl EventLoop {
             }
             Command::Channel(outbound) => self.send_request(outbound),
             Command::Pay(outbound) => self.send_request(outbound),
+            Command::Tick(outbound) => self.send_request(outbound),
             Command::Invoice(outbound) => self.send_request(outbound),
             Command::Service(outbound) => self.send_request(outbound),
             Command::Announce { bytes, key, reply } => self.announce(bytes, key, reply),
@@ -517,6 +519,7 @@ impl EventLoop {
         match event {
             BehaviourEvent::Channel(event) => self.on_request_response::<ChannelProtocol>(event),
             BehaviourEvent::Pay(event) => self.on_request_response::<PayProtocol>(event),
+            BehaviourEvent::Tick(event) => self.on_request_response::<TickProtocol>(event),
             BehaviourEvent::Invoice(event) => self.on_request_response::<InvoiceProtocol>(event),
             BehaviourEvent::Service(event) => self.on_request_response::<ServiceProtocol>(event),
             BehaviourEvent::Gossipsub(gossipsub::Event::Message { propagation_source, message_id, message }) => {

@@ -9,7 +9,7 @@
 //!
 //! [`start`] builds the swarm (TCP and QUIC; noise; yamux; identify, ping, Kademlia, optional
 //! mDNS, gossipsub, relay client + DCUtR + AutoNAT v2 client, optional relay server, connection
-//! limits, and the four request-response protocols), starts listening, and spawns the one task
+//! limits, and the five request-response protocols), starts listening, and spawns the one task
 //! that owns it. Everything else holds a cloneable [`NetHandle`], which sends commands over a
 //! bounded queue, each with a oneshot for its answer; the event loop keeps outbound requests,
 //! dials and queries pending by id until the swarm reports their outcome. [`NetTask`] owns the
@@ -22,6 +22,7 @@
 //! |---|---|---|
 //! | `/machinomy/channel/1` | [`ChannelRequest`] → [`ChannelResponse`] | 16 KiB → 64 KiB (offer lists) |
 //! | `/machinomy/pay/1` | [`PayRequest`] → [`PayResponse`] | 16 KiB |
+//! | `/machinomy/tick/1` | [`TickRequest`] → [`PayResponse`] | 16 KiB |
 //! | `/machinomy/invoice/1` | [`Invoice`] → [`InvoiceResponse`] | 16 KiB |
 //! | `/machinomy/service/1` | [`ServiceCall`] → [`ServiceResponse`] | 128 KiB |
 //!
@@ -71,14 +72,14 @@ use std::time::Duration;
 use libp2p::identity;
 use machinomy_core::wire::{
     ChannelRequest, ChannelResponse, Invoice, InvoiceResponse, MAX_NAME, PayRequest, PayResponse, ServiceCall,
-    ServiceOffer, ServiceResponse,
+    ServiceOffer, ServiceResponse, TickRequest,
 };
 use machinomy_core::{PublicKey, SigningKey};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use event_loop::{Command, EventLoop};
-use protocols::{ChannelProtocol, InvoiceProtocol, PayProtocol, Protocol, ServiceProtocol};
+use protocols::{ChannelProtocol, InvoiceProtocol, PayProtocol, Protocol, ServiceProtocol, TickProtocol};
 
 pub use codec::CodecError;
 pub use protocols::{CHANNEL_RESPONSE_LIMIT, SERVICE_LIMIT, SMALL_LIMIT};
@@ -234,6 +235,7 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait InboundHandler: Send + Sync + 'static {
     fn channel(&self, from: PublicKey, request: ChannelRequest) -> BoxFuture<'_, ChannelResponse>;
     fn pay(&self, from: PublicKey, request: PayRequest) -> BoxFuture<'_, PayResponse>;
+    fn tick(&self, from: PublicKey, request: TickRequest) -> BoxFuture<'_, PayResponse>;
     fn invoice(&self, from: PublicKey, request: Invoice) -> BoxFuture<'_, InvoiceResponse>;
     fn call(&self, from: PublicKey, request: ServiceCall) -> BoxFuture<'_, ServiceResponse>;
     /// A gossiped offer, authored (signed at the gossip layer) by `from`. Nothing but the
@@ -374,6 +376,12 @@ impl NetHandle {
 
     pub async fn pay(&self, to: PublicKey, request: PayRequest) -> Result<PayResponse, NetError> {
         self.request::<PayProtocol>(to, request, Command::Pay).await
+    }
+
+    /// Sends the next tick of a stream; a peer without the tick protocol answers
+    /// [`NetError::UnsupportedProtocol`].
+    pub async fn tick(&self, to: PublicKey, request: TickRequest) -> Result<PayResponse, NetError> {
+        self.request::<TickProtocol>(to, request, Command::Tick).await
     }
 
     pub async fn invoice(&self, to: PublicKey, request: Invoice) -> Result<InvoiceResponse, NetError> {

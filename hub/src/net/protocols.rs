@@ -1,4 +1,4 @@
-//! The four request-response protocols: their names, message types and limits, and how each
+//! The five request-response protocols: their names, message types and limits, and how each
 //! reaches its behaviour in the swarm and its method on the [`InboundHandler`].
 
 use std::collections::HashMap;
@@ -8,7 +8,7 @@ use libp2p::request_response::{self, OutboundRequestId};
 use machinomy_core::PublicKey;
 use machinomy_core::wire::{
     ChannelRequest, ChannelResponse, Invoice, InvoiceResponse, PayRequest, PayResponse, ServiceCall, ServiceResponse,
-    WireError,
+    TickRequest, WireError,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -18,7 +18,7 @@ use super::behaviour::Behaviour;
 use super::codec::WireCodec;
 use super::{BoxFuture, InboundHandler, NetError};
 
-/// Largest channel, pay or invoice request or response (but see [`CHANNEL_RESPONSE_LIMIT`]).
+/// Largest channel, pay, tick or invoice request or response (but see [`CHANNEL_RESPONSE_LIMIT`]).
 pub const SMALL_LIMIT: usize = 16 * 1024;
 /// Largest channel response: a seller's list of offers (up to 1 KiB each) must fit.
 pub const CHANNEL_RESPONSE_LIMIT: usize = 64 * 1024;
@@ -33,6 +33,7 @@ pub(super) type Reply<T> = oneshot::Sender<Result<T, NetError>>;
 pub(super) struct PendingRequests {
     pub(super) channel: HashMap<OutboundRequestId, Reply<ChannelResponse>>,
     pub(super) pay: HashMap<OutboundRequestId, Reply<PayResponse>>,
+    pub(super) tick: HashMap<OutboundRequestId, Reply<PayResponse>>,
     pub(super) invoice: HashMap<OutboundRequestId, Reply<InvoiceResponse>>,
     pub(super) service: HashMap<OutboundRequestId, Reply<ServiceResponse>>,
 }
@@ -102,6 +103,12 @@ protocol!(
     PayProtocol, pay, pay,
     PayRequest, PayResponse, PayResponse::Error,
     "/machinomy/pay/1", SMALL_LIMIT, SMALL_LIMIT
+);
+protocol!(
+    /// Ticks of a stream opened by a payment, answered with receipts like payments.
+    TickProtocol, tick, tick,
+    TickRequest, PayResponse, PayResponse::Error,
+    "/machinomy/tick/1", SMALL_LIMIT, SMALL_LIMIT
 );
 protocol!(
     /// A payee's invoices; the payer's budget decides.

@@ -11,9 +11,9 @@ use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, gossipsub, noise, request_response, tcp, yamux};
 use machinomy_core::wire::{
     ChannelProposal, ChannelRequest, ChannelResponse, ErrorCode, Invoice, InvoiceResponse, PayRequest, PayResponse,
-    Receipt, ServiceCall, ServiceOffer, ServiceResponse, WireError,
+    Receipt, ServiceCall, ServiceOffer, ServiceResponse, TickRequest, WireError,
 };
-use machinomy_core::{Amount, ChannelId, LedgerId, Promise, PromiseBody, PublicKey, SigningKey, Timestamp};
+use machinomy_core::{Amount, ChannelId, LedgerId, Promise, PromiseBody, PublicKey, SigningKey, Tick, Timestamp};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinSet;
 
@@ -75,7 +75,7 @@ impl InboundHandler for TestHandler {
             self.pass_gate().await;
             match request {
                 ChannelRequest::Resync { channel } => {
-                    ChannelResponse::State { channel, accepted: Amount::from_base_units(3), best: None }
+                    ChannelResponse::State { channel, accepted: Amount::from_base_units(3), best: None, tick: None }
                 }
                 ChannelRequest::Offers => ChannelResponse::Offers {
                     offers: vec![ServiceOffer::sign(
@@ -100,6 +100,17 @@ impl InboundHandler for TestHandler {
             self.pass_gate().await;
             let body = &request.promise.body;
             PayResponse::Receipt(Receipt::sign(body.channel, body.amount, body.amount, Timestamp(1), &self.key))
+        })
+    }
+
+    fn tick(&self, _from: PublicKey, request: TickRequest) -> BoxFuture<'_, PayResponse> {
+        Box::pin(async move {
+            self.pass_gate().await;
+            if request.tick.preimage == [0; 32] {
+                return PayResponse::Error(WireError::new(ErrorCode::WrongPreimage, "not the next link"));
+            }
+            let increment = Amount::from_base_units(u128::from(request.tick.index));
+            PayResponse::Receipt(Receipt::sign(request.channel, increment, increment, Timestamp(1), &self.key))
         })
     }
 
@@ -228,7 +239,10 @@ async fn every_protocol_round_trips() {
 
         let channel = ChannelId::from_bytes([5; 32]);
         let state = a.net.channel(b.key(), ChannelRequest::Resync { channel }).await.unwrap();
-        assert_eq!(state, ChannelResponse::State { channel, accepted: Amount::from_base_units(3), best: None });
+        assert_eq!(
+            state,
+            ChannelResponse::State { channel, accepted: Amount::from_base_units(3), best: None, tick: None }
+        );
 
         let ChannelResponse::Offers { offers } = a.net.channel(b.key(), ChannelRequest::Offers).await.unwrap() else {
             panic!("no offers")
@@ -245,6 +259,16 @@ async fn every_protocol_round_trips() {
         };
         assert_eq!(receipt.total, Amount::from_base_units(25));
         receipt.verify(&b.key()).unwrap();
+
+        let tick = TickRequest { channel, tick: Tick { index: 4, preimage: [9; 32] }, memo: "a minute".into() };
+        let PayResponse::Receipt(receipt) = a.net.tick(b.key(), tick).await.unwrap() else { panic!("no receipt") };
+        assert_eq!((receipt.channel, receipt.total), (channel, Amount::from_base_units(4)));
+        receipt.verify(&b.key()).unwrap();
+        let forged = TickRequest { channel, tick: Tick { index: 5, preimage: [0; 32] }, memo: String::new() };
+        assert!(matches!(
+            a.net.tick(b.key(), forged).await.unwrap(),
+            PayResponse::Error(WireError { code: ErrorCode::WrongPreimage, .. })
+        ));
 
         let invoice = Invoice { amount: Amount::from_base_units(10), memo: "rent".into(), reference: "r-1".into() };
         assert_eq!(a.net.invoice(b.key(), invoice).await.unwrap(), InvoiceResponse::Pending { approval: 7 });

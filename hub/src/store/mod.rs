@@ -42,6 +42,7 @@ const SPENDING: u8 = b's';
 const SETTLEMENT: u8 = b'l';
 const DEVICE: u8 = b'd';
 const SPEND_REF: u8 = b'q';
+const PLUGIN: u8 = b'g';
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -150,6 +151,7 @@ pub enum Write<'a> {
     Settlement(&'a Settlement),
     Device(&'a DeviceRecord),
     SpendRef(&'a SpendRef),
+    Plugin(&'a PluginRecord),
 }
 
 /// What kind of appliance a registry device is, and how the hub reaches it.
@@ -189,6 +191,33 @@ pub struct SpendRef {
     pub body: String,
 }
 
+/// An installed plugin: the manifest it runs with (its grants are what the owner approved),
+/// the owner's config overrides, and its module by content hash.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PluginRecord {
+    pub name: String,
+    pub manifest: machinomy_core::plugin::Manifest,
+    pub overrides: std::collections::BTreeMap<String, serde_json::Value>,
+    /// BLAKE3 of the `.wasm`, hex; the file is `<plugins dir>/<name>/<hash>.wasm`.
+    pub wasm_hash: String,
+    /// BLAKE3 of the cached compiled code, checked before it is loaded.
+    pub compiled_hash: Option<String>,
+    pub state: machinomy_core::plugin::PluginState,
+    /// A new version that asks for more than was approved, waiting for the owner.
+    pub pending: Option<PendingUpgrade>,
+    pub installed_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub removed_at: Option<Timestamp>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PendingUpgrade {
+    pub manifest: machinomy_core::plugin::Manifest,
+    pub wasm_hash: String,
+    pub compiled_hash: String,
+    pub asks_for: Vec<String>,
+}
+
 /// A handle to the store; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -198,6 +227,9 @@ pub struct Store {
 #[derive(Debug)]
 struct Inner {
     books: sled::Tree,
+    /// Plugins' key-value storage: not money, so written directly rather than through the
+    /// write-ahead log (sled flushes it within a second).
+    plugin_kv: sled::Tree,
     commit: GroupCommit,
     /// Orders spending rows within one second. It starts at a random point in each process:
     /// sled's own id generator keeps its counter outside the write-ahead log, so after a crash
@@ -253,6 +285,7 @@ impl Store {
             }
         }
         let books = db.open_tree("books")?;
+        let plugin_kv = db.open_tree("plugin-kv")?;
         let wal_path = path.join(WAL_FILE);
         let io = |e: std::io::Error| StoreError::Io(format!("{}: {e}", wal_path.display()));
         let (mut wal, unapplied) = wal::Wal::open(&wal_path).map_err(io)?;
@@ -267,7 +300,7 @@ impl Store {
         getrandom::fill(&mut start).map_err(|e| StoreError::Io(format!("no randomness: {e}")))?;
         // The top bit stays clear so the counter never wraps in practice.
         let spending_seq = std::sync::atomic::AtomicU64::new(u64::from_be_bytes(start) >> 1);
-        Ok(Store { inner: Arc::new(Inner { books, commit, spending_seq }) })
+        Ok(Store { inner: Arc::new(Inner { books, plugin_kv, commit, spending_seq }) })
     }
 
     /// Queues all records as one atomic batch. Not yet durable, nor visible to reads: await
@@ -292,6 +325,7 @@ impl Store {
                 Write::Settlement(s) => (key(SETTLEMENT, s.channel.as_bytes()), encode(s)?),
                 Write::Device(device) => (key(DEVICE, device.id.as_str().as_bytes()), encode(device)?),
                 Write::SpendRef(r) => (spend_ref_key(&r.device, &r.request_id), encode(r)?),
+                Write::Plugin(p) => (key(PLUGIN, p.name.as_bytes()), encode(p)?),
             };
             batch.push((key, value));
         }
@@ -403,6 +437,44 @@ impl Store {
         self.get(&spend_ref_key(device, request_id))
     }
 
+    pub fn plugins(&self) -> Result<Vec<PluginRecord>, StoreError> {
+        self.scan(PLUGIN)
+    }
+
+    pub fn plugin_kv_get(&self, plugin: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.inner.plugin_kv.get(plugin_kv_key(plugin, key))?.map(|v| v.to_vec()))
+    }
+
+    pub fn plugin_kv_set(&self, plugin: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.inner.plugin_kv.insert(plugin_kv_key(plugin, key), value)?;
+        Ok(())
+    }
+
+    /// Deletes a key; returns the length of the value it held.
+    pub fn plugin_kv_delete(&self, plugin: &str, key: &[u8]) -> Result<Option<usize>, StoreError> {
+        Ok(self.inner.plugin_kv.remove(plugin_kv_key(plugin, key))?.map(|v| v.len()))
+    }
+
+    /// Bytes of keys and values a plugin stores.
+    pub fn plugin_kv_usage(&self, plugin: &str) -> Result<u64, StoreError> {
+        let prefix = plugin_kv_key(plugin, b"");
+        let mut used = 0u64;
+        for item in self.inner.plugin_kv.scan_prefix(&prefix) {
+            let (key, value) = item?;
+            used += (key.len() - prefix.len() + value.len()) as u64;
+        }
+        Ok(used)
+    }
+
+    pub fn plugin_kv_clear(&self, plugin: &str) -> Result<(), StoreError> {
+        let prefix = plugin_kv_key(plugin, b"");
+        for item in self.inner.plugin_kv.scan_prefix(&prefix) {
+            let (key, _) = item?;
+            self.inner.plugin_kv.remove(key)?;
+        }
+        Ok(())
+    }
+
     fn scan<T: DeserializeOwned>(&self, kind: u8) -> Result<Vec<T>, StoreError> {
         self.inner.books.scan_prefix([kind]).map(|item| decode_item(item?)).collect()
     }
@@ -428,6 +500,14 @@ fn spend_ref_key(device: &machinomy_core::DeviceId, request_id: &str) -> Vec<u8>
     id.push(0);
     id.extend_from_slice(request_id.as_bytes());
     key(SPEND_REF, &id)
+}
+
+fn plugin_kv_key(plugin: &str, key: &[u8]) -> Vec<u8> {
+    // Plugin names never contain 0, so one plugin's keys never reach into another's.
+    let mut id = plugin.as_bytes().to_vec();
+    id.push(0);
+    id.extend_from_slice(key);
+    id
 }
 
 fn encode_progress(record: &ChannelRecord) -> Vec<u8> {
