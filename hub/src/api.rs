@@ -2,9 +2,11 @@
 //! HTTP-shaped ones.
 
 use machinomy_core::{Approval, Budget, ChannelId, DeviceId, Verdict, spending};
+use machinomy_web::backend::PluginUpload;
 use machinomy_web::model::{
-    BudgetView, CallBody, CallResult, ChannelView, DeviceView, HubStatus, MqttCredentials, NewDevice, OfferView,
-    PairedDevice, PeerView, Role, ServicesView, SpendingQuery, SpendingReport,
+    BudgetView, CallBody, CallResult, ChannelView, DeviceView, HubStatus, InstallStatus, MqttCredentials, NewDevice,
+    OfferView, PairedDevice, PeerView, PendingUpgrade, PluginInstalled, PluginLogLine, PluginStateName, PluginView,
+    Role, ServicesView, SpendingQuery, SpendingReport,
 };
 use machinomy_web::{Backend, BackendError};
 
@@ -13,6 +15,7 @@ use crate::bridge::{BridgeError, Device};
 use crate::hub::{Hub, now};
 use crate::market::MarketError;
 use crate::payments::PaymentError;
+use crate::plugin::{Installed, Package, PluginError, Plugins};
 use crate::store::ChannelRecord;
 use crate::store::DeviceKind;
 
@@ -181,6 +184,26 @@ impl Backend for Hub {
             rows,
         })
     }
+    async fn recent_payments(&self, limit: usize) -> Result<Vec<machinomy_core::SpendingEntry>, BackendError> {
+        let mut entries = self.payments().spending(None, None)?;
+        entries.sort_by_key(|e| std::cmp::Reverse(e.at));
+        entries.truncate(limit);
+        Ok(entries)
+    }
+
+    // A small file in the data dir, read or written only at setup, login and a signed-out visit.
+    async fn owner_password_hash(&self) -> Result<Option<String>, BackendError> {
+        self.data_dir().owner_password_hash().map_err(|e| BackendError::Internal(e.to_string()))
+    }
+
+    async fn set_owner_password_hash(&self, hash: String) -> Result<(), BackendError> {
+        match self.data_dir().set_owner_password_hash(&hash) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(BackendError::Conflict("the owner's password is already set".to_owned())),
+            Err(e) => Err(BackendError::Internal(e.to_string())),
+        }
+    }
+
     async fn devices(&self) -> Result<Vec<DeviceView>, BackendError> {
         Ok(self.bridge_or_unavailable()?.registry().list().into_iter().map(device_view).collect())
     }
@@ -234,6 +257,138 @@ impl Backend for Hub {
 
     async fn send_command(&self, id: DeviceId, name: String, payload: serde_json::Value) -> Result<(), BackendError> {
         Ok(self.bridge_or_unavailable()?.command(&id, &name, payload).await?)
+    }
+
+    async fn plugins(&self) -> Result<Vec<PluginView>, BackendError> {
+        let mut plugins = self.plugins_or_unavailable()?.list().await?;
+        plugins.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(plugins.into_iter().map(plugin_view).collect())
+    }
+
+    async fn plugin(&self, name: String) -> Result<PluginView, BackendError> {
+        Ok(plugin_view(self.plugins_or_unavailable()?.show(&name).await?))
+    }
+
+    async fn install_plugin(
+        &self,
+        upload: PluginUpload,
+        config: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<PluginInstalled, BackendError> {
+        let plugins = self.plugins_or_unavailable()?;
+        let package = Package { manifest: upload.manifest, wasm: upload.wasm };
+        Ok(installed(plugins.install(package, config.into_iter().collect()).await?))
+    }
+
+    async fn upgrade_plugin(&self, name: String, upload: PluginUpload) -> Result<PluginInstalled, BackendError> {
+        let plugins = self.plugins_or_unavailable()?;
+        // The host upgrades whichever plugin the manifest names: it must be the one asked for.
+        if let Some(found) = manifest_name(&upload.manifest)
+            && found != name
+        {
+            return Err(PluginError::WrongName { expected: name, found }.into());
+        }
+        // A manifest whose name that quick look cannot read is refused by the host's strict parse.
+        let package = Package { manifest: upload.manifest, wasm: upload.wasm };
+        Ok(installed(plugins.upgrade(package).await?))
+    }
+
+    async fn approve_plugin(&self, name: String) -> Result<PluginView, BackendError> {
+        Ok(plugin_view(self.plugins_or_unavailable()?.approve(&name).await?))
+    }
+
+    async fn set_plugin_enabled(&self, name: String, enabled: bool) -> Result<PluginView, BackendError> {
+        Ok(plugin_view(self.plugins_or_unavailable()?.set_enabled(&name, enabled).await?))
+    }
+
+    async fn remove_plugin(&self, name: String) -> Result<(), BackendError> {
+        Ok(self.plugins_or_unavailable()?.remove(&name).await?)
+    }
+}
+
+// The web layer's upload limits must admit every module and manifest the plugin host accepts.
+const _: () = assert!(machinomy_web::PLUGIN_WASM_LIMIT == crate::plugin::MAX_WASM);
+const _: () = assert!(
+    machinomy_web::PLUGIN_BODY_LIMIT >= crate::plugin::MAX_WASM.div_ceil(3) * 4 + 6 * crate::plugin::MAX_MANIFEST
+);
+
+impl Hub {
+    fn plugins_or_unavailable(&self) -> Result<&Plugins, BackendError> {
+        self.plugins().ok_or_else(|| {
+            BackendError::Unavailable(
+                "plugins are disabled on this hub ([plugins] enabled = false in hub.toml)".to_owned(),
+            )
+        })
+    }
+}
+
+/// The `name` of a manifest, if it is TOML with a string `name` (the host checks the rest).
+fn manifest_name(text: &str) -> Option<String> {
+    let table: toml::Table = toml::from_str(text).ok()?;
+    table.get("name")?.as_str().map(str::to_owned)
+}
+
+impl From<PluginError> for BackendError {
+    fn from(e: PluginError) -> Self {
+        match &e {
+            PluginError::Manifest(_)
+            | PluginError::Invalid(_)
+            | PluginError::BadModule(_)
+            | PluginError::WrongName { .. }
+            | PluginError::BadOverride { .. }
+            | PluginError::Budget(_) => BackendError::Invalid(e.to_string()),
+            PluginError::Unknown(_) => BackendError::NotFound(e.to_string()),
+            PluginError::Exists(_) | PluginError::NothingToApprove(_) => BackendError::Conflict(e.to_string()),
+            PluginError::TooLarge(_) => BackendError::TooLarge(e.to_string()),
+            PluginError::Stopped => {
+                BackendError::Unavailable(format!("{e} (the hub may be shutting down; its log says why)"))
+            }
+            PluginError::Runtime(_) | PluginError::Io(_) | PluginError::Store(_) => {
+                BackendError::Internal(e.to_string())
+            }
+        }
+    }
+}
+
+fn installed(installed: Installed) -> PluginInstalled {
+    let (status, plugin) = match installed {
+        Installed::Ready(view) => (InstallStatus::Ready, view),
+        Installed::AwaitingApproval(view) => (InstallStatus::AwaitingApproval, view),
+    };
+    PluginInstalled { status, plugin: plugin_view(plugin) }
+}
+
+fn plugin_view(view: crate::plugin::PluginView) -> PluginView {
+    use machinomy_core::plugin::PluginState;
+    let (state, quarantine_reason) = match view.state {
+        PluginState::Enabled => (PluginStateName::Enabled, None),
+        PluginState::Disabled => (PluginStateName::Disabled, None),
+        PluginState::Quarantined { reason } => (PluginStateName::Quarantined, Some(reason)),
+    };
+    PluginView {
+        name: view.name,
+        version: view.version,
+        description: view.description,
+        state,
+        quarantine_reason,
+        running: view.running,
+        grants: view.grants.into(),
+        limits: view.limits,
+        config: view.config,
+        pending_upgrade: view.pending_upgrade.map(|p| PendingUpgrade { version: p.version, asks_for: p.asks_for }),
+        faults: view.faults as u64,
+        last_fault: view.last_fault,
+        refused: view.refused,
+        events: view.events,
+        subscriptions: view.subscriptions,
+        timers: view.timers as u64,
+        storage_used: view.storage_used,
+        recent: view
+            .recent
+            .into_iter()
+            .map(|line| PluginLogLine { at_ms: line.at_ms, level: line.level, text: line.text })
+            .collect(),
+        installed_at: view.installed_at,
+        updated_at: view.updated_at,
     }
 }
 

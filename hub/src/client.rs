@@ -80,6 +80,11 @@ impl Client {
         self.json(self.http.delete(self.url(path))).await
     }
 
+    /// A DELETE whose answer has no body (204).
+    pub async fn delete_empty(&self, path: &str) -> Result<(), ClientError> {
+        self.send(self.http.delete(self.url(path))).await.map(drop)
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }

@@ -3,6 +3,8 @@
 //! ```text
 //! <data_dir>/identity.key   ed25519 secret key, hex, mode 0600
 //! <data_dir>/admin.token    bearer token for the admin API, hex, mode 0600
+//! <data_dir>/owner.password the web UI owner's password as an argon2id PHC string, mode 0600
+//!                           (absent until the owner sets it on the first visit)
 //! <data_dir>/store/         the sled database (see store/)
 //! <data_dir>/run/api.addr   where the running daemon's API listens (written at start)
 //! ```
@@ -25,6 +27,7 @@ pub const TOKEN_FILE: &str = "admin.token";
 pub const STORE_DIR: &str = "store";
 pub const RUN_DIR: &str = "run";
 pub const API_ADDR_FILE: &str = "api.addr";
+pub const OWNER_PASSWORD_FILE: &str = "owner.password";
 const INIT_DIR: &str = ".init";
 
 #[derive(Debug, thiserror::Error)]
@@ -166,6 +169,47 @@ impl DataDir {
     pub fn clear_api_addr(&self) {
         let _ = fs::remove_file(self.root.join(RUN_DIR).join(API_ADDR_FILE));
     }
+
+    /// The owner's password hash (a PHC string), or `None` before the owner has set one.
+    pub fn owner_password_hash(&self) -> Result<Option<String>, DataDirError> {
+        let path = self.root.join(OWNER_PASSWORD_FILE);
+        let meta = match fs::symlink_metadata(&path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(&path)(e)),
+        };
+        if !meta.is_file() {
+            return Err(DataDirError::Corrupt { path, reason: "is not a regular file".to_owned() });
+        }
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(DataDirError::TooOpen { path, mode });
+        }
+        let text = fs::read_to_string(&path).map_err(io(&path))?;
+        let hash = text.trim();
+        if !hash.starts_with('$') || hash.contains(char::is_whitespace) {
+            return Err(DataDirError::Corrupt { path, reason: "expected one PHC string ($argon2id$…)".to_owned() });
+        }
+        Ok(Some(hash.to_owned()))
+    }
+
+    /// Stores the owner's password hash unless one is set; `Ok(false)` if one was. The hash is
+    /// written and synced under a temporary name, then hard-linked into place: unlike a rename,
+    /// a link never replaces, so of two setups at once exactly one wins.
+    pub fn set_owner_password_hash(&self, hash: &str) -> Result<bool, DataDirError> {
+        let path = self.root.join(OWNER_PASSWORD_FILE);
+        let tmp = self.root.join(format!(".{OWNER_PASSWORD_FILE}.{}", hex::encode(random::<8>()?)));
+        let linked = write_synced(&tmp, hash).and_then(|()| fs::hard_link(&tmp, &path));
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {
+                sync_dir(&self.root)?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(io(&path)(e)),
+        }
+    }
 }
 
 /// Where a running daemon said it listens, if it is running.
@@ -208,6 +252,13 @@ fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), DataDirError> {
     file.sync_all().map_err(io(path))
 }
 
+/// A new file (mode 0600) holding `text` and a newline, synced.
+fn write_synced(path: &Path, text: &str) -> std::io::Result<()> {
+    let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    file.write_all(format!("{text}\n").as_bytes())?;
+    file.sync_all()
+}
+
 fn read_secret<const N: usize>(path: &Path) -> Result<[u8; N], DataDirError> {
     let meta = fs::metadata(path).map_err(io(path))?;
     if !meta.is_file() {
@@ -230,6 +281,30 @@ fn read_secret<const N: usize>(path: &Path) -> Result<[u8; N], DataDirError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_owner_password_hash_is_set_once_with_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let (data, _) = DataDir::open_or_create(&dir.path().join("hub")).unwrap();
+        assert_eq!(data.owner_password_hash().unwrap(), None);
+        assert!(data.set_owner_password_hash("$argon2id$v=19$first").unwrap());
+        assert!(!data.set_owner_password_hash("$argon2id$v=19$second").unwrap(), "never replaced");
+        assert_eq!(data.owner_password_hash().unwrap().as_deref(), Some("$argon2id$v=19$first"));
+        let path = data.root().join(OWNER_PASSWORD_FILE);
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let leftovers: Vec<_> = fs::read_dir(data.root())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".owner"))
+            .collect();
+        assert!(leftovers.is_empty(), "temporary files are removed: {leftovers:?}");
+
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(data.owner_password_hash(), Err(DataDirError::TooOpen { .. })));
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        fs::write(&path, "not a hash\n").unwrap();
+        assert!(matches!(data.owner_password_hash(), Err(DataDirError::Corrupt { .. })));
+    }
 
     #[test]
     fn first_run_creates_keys_with_mode_0600_and_reopens_the_same_identity() {

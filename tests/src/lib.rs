@@ -37,6 +37,7 @@ use serde::de::DeserializeOwned;
 use tempfile::TempDir;
 
 pub mod mosquitto;
+pub mod plugins;
 
 /// How long a hub may take to start answering, or to stop after a signal.
 pub const PROCESS_DEADLINE: Duration = Duration::from_secs(20);

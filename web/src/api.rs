@@ -23,16 +23,31 @@
 //! | GET    | `/api/v1/devices/{id}`            | [`DeviceView`]                           |
 //! | DELETE | `/api/v1/devices/{id}`            | [`DeviceView`] of the removed device     |
 //! | POST   | `/api/v1/devices/{id}/commands/{name}` | 202 `{"sent": true}`; body: the payload (any JSON value) |
+//! | GET    | `/api/v1/plugins`                 | `[PluginView]`                           |
+//! | POST   | `/api/v1/plugins`                 | 201 [`PluginInstalled`]; body: [`NewPlugin`]; 409 if the name is taken |
+//! | GET    | `/api/v1/plugins/{name}`          | [`PluginView`]                           |
+//! | PUT    | `/api/v1/plugins/{name}`          | [`PluginInstalled`]; body: [`PluginUpgrade`] of the same plugin |
+//! | DELETE | `/api/v1/plugins/{name}`          | 204                                      |
+//! | POST   | `/api/v1/plugins/{name}/approve`  | [`PluginView`]; applies the upgrade waiting for approval (409 if none) |
+//! | POST   | `/api/v1/plugins/{name}/enable`   | [`PluginView`]; also clears a quarantine |
+//! | POST   | `/api/v1/plugins/{name}/disable`  | [`PluginView`]                           |
 //!
-//! Device ids and command names are `[a-z0-9_-]{1,64}`; anything else is a 400.
+//! The same router serves the web UI's pages (`/`, `/approvals`, `/login`, `/setup` …; see
+//! `ui`).
 //!
-//! Everything under `/api/v1` needs `Authorization: Bearer <admin token>`. Errors are
+//! Device ids, command names and plugin names are `[a-z0-9_-]{1,64}`; anything else is a 400.
+//! Plugin uploads carry the module as base64 and may be up to [`PLUGIN_BODY_LIMIT`]; every
+//! other body up to [`BODY_LIMIT`].
+//!
+//! Everything under `/api/v1` needs `Authorization: Bearer <admin token>`, or the owner's web
+//! session cookie (reads; a change also needs the session's token in `X-CSRF-Token`). Errors are
 //! `{"error": "..."}` (see [`ApiError`]).
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
+use axum::handler::Handler;
 use axum::http::{HeaderValue, Method, Uri, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
@@ -41,21 +56,33 @@ use axum::{Json, http::StatusCode};
 use machinomy_core::{Approval, ChannelId, DeviceId, GroupBy, PublicKey, Timestamp, Verdict};
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{AdminAuth, Principal, require_auth};
-use crate::backend::Backend;
+use crate::auth::{AdminAuth, Gate, Principal, require_auth};
+use crate::backend::{Backend, PluginUpload};
 use crate::csv::spending_csv;
 use crate::error::ApiError;
-use crate::extract::{ApiPath, ApiQuery, BODY_LIMIT, JsonBody, OptionalJson};
-use crate::model::{
-    BudgetView, CallBody, CallResult, ChannelView, DenyBody, DeviceView, HubStatus, NewDevice, PairedDevice, PeerView,
-    ServicesView, SpendingQuery, SpendingReport,
+use crate::extract::{
+    ApiPath, ApiQuery, BODY_LIMIT, JsonBody, OptionalJson, PLUGIN_BODY_LIMIT, PLUGIN_WASM_LIMIT, UploadBody,
 };
+use crate::model::{
+    BudgetView, CallBody, CallResult, ChannelView, DenyBody, DeviceView, HubStatus, NewDevice, NewPlugin, PairedDevice,
+    PeerView, PluginInstalled, PluginUpgrade, PluginView, ServicesView, SpendingQuery, SpendingReport,
+};
+use crate::ui::session::{Clock, Sessions, SystemClock};
 
-/// The hub's HTTP service: `/healthz` and the admin API over `backend`, guarded by `auth`.
+/// The hub's HTTP service: `/healthz`, the admin API over `backend` (guarded by `auth` or the
+/// owner's web session) and the web UI (see `ui`).
 ///
 /// Unknown paths answer 404 and known paths with the wrong method 405, both as JSON; request
 /// bodies above [`BODY_LIMIT`] answer 413.
 pub fn router<B: Backend>(backend: Arc<B>, auth: AdminAuth) -> Router {
+    router_with_clock(backend, auth, Arc::new(SystemClock))
+}
+
+/// [`router`] with the sessions' and login limiter's clock given (tests move it by hand).
+pub(crate) fn router_with_clock<B: Backend>(backend: Arc<B>, auth: AdminAuth, clock: Arc<dyn Clock>) -> Router {
+    let sessions = Arc::new(Sessions::new(clock));
+    let gate = Arc::new(Gate { admin: auth, sessions: sessions.clone() });
+    let pages = crate::ui::routes(backend.clone(), sessions);
     let api = Router::new()
         .route("/api/v1/status", get(status::<B>))
         .route("/api/v1/channels", get(channels::<B>))
@@ -74,14 +101,29 @@ pub fn router<B: Backend>(backend: Arc<B>, auth: AdminAuth) -> Router {
         .route("/api/v1/devices", get(devices::<B>).post(add_device::<B>))
         .route("/api/v1/devices/{id}", get(device::<B>).delete(remove_device::<B>))
         .route("/api/v1/devices/{id}/commands/{name}", post(send_command::<B>))
+        // Uploads carry a module: only they may be larger than `BODY_LIMIT`.
+        .route(
+            "/api/v1/plugins",
+            get(plugins::<B>).post(install_plugin::<B>.layer(DefaultBodyLimit::max(PLUGIN_BODY_LIMIT))),
+        )
+        .route(
+            "/api/v1/plugins/{name}",
+            get(plugin::<B>)
+                .put(upgrade_plugin::<B>.layer(DefaultBodyLimit::max(PLUGIN_BODY_LIMIT)))
+                .delete(remove_plugin::<B>),
+        )
+        .route("/api/v1/plugins/{name}/approve", post(approve_plugin::<B>))
+        .route("/api/v1/plugins/{name}/enable", post(enable_plugin::<B>))
+        .route("/api/v1/plugins/{name}/disable", post(disable_plugin::<B>))
         .method_not_allowed_fallback(method_not_allowed)
         // `route_layer`: authentication runs for every API route, including a wrong method.
-        .route_layer(middleware::from_fn_with_state(Arc::new(auth), require_auth))
+        .route_layer(middleware::from_fn_with_state(gate, require_auth))
         .with_state(backend);
     Router::new()
         .route("/healthz", get(healthz))
         .method_not_allowed_fallback(method_not_allowed)
         .merge(api)
+        .merge(pages)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
 }
@@ -320,6 +362,96 @@ async fn send_command<B: Backend>(
     machinomy_core::device::check_name("command", &name).map_err(|e| ApiError::bad_request(e.to_string()))?;
     backend.send_command(id, name, payload).await?;
     Ok((StatusCode::ACCEPTED, Json(CommandSent { sent: true })))
+}
+
+async fn plugins<B: Backend>(State(backend): State<Arc<B>>) -> Result<Json<Vec<PluginView>>, ApiError> {
+    Ok(Json(backend.plugins().await?))
+}
+
+async fn plugin<B: Backend>(
+    State(backend): State<Arc<B>>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<PluginView>, ApiError> {
+    check_plugin_name(&name)?;
+    Ok(Json(backend.plugin(name).await?))
+}
+
+async fn install_plugin<B: Backend>(
+    State(backend): State<Arc<B>>,
+    UploadBody(new): UploadBody<NewPlugin>,
+) -> Result<(StatusCode, Json<PluginInstalled>), ApiError> {
+    let upload = PluginUpload { wasm: decode_wasm(&new.wasm)?, manifest: new.manifest };
+    Ok((StatusCode::CREATED, Json(backend.install_plugin(upload, new.config).await?)))
+}
+
+async fn upgrade_plugin<B: Backend>(
+    State(backend): State<Arc<B>>,
+    ApiPath(name): ApiPath<String>,
+    UploadBody(upgrade): UploadBody<PluginUpgrade>,
+) -> Result<Json<PluginInstalled>, ApiError> {
+    check_plugin_name(&name)?;
+    let upload = PluginUpload { wasm: decode_wasm(&upgrade.wasm)?, manifest: upgrade.manifest };
+    Ok(Json(backend.upgrade_plugin(name, upload).await?))
+}
+
+async fn remove_plugin<B: Backend>(
+    State(backend): State<Arc<B>>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    check_plugin_name(&name)?;
+    backend.remove_plugin(name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn approve_plugin<B: Backend>(
+    State(backend): State<Arc<B>>,
+    ApiPath(name): ApiPath<String>,
+    OptionalJson(NoBody {}): OptionalJson<NoBody>,
+) -> Result<Json<PluginView>, ApiError> {
+    check_plugin_name(&name)?;
+    Ok(Json(backend.approve_plugin(name).await?))
+}
+
+async fn enable_plugin<B: Backend>(
+    State(backend): State<Arc<B>>,
+    ApiPath(name): ApiPath<String>,
+    OptionalJson(NoBody {}): OptionalJson<NoBody>,
+) -> Result<Json<PluginView>, ApiError> {
+    check_plugin_name(&name)?;
+    Ok(Json(backend.set_plugin_enabled(name, true).await?))
+}
+
+async fn disable_plugin<B: Backend>(
+    State(backend): State<Arc<B>>,
+    ApiPath(name): ApiPath<String>,
+    OptionalJson(NoBody {}): OptionalJson<NoBody>,
+) -> Result<Json<PluginView>, ApiError> {
+    check_plugin_name(&name)?;
+    Ok(Json(backend.set_plugin_enabled(name, false).await?))
+}
+
+/// A plugin name: `[a-z0-9_-]{1,64}` (also its budget subject and its directory's name).
+fn check_plugin_name(name: &str) -> Result<(), ApiError> {
+    if machinomy_core::plugin::valid_plugin_name(name) {
+        return Ok(());
+    }
+    Err(ApiError::bad_request(machinomy_core::plugin::ManifestError::BadName(name.to_owned()).to_string()))
+}
+
+/// The `wasm` field of an upload: base64 (standard alphabet, padded) of at most
+/// [`PLUGIN_WASM_LIMIT`] bytes.
+fn decode_wasm(text: &str) -> Result<Vec<u8>, ApiError> {
+    use base64::Engine as _;
+    let wasm = base64::engine::general_purpose::STANDARD.decode(text).map_err(|e| {
+        ApiError::bad_request(format!("invalid request body: `wasm` is not base64 (standard alphabet, padded): {e}"))
+    })?;
+    if wasm.len() > PLUGIN_WASM_LIMIT {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the module is {} bytes; the most is {PLUGIN_WASM_LIMIT}", wasm.len()),
+        ));
+    }
+    Ok(wasm)
 }
 
 /// The longest service name (the peer protocol's limit on an offer's name).

@@ -1,19 +1,24 @@
 //! Who is asking. Every `/api/v1` request passes [`require_auth`], which turns the request's
 //! credentials into a [`Principal`] (or a 401) and leaves it in the request's extensions, where
-//! handlers take it as an extractor. Today the only credential is the admin bearer token; the web
-//! UI's session will be a second way to the same `Principal`.
+//! handlers take it as an extractor. Two credentials open the API: the admin bearer token (the
+//! CLI, scripts), and the owner's web session cookie, which reads freely but changes state only
+//! with the session's CSRF token in `X-CSRF-Token` (a cross-site request cannot know it).
 
 use std::fmt;
 use std::sync::Arc;
 
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
+use crate::ui::session::{Sessions, same_secret};
+
+/// The header that carries the session's CSRF token on state-changing API calls.
+pub(crate) const CSRF_HEADER: &str = "x-csrf-token";
 
 /// The `WWW-Authenticate` challenge when no credential was sent (RFC 6750 §3).
 const CHALLENGE_MISSING: &str = "Bearer realm=\"machinomy-hub\"";
@@ -91,6 +96,8 @@ impl fmt::Debug for AdminAuth {
 pub enum Principal {
     /// Whoever holds the admin bearer token (the CLI, scripts).
     AdminToken,
+    /// The homeowner, signed in to the web UI with the owner's password.
+    Owner,
 }
 
 impl Principal {
@@ -98,6 +105,7 @@ impl Principal {
     pub fn name(&self) -> String {
         match self {
             Principal::AdminToken => "admin-token".to_owned(),
+            Principal::Owner => "owner".to_owned(),
         }
     }
 }
@@ -121,10 +129,41 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
     }
 }
 
+/// The API's door: the admin token, or a live session of the web UI.
+#[derive(Debug)]
+pub(crate) struct Gate {
+    pub(crate) admin: AdminAuth,
+    pub(crate) sessions: Arc<Sessions>,
+}
+
+impl Gate {
+    /// A bearer token decides alone when sent; otherwise a session cookie, with the CSRF
+    /// header for anything but reading.
+    fn authenticate(&self, method: &Method, headers: &HeaderMap) -> Result<Principal, ApiError> {
+        if headers.contains_key(header::AUTHORIZATION) {
+            return self.admin.authenticate(headers);
+        }
+        let Some(session) = self.sessions.find(headers) else {
+            return self.admin.authenticate(headers);
+        };
+        if method == Method::GET || method == Method::HEAD {
+            return Ok(Principal::Owner);
+        }
+        match headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()) {
+            Some(token) if same_secret(token, &session.csrf) => Ok(Principal::Owner),
+            _ => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "a change made with the web session needs the session's token in the header `X-CSRF-Token` \
+                 (the pages carry it in <meta name=\"csrf-token\">)",
+            )),
+        }
+    }
+}
+
 /// Middleware: authenticates the request, stores its [`Principal`], and marks the answer
 /// uncacheable (it may carry private data).
-pub(crate) async fn require_auth(State(auth): State<Arc<AdminAuth>>, mut request: Request, next: Next) -> Response {
-    let mut response = match auth.authenticate(request.headers()) {
+pub(crate) async fn require_auth(State(gate): State<Arc<Gate>>, mut request: Request, next: Next) -> Response {
+    let mut response = match gate.authenticate(request.method(), request.headers()) {
         Ok(principal) => {
             request.extensions_mut().insert(principal);
             next.run(request).await
@@ -173,7 +212,8 @@ mod tests {
     }
 
     #[test]
-    fn the_admin_token_decides_as_admin_token() {
+    fn the_admin_token_decides_as_admin_token_and_a_session_as_owner() {
         assert_eq!(Principal::AdminToken.name(), "admin-token");
+        assert_eq!(Principal::Owner.name(), "owner");
     }
 }

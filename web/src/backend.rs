@@ -3,11 +3,11 @@
 
 use std::future::Future;
 
-use machinomy_core::{Approval, Budget, ChannelId, DeviceId, Verdict};
+use machinomy_core::{Approval, Budget, ChannelId, DeviceId, SpendingEntry, Verdict};
 
 use crate::model::{
     BudgetView, CallBody, CallResult, ChannelView, DeviceView, HubStatus, NewDevice, PairedDevice, PeerView,
-    ServicesView, SpendingQuery, SpendingReport,
+    PluginInstalled, PluginView, ServicesView, SpendingQuery, SpendingReport,
 };
 
 /// Why the backend could not do what was asked. Each maps to one HTTP status.
@@ -22,12 +22,22 @@ pub enum BackendError {
     /// 409: the thing exists but is in the wrong state (already decided, already closed).
     #[error("{0}")]
     Conflict(String),
+    /// 413: an upload is larger than the hub accepts.
+    #[error("{0}")]
+    TooLarge(String),
     /// 503: the hub is shutting down or a subsystem is not running.
     #[error("{0}")]
     Unavailable(String),
     /// 500: something broke inside the hub; the message is logged, the client sees a summary.
     #[error("{0}")]
     Internal(String),
+}
+
+/// A plugin as uploaded: its manifest's text and its module, decoded from base64.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PluginUpload {
+    pub manifest: String,
+    pub wasm: Vec<u8>,
 }
 
 /// The hub as the admin API sees it.
@@ -55,6 +65,13 @@ pub trait Backend: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Approval, BackendError>> + Send;
 
     fn spending(&self, query: SpendingQuery) -> impl Future<Output = Result<SpendingReport, BackendError>> + Send;
+    /// The newest `limit` payments made or received, newest first.
+    fn recent_payments(&self, limit: usize) -> impl Future<Output = Result<Vec<SpendingEntry>, BackendError>> + Send;
+
+    /// The web UI owner's password hash (an argon2id PHC string); `None` until the owner sets one.
+    fn owner_password_hash(&self) -> impl Future<Output = Result<Option<String>, BackendError>> + Send;
+    /// Stores the owner's password hash: `Conflict` if one is set (this never replaces it).
+    fn set_owner_password_hash(&self, hash: String) -> impl Future<Output = Result<(), BackendError>> + Send;
 
     /// Hubs known on the peer network.
     fn peers(&self) -> impl Future<Output = Result<Vec<PeerView>, BackendError>> + Send;
@@ -82,4 +99,32 @@ pub trait Backend: Send + Sync + 'static {
         name: String,
         payload: serde_json::Value,
     ) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// Installed plugins, in name order.
+    fn plugins(&self) -> impl Future<Output = Result<Vec<PluginView>, BackendError>> + Send;
+    fn plugin(&self, name: String) -> impl Future<Output = Result<PluginView, BackendError>> + Send;
+    /// Installs a plugin with the owner's `config` overrides: `Conflict` if one of that name is
+    /// installed, `TooLarge` for a module over the hub's limit.
+    fn install_plugin(
+        &self,
+        upload: PluginUpload,
+        config: serde_json::Map<String, serde_json::Value>,
+    ) -> impl Future<Output = Result<PluginInstalled, BackendError>> + Send;
+    /// Replaces plugin `name` with a new version; its manifest must name the same plugin
+    /// (`Invalid` otherwise). One asking for more waits for [`Backend::approve_plugin`].
+    fn upgrade_plugin(
+        &self,
+        name: String,
+        upload: PluginUpload,
+    ) -> impl Future<Output = Result<PluginInstalled, BackendError>> + Send;
+    /// Applies the upgrade waiting for approval: `Conflict` when there is none.
+    fn approve_plugin(&self, name: String) -> impl Future<Output = Result<PluginView, BackendError>> + Send;
+    /// Enables (clearing a quarantine) or disables a plugin.
+    fn set_plugin_enabled(
+        &self,
+        name: String,
+        enabled: bool,
+    ) -> impl Future<Output = Result<PluginView, BackendError>> + Send;
+    /// Stops a plugin and removes it with its files and storage.
+    fn remove_plugin(&self, name: String) -> impl Future<Output = Result<(), BackendError>> + Send;
 }

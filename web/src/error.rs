@@ -65,6 +65,7 @@ impl From<BackendError> for ApiError {
             BackendError::NotFound(m) => ApiError::not_found(m),
             BackendError::Invalid(m) => ApiError::bad_request(m),
             BackendError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
+            BackendError::TooLarge(m) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, m),
             BackendError::Unavailable(m) => {
                 tracing::warn!(error = %m, "backend unavailable");
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, m)

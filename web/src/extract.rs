@@ -15,6 +15,15 @@ use crate::error::ApiError;
 /// The request body limit, in bytes (64 KiB): far above any admin request.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
+/// The largest plugin module an upload may carry, in bytes (16 MiB). The hub's own limit
+/// (`plugin::MAX_WASM`) is checked against it where the hub implements the backend.
+pub const PLUGIN_WASM_LIMIT: usize = 16 * 1024 * 1024;
+
+/// The request body limit of a plugin install or upgrade: the largest module as base64, and
+/// 1 MiB for the manifest (at most 64 KiB, JSON-escaped), the owner's config and the JSON
+/// around them.
+pub const PLUGIN_BODY_LIMIT: usize = PLUGIN_WASM_LIMIT.div_ceil(3) * 4 + 1024 * 1024;
+
 /// A JSON request body. Needs `Content-Type: application/json`.
 #[derive(Debug, Clone)]
 pub(crate) struct JsonBody<T>(pub(crate) T);
@@ -23,13 +32,35 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        let headers = request.headers().clone();
-        let bytes = read_body(request, state).await?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Err(ApiError::bad_request("the request needs a JSON body"));
-        }
-        parse_json(&headers, &bytes).map(JsonBody)
+        required_json(request, state, BODY_LIMIT).await.map(JsonBody)
     }
+}
+
+/// A JSON body carrying a plugin upload, up to [`PLUGIN_BODY_LIMIT`] (the route must raise
+/// [`axum::extract::DefaultBodyLimit`] to that).
+#[derive(Debug, Clone)]
+pub(crate) struct UploadBody<T>(pub(crate) T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for UploadBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        required_json(request, state, PLUGIN_BODY_LIMIT).await.map(UploadBody)
+    }
+}
+
+/// A required JSON body; `limit` is the body limit the route applies (for the 413's message).
+async fn required_json<S: Send + Sync, T: DeserializeOwned>(
+    request: Request,
+    state: &S,
+    limit: usize,
+) -> Result<T, ApiError> {
+    let headers = request.headers().clone();
+    let bytes = read_body(request, state, limit).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request("the request needs a JSON body"));
+    }
+    parse_json(&headers, &bytes)
 }
 
 /// An optional JSON body: an empty body means `T::default()`.
@@ -41,7 +72,7 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJ
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
         let headers = request.headers().clone();
-        let bytes = read_body(request, state).await?;
+        let bytes = read_body(request, state, BODY_LIMIT).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(OptionalJson(T::default()));
         }
@@ -49,16 +80,19 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJ
     }
 }
 
-async fn read_body<S: Send + Sync>(request: Request, state: &S) -> Result<Bytes, ApiError> {
-    Bytes::from_request(request, state).await.map_err(body_rejection)
+async fn read_body<S: Send + Sync>(request: Request, state: &S, limit: usize) -> Result<Bytes, ApiError> {
+    Bytes::from_request(request, state).await.map_err(|rejection| body_rejection(&rejection, limit))
 }
 
-fn body_rejection(rejection: BytesRejection) -> ApiError {
+fn body_rejection(rejection: &BytesRejection, limit: usize) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the request body is too large (the limit is {} KiB)", BODY_LIMIT / 1024),
-        )
+        const MIB: usize = 1024 * 1024;
+        let limit = if limit >= MIB {
+            format!("{}.{} MiB", limit / MIB, limit % MIB * 10 / MIB)
+        } else {
+            format!("{} KiB", limit / 1024)
+        };
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is too large (the limit is {limit})"))
     } else {
         ApiError::bad_request(format!("could not read the request body: {}", rejection.body_text()))
     }

@@ -1,5 +1,5 @@
-//! The hub's HTTP surface. Knows HTTP and JSON and nothing else: the hub plugs in through the
-//! [`Backend`] trait and serves [`router`].
+//! The hub's HTTP surface. Knows HTTP, JSON and HTML and nothing else: the hub plugs in through
+//! the [`Backend`] trait and serves [`router`] (the admin API and the homeowner's web UI).
 //!
 //! ```text
 //! let app = machinomy_web::router(Arc::new(hub_backend), AdminAuth::new(token)?);
@@ -15,9 +15,10 @@ mod extract;
 pub mod model;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+mod ui;
 
 pub use api::router;
 pub use auth::{AdminAuth, AuthError, Principal};
 pub use backend::{Backend, BackendError};
 pub use error::{ApiError, INTERNAL_ERROR_MESSAGE};
-pub use extract::BODY_LIMIT;
+pub use extract::{BODY_LIMIT, PLUGIN_BODY_LIMIT, PLUGIN_WASM_LIMIT};

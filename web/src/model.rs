@@ -224,3 +224,152 @@ pub struct MqttCredentials {
     pub username: String,
     pub password: String,
 }
+
+/// Whether a plugin runs: `enabled`, `disabled`, or `quarantined` by the hub after repeated
+/// faults (the reason is in [`PluginView::quarantine_reason`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PluginStateName {
+    Enabled,
+    Disabled,
+    Quarantined,
+}
+
+impl PluginStateName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PluginStateName::Enabled => "enabled",
+            PluginStateName::Disabled => "disabled",
+            PluginStateName::Quarantined => "quarantined",
+        }
+    }
+}
+
+/// What a plugin may do beyond computing (the manifest's `[grants]` as the owner approved
+/// them). Amounts are strings of base units; `budget` is `null` when it may not spend.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginGrants {
+    /// MQTT filters it may subscribe to.
+    pub subscribe: Vec<String>,
+    /// Filters every topic it publishes on must match.
+    pub publish: Vec<String>,
+    /// Devices whose state it may read; `"*"` for every device.
+    pub devices: Vec<String>,
+    /// May pay peers inside its budget.
+    pub pay: bool,
+    /// May invoice peers.
+    pub invoice: bool,
+    /// Services it may buy, each at most a price per call.
+    pub call: Vec<machinomy_core::plugin::CallGrant>,
+    /// Services it sells to peers.
+    pub sell: Vec<machinomy_core::plugin::SellGrant>,
+    pub budget: Option<machinomy_core::plugin::BudgetGrant>,
+}
+
+impl From<machinomy_core::plugin::Grants> for PluginGrants {
+    fn from(g: machinomy_core::plugin::Grants) -> Self {
+        PluginGrants {
+            subscribe: g.subscribe,
+            publish: g.publish,
+            devices: g.devices,
+            pay: g.pay,
+            invoice: g.invoice,
+            call: g.call,
+            sell: g.sell,
+            budget: g.budget,
+        }
+    }
+}
+
+/// A new version waiting for the owner's approval because it asks for more.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingUpgrade {
+    pub version: String,
+    /// What it asks for beyond what was approved, one line each.
+    pub asks_for: Vec<String>,
+}
+
+/// One line of a plugin's recent log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginLogLine {
+    /// Unix milliseconds.
+    pub at_ms: u64,
+    pub level: String,
+    pub text: String,
+}
+
+/// An installed plugin as the owner sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PluginView {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    pub state: PluginStateName,
+    /// Why the hub stopped it; `null` unless quarantined.
+    pub quarantine_reason: Option<String>,
+    /// Whether an instance is live right now.
+    pub running: bool,
+    pub grants: PluginGrants,
+    pub limits: machinomy_core::plugin::Limits,
+    /// Its settings: the manifest's `[config]` with the owner's overrides on top.
+    pub config: serde_json::Map<String, serde_json::Value>,
+    pub pending_upgrade: Option<PendingUpgrade>,
+    /// Recent faults (traps, fuel or memory exhausted) counting towards quarantine.
+    pub faults: u64,
+    pub last_fault: Option<String>,
+    /// Calls refused for being outside its grants, since it started.
+    pub refused: u64,
+    /// Events delivered to it, since it started.
+    pub events: u64,
+    /// The MQTT filters it is subscribed to now.
+    pub subscriptions: Vec<String>,
+    /// Timers it has set.
+    pub timers: u64,
+    /// Bytes of its key-value storage in use.
+    pub storage_used: u64,
+    /// Its latest log lines, oldest first.
+    pub recent: Vec<PluginLogLine>,
+    pub installed_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// `POST /api/v1/plugins`: installs a plugin.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewPlugin {
+    /// The text of its `plugin.toml`.
+    pub manifest: String,
+    /// The module (`.wasm`), base64 (standard alphabet, padded).
+    pub wasm: String,
+    /// The owner's settings on top of the manifest's `[config]`.
+    #[serde(default)]
+    pub config: serde_json::Map<String, serde_json::Value>,
+}
+
+/// `PUT /api/v1/plugins/{name}`: replaces a plugin with a new version of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginUpgrade {
+    /// The text of its `plugin.toml`; its `name` must be the one in the path.
+    pub manifest: String,
+    /// The module (`.wasm`), base64 (standard alphabet, padded).
+    pub wasm: String,
+}
+
+/// What an install or an upgrade did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstallStatus {
+    /// Installed (or upgraded) with the grants in its manifest.
+    Ready,
+    /// The new version asks for more than was approved: it waits for
+    /// `POST /api/v1/plugins/{name}/approve` while the old one keeps running.
+    AwaitingApproval,
+}
+
+/// The answer to an install or an upgrade.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PluginInstalled {
+    pub status: InstallStatus,
+    pub plugin: PluginView,
+}

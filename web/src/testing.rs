@@ -16,19 +16,34 @@
 //! MQTT devices and, without a given public key, a key pair whose secret it returns; the
 //! password and key are derived from a counter, not random: this is a test double. Commands to
 //! a known device are recorded ([`MemoryBackend::device_commands`]); an unknown id is `NotFound`.
+//!
+//! The web UI's needs: `owner_password_hash` (set once, `Conflict` after), `payments` (the
+//! ledger, listed newest first), and `bridge_stopped` / `plugins_stopped`, which make listing
+//! devices or plugins `Unavailable` as on a hub without those parts running.
+//!
+//! Plugins: an in-memory list in name order; no module ever runs. Manifests are parsed and
+//! validated with the core's rules (and the default ceiling); a module must start with the
+//! wasm magic bytes (`BadModule`-like `Invalid` otherwise) and be at most
+//! [`PLUGIN_WASM_LIMIT`] (`TooLarge`). An upgrade that asks for more grants or limits than
+//! were approved waits for approval, as in the hub. The sample home has [`SAMPLE_PLUGIN`]
+//! (enabled, running, with log lines) and [`QUARANTINED_PLUGIN`].
 
 use std::sync::{Mutex, PoisonError};
 
 use machinomy_core::wire::Receipt;
 use machinomy_core::{
     Amount, Approval, Budget, ChannelId, ChannelStatus, Currency, DeviceId, LedgerId, Period, PublicKey, ReportRow,
-    Signature, SigningKey, SpendRequest, Subject, Timestamp, Verdict,
+    Signature, SigningKey, SpendRequest, SpendingEntry, Subject, Timestamp, Verdict,
 };
 
-use crate::backend::{Backend, BackendError};
+use machinomy_core::plugin::{Ceiling, Manifest};
+
+use crate::PLUGIN_WASM_LIMIT;
+use crate::backend::{Backend, BackendError, PluginUpload};
 use crate::model::{
-    BudgetView, CallBody, CallResult, ChannelView, DeviceView, HubStatus, MqttCredentials, NewDevice, OfferView,
-    PairedDevice, PeerView, Role, ServicesView, SpendingQuery, SpendingReport,
+    BudgetView, CallBody, CallResult, ChannelView, DeviceView, HubStatus, InstallStatus, MqttCredentials, NewDevice,
+    OfferView, PairedDevice, PeerView, PendingUpgrade, PluginInstalled, PluginLogLine, PluginStateName, PluginView,
+    Role, ServicesView, SpendingQuery, SpendingReport,
 };
 
 /// "Now" in the sample home: 2026-11-24 12:00 UTC.
@@ -67,6 +82,48 @@ pub const SAMPLE_BLE_DEVICE: &str = "thermometer";
 /// Where paired MQTT devices are told to connect.
 pub const SAMPLE_BROKER: &str = "192.168.1.10:1883";
 
+/// The sample home's plugin: enabled and running, with a few log lines.
+pub const SAMPLE_PLUGIN: &str = "weather-buyer";
+/// The manifest of [`SAMPLE_PLUGIN`] (version 0.1.0).
+pub const SAMPLE_PLUGIN_MANIFEST: &str = r#"name = "weather-buyer"
+version = "0.1.0"
+description = "Buys a forecast and pauses irrigation when rain is coming."
+
+[grants]
+publish = ["machinomy/irrigation/cmd/#"]
+
+[[grants.call]]
+service = "weather.forecast"
+max_price = "2000"
+
+[grants.budget]
+period = "day"
+limit = "100000"
+auto_approve = "2000"
+
+[config]
+every_secs = 3600
+irrigation = "irrigation"
+"#;
+/// A plugin of the sample home the hub quarantined after repeated faults.
+pub const QUARANTINED_PLUGIN: &str = "flaky";
+/// Why [`QUARANTINED_PLUGIN`] was quarantined.
+pub const QUARANTINE_REASON: &str = "3 faults within 10 minutes: out of fuel";
+/// The smallest module the double accepts: the wasm magic and version.
+pub const EMPTY_MODULE: &[u8] = b"\0asm\x01\0\0\0";
+
+/// A plugin in the double: what the API shows, the approved manifest and module, the owner's
+/// overrides and an upgrade waiting for approval.
+#[derive(Debug, Clone)]
+pub struct MemoryPlugin {
+    pub view: PluginView,
+    pub manifest: Manifest,
+    pub wasm: Vec<u8>,
+    pub overrides: serde_json::Map<String, serde_json::Value>,
+    /// The new version's manifest and module.
+    pub pending: Option<(Manifest, Vec<u8>)>,
+}
+
 /// Everything the double knows; public so tests can arrange and inspect it.
 #[derive(Debug, Clone)]
 pub struct MemoryState {
@@ -94,6 +151,16 @@ pub struct MemoryState {
     pub pairing_next_steps: Vec<String>,
     /// How many devices were paired (seeds the made-up passwords and keys).
     pub pairings: u64,
+    /// Installed plugins, in name order.
+    pub plugins: Vec<MemoryPlugin>,
+    /// The spending ledger's entries, in any order (`recent_payments` sorts them).
+    pub payments: Vec<SpendingEntry>,
+    /// The web UI owner's password hash; `None` until set.
+    pub owner_password_hash: Option<String>,
+    /// Listing devices answers `Unavailable`, as a hub whose appliance bridge is not running.
+    pub bridge_stopped: bool,
+    /// Listing plugins answers `Unavailable`, as a hub with plugins disabled.
+    pub plugins_stopped: bool,
     /// Makes the next backend call fail with this error.
     pub fail_next: Option<BackendError>,
 }
@@ -168,6 +235,11 @@ impl MemoryBackend {
             device_commands: Vec::new(),
             pairing_next_steps: Vec::new(),
             pairings: 0,
+            plugins: Vec::new(),
+            payments: Vec::new(),
+            owner_password_hash: None,
+            bridge_stopped: false,
+            plugins_stopped: false,
             fail_next: None,
         })
     }
@@ -296,6 +368,7 @@ impl MemoryBackend {
                     added_at: Timestamp(now.secs() - 86_400),
                 },
             ];
+            s.plugins = sample_plugins(now);
             s.status.channels_open = 1;
             s.status.approvals_pending = 1;
             s.status.budgets = 1;
@@ -330,6 +403,123 @@ impl MemoryBackend {
             None => f(s),
         })
     }
+}
+
+fn sample_plugins(now: Timestamp) -> Vec<MemoryPlugin> {
+    let installed_at = Timestamp(now.secs() - 2 * 86_400);
+    let mut plugins = Vec::new();
+    let flaky = format!(
+        "name = \"{QUARANTINED_PLUGIN}\"\nversion = \"1.0.0\"\n\n[grants]\nsubscribe = [\"machinomy/+/state\"]\n"
+    );
+    if let Ok(mut plugin) = new_plugin(&flaky, EMPTY_MODULE.to_vec(), serde_json::Map::new(), installed_at) {
+        plugin.view.state = PluginStateName::Quarantined;
+        plugin.view.quarantine_reason = Some(QUARANTINE_REASON.to_owned());
+        plugin.view.running = false;
+        plugin.view.faults = 3;
+        plugin.view.last_fault = Some("out of fuel in on_message".to_owned());
+        plugin.view.events = 41;
+        plugin.view.updated_at = Timestamp(now.secs() - 300);
+        plugins.push(plugin);
+    }
+    let mut overrides = serde_json::Map::new();
+    overrides.insert("every_secs".to_owned(), serde_json::json!(600));
+    if let Ok(mut plugin) = new_plugin(SAMPLE_PLUGIN_MANIFEST, EMPTY_MODULE.to_vec(), overrides, installed_at) {
+        plugin.view.events = 12;
+        plugin.view.refused = 1;
+        plugin.view.timers = 1;
+        plugin.view.storage_used = 120;
+        let at_ms = (now.secs() - 60) * 1000;
+        plugin.view.recent = vec![
+            PluginLogLine { at_ms, level: "info".to_owned(), text: "rain 70%: irrigation paused".to_owned() },
+            PluginLogLine { at_ms: at_ms + 5, level: "warn".to_owned(), text: "publish refused".to_owned() },
+        ];
+        plugins.push(plugin);
+    }
+    plugins
+}
+
+/// A manifest as the hub reads it (strict, validated under the default ceiling).
+fn plugin_manifest(text: &str) -> Result<Manifest, BackendError> {
+    let manifest: Manifest =
+        toml::from_str(text).map_err(|e| BackendError::Invalid(format!("plugin.toml: {}", e.message())))?;
+    manifest.validate(&Ceiling::default()).map_err(|e| BackendError::Invalid(e.to_string()))?;
+    Ok(manifest)
+}
+
+fn check_module(wasm: &[u8]) -> Result<(), BackendError> {
+    if wasm.len() > PLUGIN_WASM_LIMIT {
+        return Err(BackendError::TooLarge(format!(
+            "the module is {} bytes; the most is {PLUGIN_WASM_LIMIT}",
+            wasm.len()
+        )));
+    }
+    if !wasm.starts_with(b"\0asm") {
+        return Err(BackendError::Invalid("the module was refused: it is not a WebAssembly module".to_owned()));
+    }
+    Ok(())
+}
+
+/// A newly installed, enabled and running plugin.
+fn new_plugin(
+    manifest: &str,
+    wasm: Vec<u8>,
+    overrides: serde_json::Map<String, serde_json::Value>,
+    at: Timestamp,
+) -> Result<MemoryPlugin, BackendError> {
+    let manifest = plugin_manifest(manifest)?;
+    check_module(&wasm)?;
+    if let Some(key) = overrides.keys().find(|k| k.is_empty() || k.len() > 64) {
+        return Err(BackendError::Invalid(format!("config override {key:?}: keys are 1 to 64 of a-z, 0-9, '_', '-'")));
+    }
+    let view = PluginView {
+        name: manifest.name.clone(),
+        version: String::new(),
+        description: String::new(),
+        state: PluginStateName::Enabled,
+        quarantine_reason: None,
+        running: true,
+        grants: Default::default(),
+        limits: manifest.limits,
+        config: serde_json::Map::new(),
+        pending_upgrade: None,
+        faults: 0,
+        last_fault: None,
+        refused: 0,
+        events: 0,
+        subscriptions: Vec::new(),
+        timers: 0,
+        storage_used: 0,
+        recent: Vec::new(),
+        installed_at: at,
+        updated_at: at,
+    };
+    let mut plugin = MemoryPlugin { view, manifest: manifest.clone(), overrides, pending: None, wasm: Vec::new() };
+    plugin.apply(manifest, wasm, at);
+    Ok(plugin)
+}
+
+impl MemoryPlugin {
+    /// Runs `manifest`'s version from now on.
+    fn apply(&mut self, manifest: Manifest, wasm: Vec<u8>, at: Timestamp) {
+        let view = &mut self.view;
+        view.version = manifest.version.clone();
+        view.description = manifest.description.clone();
+        view.grants = manifest.grants.clone().into();
+        view.limits = manifest.limits;
+        let mut config = manifest.config.clone();
+        config.extend(self.overrides.clone());
+        view.config = config;
+        view.subscriptions = if view.running { manifest.grants.subscribe.clone() } else { Vec::new() };
+        view.pending_upgrade = None;
+        view.updated_at = at;
+        self.manifest = manifest;
+        self.pending = None;
+        self.wasm = wasm;
+    }
+}
+
+fn no_plugin(name: &str) -> BackendError {
+    BackendError::NotFound(format!("no plugin {name:?} is installed"))
 }
 
 fn no_channel(id: ChannelId) -> BackendError {
@@ -439,6 +629,29 @@ impl Backend for MemoryBackend {
         })
     }
 
+    async fn recent_payments(&self, limit: usize) -> Result<Vec<SpendingEntry>, BackendError> {
+        self.call(|s| {
+            let mut payments = s.payments.clone();
+            payments.sort_by_key(|p| std::cmp::Reverse(p.at));
+            payments.truncate(limit);
+            Ok(payments)
+        })
+    }
+
+    async fn owner_password_hash(&self) -> Result<Option<String>, BackendError> {
+        self.call(|s| Ok(s.owner_password_hash.clone()))
+    }
+
+    async fn set_owner_password_hash(&self, hash: String) -> Result<(), BackendError> {
+        self.call(|s| {
+            if s.owner_password_hash.is_some() {
+                return Err(BackendError::Conflict("the owner's password is already set".to_owned()));
+            }
+            s.owner_password_hash = Some(hash);
+            Ok(())
+        })
+    }
+
     async fn spending(&self, query: SpendingQuery) -> Result<SpendingReport, BackendError> {
         self.call(|s| {
             s.spending_queries.push(query.clone());
@@ -502,7 +715,12 @@ impl Backend for MemoryBackend {
     }
 
     async fn devices(&self) -> Result<Vec<DeviceView>, BackendError> {
-        self.call(|s| Ok(s.devices.clone()))
+        self.call(|s| {
+            if s.bridge_stopped {
+                return Err(BackendError::Unavailable("the appliance bridge is not running".to_owned()));
+            }
+            Ok(s.devices.clone())
+        })
     }
 
     async fn device(&self, id: DeviceId) -> Result<DeviceView, BackendError> {
@@ -568,6 +786,103 @@ impl Backend for MemoryBackend {
                 return Err(no_device(&id));
             }
             s.device_commands.push((id, name, payload));
+            Ok(())
+        })
+    }
+
+    async fn plugins(&self) -> Result<Vec<PluginView>, BackendError> {
+        self.call(|s| {
+            if s.plugins_stopped {
+                return Err(BackendError::Unavailable("plugins are disabled on this hub".to_owned()));
+            }
+            Ok(s.plugins.iter().map(|p| p.view.clone()).collect())
+        })
+    }
+
+    async fn plugin(&self, name: String) -> Result<PluginView, BackendError> {
+        self.call(|s| {
+            s.plugins.iter().find(|p| p.view.name == name).map(|p| p.view.clone()).ok_or_else(|| no_plugin(&name))
+        })
+    }
+
+    async fn install_plugin(
+        &self,
+        upload: PluginUpload,
+        config: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<PluginInstalled, BackendError> {
+        self.call(|s| {
+            let plugin = new_plugin(&upload.manifest, upload.wasm, config, s.now)?;
+            let at = match s.plugins.binary_search_by(|p| p.view.name.cmp(&plugin.view.name)) {
+                Ok(_) => {
+                    return Err(BackendError::Conflict(format!(
+                        "plugin {:?} is already installed; upgrade it instead",
+                        plugin.view.name
+                    )));
+                }
+                Err(at) => at,
+            };
+            let view = plugin.view.clone();
+            s.plugins.insert(at, plugin);
+            Ok(PluginInstalled { status: InstallStatus::Ready, plugin: view })
+        })
+    }
+
+    async fn upgrade_plugin(&self, name: String, upload: PluginUpload) -> Result<PluginInstalled, BackendError> {
+        self.call(|s| {
+            let manifest = plugin_manifest(&upload.manifest)?;
+            if manifest.name != name {
+                return Err(BackendError::Invalid(format!(
+                    "the new version is plugin {:?}, not {name:?}",
+                    manifest.name
+                )));
+            }
+            let now = s.now;
+            let plugin = s.plugins.iter_mut().find(|p| p.view.name == name).ok_or_else(|| no_plugin(&name))?;
+            check_module(&upload.wasm)?;
+            let mut asks_for = manifest.grants.widening(&plugin.manifest.grants);
+            asks_for.extend(manifest.limits.widening(&plugin.manifest.limits));
+            if asks_for.is_empty() {
+                plugin.apply(manifest, upload.wasm, now);
+                return Ok(PluginInstalled { status: InstallStatus::Ready, plugin: plugin.view.clone() });
+            }
+            plugin.view.pending_upgrade = Some(PendingUpgrade { version: manifest.version.clone(), asks_for });
+            plugin.view.updated_at = now;
+            plugin.pending = Some((manifest, upload.wasm));
+            Ok(PluginInstalled { status: InstallStatus::AwaitingApproval, plugin: plugin.view.clone() })
+        })
+    }
+
+    async fn approve_plugin(&self, name: String) -> Result<PluginView, BackendError> {
+        self.call(|s| {
+            let now = s.now;
+            let plugin = s.plugins.iter_mut().find(|p| p.view.name == name).ok_or_else(|| no_plugin(&name))?;
+            let (manifest, wasm) = plugin.pending.take().ok_or_else(|| {
+                BackendError::Conflict(format!("plugin {name:?} has no upgrade waiting for approval"))
+            })?;
+            plugin.apply(manifest, wasm, now);
+            Ok(plugin.view.clone())
+        })
+    }
+
+    async fn set_plugin_enabled(&self, name: String, enabled: bool) -> Result<PluginView, BackendError> {
+        self.call(|s| {
+            let now = s.now;
+            let plugin = s.plugins.iter_mut().find(|p| p.view.name == name).ok_or_else(|| no_plugin(&name))?;
+            let view = &mut plugin.view;
+            view.state = if enabled { PluginStateName::Enabled } else { PluginStateName::Disabled };
+            view.quarantine_reason = None;
+            view.running = enabled;
+            view.faults = 0;
+            view.subscriptions = if enabled { plugin.manifest.grants.subscribe.clone() } else { Vec::new() };
+            view.updated_at = now;
+            Ok(view.clone())
+        })
+    }
+
+    async fn remove_plugin(&self, name: String) -> Result<(), BackendError> {
+        self.call(|s| {
+            let at = s.plugins.iter().position(|p| p.view.name == name).ok_or_else(|| no_plugin(&name))?;
+            s.plugins.remove(at);
             Ok(())
         })
     }

@@ -12,3 +12,5 @@ mod mosquitto;
 mod multi_hub;
 mod peers;
 mod persistence;
+mod plugins;
+mod web_ui;

@@ -11,13 +11,14 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use super::{parse_approval_id, parse_time};
-use crate::model::CallBody;
+use crate::model::{CallBody, PluginStateName};
 use crate::testing::{
-    APPROVED_APPROVAL, CONNECTED_PEER, EXPENSIVE_SERVICE, MemoryBackend, OFFLINE_PEER, OPEN_CHANNEL, OWN_SERVICE,
-    PENDING_APPROVAL, SAMPLE_BLE_DEVICE, SAMPLE_BROKER, SAMPLE_DEVICE, SAMPLE_DEVICE_KEY, SAMPLE_NOW, SAMPLE_SERVICE,
+    APPROVED_APPROVAL, CONNECTED_PEER, EMPTY_MODULE, EXPENSIVE_SERVICE, MemoryBackend, OFFLINE_PEER, OPEN_CHANNEL,
+    OWN_SERVICE, PENDING_APPROVAL, QUARANTINE_REASON, QUARANTINED_PLUGIN, SAMPLE_BLE_DEVICE, SAMPLE_BROKER,
+    SAMPLE_DEVICE, SAMPLE_DEVICE_KEY, SAMPLE_NOW, SAMPLE_PLUGIN, SAMPLE_PLUGIN_MANIFEST, SAMPLE_SERVICE,
     SAMPLE_SERVICE_ANSWER, SAMPLE_SERVICE_PRICE, SETTLED_CHANNEL,
 };
-use crate::{AdminAuth, BODY_LIMIT, BackendError, INTERNAL_ERROR_MESSAGE};
+use crate::{AdminAuth, BODY_LIMIT, BackendError, INTERNAL_ERROR_MESSAGE, PLUGIN_BODY_LIMIT, PLUGIN_WASM_LIMIT};
 
 const TOKEN: &str = "test-admin-token-5f2c9a";
 
@@ -133,6 +134,14 @@ fn api_routes() -> Vec<(Method, String)> {
         (Method::GET, format!("/api/v1/devices/{SAMPLE_DEVICE}")),
         (Method::DELETE, format!("/api/v1/devices/{SAMPLE_DEVICE}")),
         (Method::POST, format!("/api/v1/devices/{SAMPLE_DEVICE}/commands/defrost")),
+        (Method::GET, "/api/v1/plugins".to_owned()),
+        (Method::POST, "/api/v1/plugins".to_owned()),
+        (Method::GET, format!("/api/v1/plugins/{SAMPLE_PLUGIN}")),
+        (Method::PUT, format!("/api/v1/plugins/{SAMPLE_PLUGIN}")),
+        (Method::DELETE, format!("/api/v1/plugins/{SAMPLE_PLUGIN}")),
+        (Method::POST, format!("/api/v1/plugins/{SAMPLE_PLUGIN}/approve")),
+        (Method::POST, format!("/api/v1/plugins/{SAMPLE_PLUGIN}/enable")),
+        (Method::POST, format!("/api/v1/plugins/{SAMPLE_PLUGIN}/disable")),
     ]
 }
 
@@ -186,6 +195,9 @@ async fn every_api_route_refuses_a_request_without_a_token() {
         assert!(s.channels.iter().all(|c| c.id != OPEN_CHANNEL || c.status.is_open()));
         assert_eq!(s.devices.len(), 2);
         assert!(s.device_commands.is_empty());
+        assert_eq!(s.plugins.len(), 2);
+        let sample = s.plugins.iter().find(|p| p.view.name == SAMPLE_PLUGIN).unwrap();
+        assert_eq!((sample.view.state, sample.view.version.as_str()), (PluginStateName::Enabled, "0.1.0"));
     });
 }
 
@@ -211,6 +223,7 @@ async fn every_api_route_refuses_a_wrong_token() {
         assert!(s.service_calls.is_empty());
         assert_eq!(s.devices.len(), 2);
         assert!(s.device_commands.is_empty());
+        assert_eq!(s.plugins.len(), 2);
     });
 }
 
@@ -1219,6 +1232,401 @@ async fn device_backend_failures_map_to_statuses() {
     let error = h.get(&device_uri(SAMPLE_DEVICE)).await.expect_error(StatusCode::INTERNAL_SERVER_ERROR, "internal");
     assert!(!error.contains("sled"));
     assert!(h.backend.device_commands().is_empty());
+}
+
+// ---- plugins ----
+
+fn plugin_uri(name: &str) -> String {
+    format!("/api/v1/plugins/{name}")
+}
+
+fn base64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// A manifest of another plugin, granted nothing.
+fn plain_manifest(name: &str, version: &str) -> String {
+    format!("name = \"{name}\"\nversion = \"{version}\"\ndescription = \"a test plugin\"\n\n[config]\nlevel = 1\n")
+}
+
+/// The sample plugin's manifest at another version, with `grants` lines added to `[grants]`.
+fn sample_manifest(version: &str, grants: &str) -> String {
+    SAMPLE_PLUGIN_MANIFEST
+        .replace("version = \"0.1.0\"", &format!("version = \"{version}\""))
+        .replace("[grants]\n", &format!("[grants]\n{grants}"))
+}
+
+fn install_body(manifest: &str, wasm: &[u8]) -> String {
+    json!({"manifest": manifest, "wasm": base64(wasm)}).to_string()
+}
+
+fn upgrade_body(manifest: &str) -> String {
+    json!({"manifest": manifest, "wasm": base64(EMPTY_MODULE)}).to_string()
+}
+
+impl Harness {
+    async fn delete(&self, uri: &str) -> Answer {
+        self.send(request(Method::DELETE, uri).body(Body::empty()).unwrap()).await
+    }
+
+    fn plugin_version(&self, name: &str) -> String {
+        self.backend.with_state(|s| s.plugins.iter().find(|p| p.view.name == name).unwrap().view.version.clone())
+    }
+}
+
+#[tokio::test]
+async fn plugins_are_listed_in_name_order_with_grants_limits_and_counters() {
+    let h = harness();
+    let body = h.get("/api/v1/plugins").await.expect(StatusCode::OK).json();
+    let list = body.as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    let flaky = &list[0];
+    assert_eq!(flaky["name"], QUARANTINED_PLUGIN);
+    assert_eq!(flaky["state"], "quarantined");
+    assert_eq!(flaky["quarantine_reason"], QUARANTINE_REASON);
+    assert_eq!(flaky["running"], false);
+    assert_eq!(flaky["faults"], 3);
+    assert_eq!(flaky["last_fault"], "out of fuel in on_message");
+    assert_eq!(flaky["grants"]["subscribe"], json!(["machinomy/+/state"]));
+    assert_eq!(flaky["grants"]["budget"], Value::Null);
+    let weather = &list[1];
+    assert_eq!(weather["name"], SAMPLE_PLUGIN);
+    assert_eq!(weather["version"], "0.1.0");
+    assert_eq!(weather["description"], "Buys a forecast and pauses irrigation when rain is coming.");
+    assert_eq!(weather["state"], "enabled");
+    assert_eq!(weather["quarantine_reason"], Value::Null);
+    assert_eq!(weather["running"], true);
+    assert_eq!(
+        weather["grants"],
+        json!({
+            "subscribe": [],
+            "publish": ["machinomy/irrigation/cmd/#"],
+            "devices": [],
+            "pay": false,
+            "invoice": false,
+            "call": [{"service": "weather.forecast", "max_price": "2000"}],
+            "sell": [],
+            "budget": {"period": "day", "limit": "100000", "auto_approve": "2000"},
+        })
+    );
+    assert_eq!(weather["limits"], json!({"memory_mib": 16, "fuel_per_event": 50_000_000, "kv_bytes": 1_048_576}));
+    // The owner's override on top of the manifest's config.
+    assert_eq!(weather["config"], json!({"every_secs": 600, "irrigation": "irrigation"}));
+    assert_eq!(weather["pending_upgrade"], Value::Null);
+    assert_eq!(weather["faults"], 0);
+    assert_eq!(weather["last_fault"], Value::Null);
+    assert_eq!(weather["refused"], 1);
+    assert_eq!(weather["events"], 12);
+    assert_eq!(weather["subscriptions"], json!([]));
+    assert_eq!(weather["timers"], 1);
+    assert_eq!(weather["storage_used"], 120);
+    let at_ms = (SAMPLE_NOW.secs() - 60) * 1000;
+    assert_eq!(weather["recent"][0], json!({"at_ms": at_ms, "level": "info", "text": "rain 70%: irrigation paused"}));
+    assert_eq!(weather["installed_at"], SAMPLE_NOW.secs() - 2 * 86_400);
+    assert_eq!(weather["updated_at"], SAMPLE_NOW.secs() - 2 * 86_400);
+}
+
+#[tokio::test]
+async fn no_plugins_is_an_empty_list() {
+    let h = harness_with(MemoryBackend::empty());
+    assert_eq!(h.get("/api/v1/plugins").await.expect(StatusCode::OK).json(), json!([]));
+}
+
+#[tokio::test]
+async fn one_plugin_is_shown_by_its_name() {
+    let h = harness();
+    let body = h.get(&plugin_uri(SAMPLE_PLUGIN)).await.expect(StatusCode::OK).json();
+    let list = h.get("/api/v1/plugins").await.expect(StatusCode::OK).json();
+    assert_eq!(body, list[1]);
+}
+
+#[tokio::test]
+async fn an_unknown_plugin_is_404_everywhere() {
+    let h = harness();
+    let uri = plugin_uri("nope");
+    h.get(&uri).await.expect_error(StatusCode::NOT_FOUND, "no plugin \"nope\" is installed");
+    h.delete(&uri).await.expect_error(StatusCode::NOT_FOUND, "nope");
+    h.send_json(Method::PUT, &uri, upgrade_body(&plain_manifest("nope", "2.0.0")))
+        .await
+        .expect_error(StatusCode::NOT_FOUND, "nope");
+    for action in ["approve", "enable", "disable"] {
+        h.post(&format!("{uri}/{action}")).await.expect_error(StatusCode::NOT_FOUND, "nope");
+    }
+    h.backend.with_state(|s| assert_eq!(s.plugins.len(), 2));
+}
+
+#[tokio::test]
+async fn bad_plugin_names_are_400_everywhere_and_reach_nothing() {
+    let h = harness();
+    let long = "a".repeat(65);
+    for (in_path, shown) in [("Weather", "Weather"), ("a.b", "a.b"), ("a%2Fb", "a/b"), (long.as_str(), long.as_str())] {
+        let uri = plugin_uri(in_path);
+        let error = h.get(&uri).await.expect_error(StatusCode::BAD_REQUEST, "plugin name");
+        assert!(error.contains("1 to 64 characters of a-z, 0-9") && error.contains(shown), "{in_path}: {error}");
+        h.delete(&uri).await.expect_error(StatusCode::BAD_REQUEST, shown);
+        h.send_json(Method::PUT, &uri, upgrade_body(SAMPLE_PLUGIN_MANIFEST))
+            .await
+            .expect_error(StatusCode::BAD_REQUEST, shown);
+        for action in ["approve", "enable", "disable"] {
+            h.post(&format!("{uri}/{action}")).await.expect_error(StatusCode::BAD_REQUEST, shown);
+        }
+    }
+    h.backend.with_state(|s| {
+        assert_eq!(s.plugins.len(), 2);
+        assert!(s.plugins.iter().all(|p| p.pending.is_none()));
+    });
+}
+
+#[tokio::test]
+async fn installing_a_plugin_answers_201_ready_with_its_view_and_config_overrides() {
+    let h = harness();
+    let module = b"\0asm\x01\0\0\0 and some code";
+    let body = json!({
+        "manifest": plain_manifest("lights", "1.2.0"),
+        "wasm": base64(module),
+        "config": {"level": 3, "room": "hall"},
+    });
+    let answer = h.send_json(Method::POST, "/api/v1/plugins", body.to_string()).await.expect(StatusCode::CREATED);
+    assert!(answer.header(header::CONTENT_TYPE).starts_with("application/json"));
+    let body = answer.json();
+    assert_eq!(body["status"], "ready");
+    let plugin = &body["plugin"];
+    assert_eq!(plugin["name"], "lights");
+    assert_eq!(plugin["version"], "1.2.0");
+    assert_eq!(plugin["state"], "enabled");
+    assert_eq!(plugin["running"], true);
+    assert_eq!(plugin["config"], json!({"level": 3, "room": "hall"}));
+    assert_eq!(plugin["grants"]["budget"], Value::Null);
+    assert_eq!(plugin["installed_at"], SAMPLE_NOW.secs());
+    // The module arrived decoded; the plugin is listed from now on.
+    h.backend.with_state(|s| assert_eq!(s.plugins.iter().find(|p| p.view.name == "lights").unwrap().wasm, module));
+    let names: Vec<String> = h.backend.with_state(|s| s.plugins.iter().map(|p| p.view.name.clone()).collect());
+    assert_eq!(names, [QUARANTINED_PLUGIN, "lights", SAMPLE_PLUGIN]);
+    assert_eq!(h.get(&plugin_uri("lights")).await.expect(StatusCode::OK).json(), body["plugin"]);
+}
+
+#[tokio::test]
+async fn installing_without_config_keeps_the_manifests() {
+    let h = harness();
+    let body = install_body(&plain_manifest("lights", "1.0.0"), EMPTY_MODULE);
+    let answer = h.send_json(Method::POST, "/api/v1/plugins", body).await.expect(StatusCode::CREATED).json();
+    assert_eq!(answer["plugin"]["config"], json!({"level": 1}));
+}
+
+#[tokio::test]
+async fn installing_a_taken_name_is_409_and_changes_nothing() {
+    let h = harness();
+    let body = install_body(&sample_manifest("9.9.9", ""), EMPTY_MODULE);
+    h.send_json(Method::POST, "/api/v1/plugins", body)
+        .await
+        .expect_error(StatusCode::CONFLICT, "already installed; upgrade it instead");
+    assert_eq!(h.plugin_version(SAMPLE_PLUGIN), "0.1.0");
+}
+
+#[tokio::test]
+async fn malformed_install_bodies_are_400_and_install_nothing() {
+    let h = harness();
+    let manifest = plain_manifest("lights", "1.0.0");
+    let wasm = base64(EMPTY_MODULE);
+    let cases = [
+        (json!({"wasm": wasm}).to_string(), "missing field `manifest`"),
+        (json!({"manifest": manifest}).to_string(), "missing field `wasm`"),
+        (json!({"manifest": manifest, "wasm": "not base64!"}).to_string(), "`wasm` is not base64"),
+        (json!({"manifest": manifest, "wasm": "AGFzbQEAAAA"}).to_string(), "`wasm` is not base64"),
+        (json!({"manifest": manifest, "wasm": 5}).to_string(), "`wasm`"),
+        (json!({"manifest": manifest, "wasm": wasm, "config": [1]}).to_string(), "`config`"),
+        (json!({"manifest": manifest, "wasm": wasm, "name": "x"}).to_string(), "unknown field `name`"),
+        (r#"{"manifest": "#.to_owned(), "not valid JSON"),
+        ("[]".to_owned(), "invalid request body"),
+        // Well-formed requests the backend refuses.
+        (install_body("name = \"lights\"\n", EMPTY_MODULE), "plugin.toml: missing field `version`"),
+        (install_body("name = \"Lights\"\nversion = \"1\"\n", EMPTY_MODULE), "plugin name \"Lights\""),
+        (install_body(&manifest, b"MZ not wasm"), "not a WebAssembly module"),
+    ];
+    for (body, needle) in cases {
+        let answer = h.send_json(Method::POST, "/api/v1/plugins", body.clone()).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(answer.error().contains(needle), "{body}: {:?} lacks {needle:?}", answer.error());
+    }
+    h.post("/api/v1/plugins").await.expect_error(StatusCode::BAD_REQUEST, "needs a JSON body");
+    let plain = request(Method::POST, "/api/v1/plugins").header(header::CONTENT_TYPE, "text/plain");
+    h.send(plain.body(Body::from(install_body(&manifest, EMPTY_MODULE))).unwrap())
+        .await
+        .expect_error(StatusCode::BAD_REQUEST, "application/json");
+    h.backend.with_state(|s| assert_eq!(s.plugins.len(), 2));
+}
+
+#[tokio::test]
+async fn uploads_may_be_larger_than_other_bodies_up_to_their_own_limit() {
+    let h = harness();
+    // A module far above the 64 KiB of other requests is accepted.
+    let mut module = EMPTY_MODULE.to_vec();
+    module.resize(4 * BODY_LIMIT, 0);
+    let body = install_body(&plain_manifest("big", "1.0.0"), &module);
+    h.send_json(Method::POST, "/api/v1/plugins", body).await.expect(StatusCode::CREATED);
+    let mut manifest = sample_manifest("0.1.1", "");
+    manifest.push_str(&format!("# {}\n", "x".repeat(BODY_LIMIT)));
+    let body = json!({"manifest": manifest, "wasm": base64(&module)}).to_string();
+    h.send_json(Method::PUT, &plugin_uri(SAMPLE_PLUGIN), body).await.expect(StatusCode::OK);
+    assert_eq!(h.plugin_version(SAMPLE_PLUGIN), "0.1.1");
+    // The other plugin routes keep the small limit.
+    let huge = json!({"x": "x".repeat(BODY_LIMIT)}).to_string();
+    h.send_json(Method::POST, &format!("{}/enable", plugin_uri(SAMPLE_PLUGIN)), huge)
+        .await
+        .expect_error(StatusCode::PAYLOAD_TOO_LARGE, "64 KiB");
+}
+
+#[tokio::test]
+async fn a_module_above_the_limit_is_413_and_installs_nothing() {
+    let h = harness();
+    let mut module = EMPTY_MODULE.to_vec();
+    module.resize(PLUGIN_WASM_LIMIT + 1, 0);
+    let body = install_body(&plain_manifest("big", "1.0.0"), &module);
+    assert!(body.len() < PLUGIN_BODY_LIMIT);
+    let error = h.send_json(Method::POST, "/api/v1/plugins", body).await;
+    error.expect_error(StatusCode::PAYLOAD_TOO_LARGE, &format!("the most is {PLUGIN_WASM_LIMIT}"));
+    // A body above the upload limit is cut off before it is parsed.
+    let body = format!(r#"{{"manifest": "", "wasm": "{}"}}"#, "A".repeat(PLUGIN_BODY_LIMIT));
+    h.send_json(Method::POST, "/api/v1/plugins", body.clone())
+        .await
+        .expect_error(StatusCode::PAYLOAD_TOO_LARGE, "the limit is 22.3 MiB");
+    h.send_json(Method::PUT, &plugin_uri(SAMPLE_PLUGIN), body).await.expect_error(StatusCode::PAYLOAD_TOO_LARGE, "MiB");
+    h.backend.with_state(|s| assert_eq!(s.plugins.len(), 2));
+    assert_eq!(h.plugin_version(SAMPLE_PLUGIN), "0.1.0");
+}
+
+#[tokio::test]
+async fn an_upgrade_asking_for_no_more_is_ready_at_once() {
+    let h = harness();
+    // Narrower: no budget change, one grant fewer.
+    let manifest = sample_manifest("0.2.0", "").replace("publish = [\"machinomy/irrigation/cmd/#\"]\n", "");
+    let body = h.send_json(Method::PUT, &plugin_uri(SAMPLE_PLUGIN), upgrade_body(&manifest)).await;
+    let body = body.expect(StatusCode::OK).json();
+    assert_eq!(body["status"], "ready");
+    assert_eq!(body["plugin"]["version"], "0.2.0");
+    assert_eq!(body["plugin"]["grants"]["publish"], json!([]));
+    assert_eq!(body["plugin"]["pending_upgrade"], Value::Null);
+    // The owner's overrides survive the upgrade.
+    assert_eq!(body["plugin"]["config"]["every_secs"], 600);
+    assert_eq!(h.plugin_version(SAMPLE_PLUGIN), "0.2.0");
+}
+
+#[tokio::test]
+async fn an_upgrade_asking_for_more_waits_for_approval_then_runs() {
+    let h = harness();
+    let manifest = sample_manifest("0.2.0", "pay = true\nsubscribe = [\"machinomy/rain/state\"]\n");
+    let uri = plugin_uri(SAMPLE_PLUGIN);
+    let body = h.send_json(Method::PUT, &uri, upgrade_body(&manifest)).await.expect(StatusCode::OK).json();
+    assert_eq!(body["status"], "awaiting_approval");
+    // The old version keeps running with its grants.
+    assert_eq!(body["plugin"]["version"], "0.1.0");
+    assert_eq!(body["plugin"]["grants"]["pay"], false);
+    assert_eq!(
+        body["plugin"]["pending_upgrade"],
+        json!({"version": "0.2.0", "asks_for": ["subscribe to machinomy/rain/state", "pay peers"]})
+    );
+    assert_eq!(h.get(&uri).await.expect(StatusCode::OK).json(), body["plugin"]);
+
+    let approved = h.post(&format!("{uri}/approve")).await.expect(StatusCode::OK).json();
+    assert_eq!(approved["version"], "0.2.0");
+    assert_eq!(approved["grants"]["pay"], true);
+    assert_eq!(approved["pending_upgrade"], Value::Null);
+    h.post(&format!("{uri}/approve")).await.expect_error(StatusCode::CONFLICT, "no upgrade waiting for approval");
+    // `{}` is a body too.
+    h.send_json(Method::POST, &format!("{uri}/approve"), "{}").await.expect_error(StatusCode::CONFLICT, "");
+    h.send_json(Method::POST, &format!("{uri}/approve"), r#"{"force": true}"#)
+        .await
+        .expect_error(StatusCode::BAD_REQUEST, "unknown field `force`");
+}
+
+#[tokio::test]
+async fn an_upgrade_must_be_of_the_plugin_in_the_path() {
+    let h = harness();
+    let error = h
+        .send_json(Method::PUT, &plugin_uri(SAMPLE_PLUGIN), upgrade_body(&plain_manifest("lights", "2.0.0")))
+        .await
+        .expect_error(StatusCode::BAD_REQUEST, "the new version is plugin \"lights\"");
+    assert!(error.contains(SAMPLE_PLUGIN), "{error}");
+    h.send_json(Method::PUT, &plugin_uri(SAMPLE_PLUGIN), json!({"manifest": SAMPLE_PLUGIN_MANIFEST}).to_string())
+        .await
+        .expect_error(StatusCode::BAD_REQUEST, "missing field `wasm`");
+    h.send_json(
+        Method::PUT,
+        &plugin_uri(SAMPLE_PLUGIN),
+        json!({"manifest": SAMPLE_PLUGIN_MANIFEST, "wasm": base64(EMPTY_MODULE), "config": {}}).to_string(),
+    )
+    .await
+    .expect_error(StatusCode::BAD_REQUEST, "unknown field `config`");
+    h.send_json(Method::PUT, &plugin_uri(SAMPLE_PLUGIN), json!({"manifest": "", "wasm": "%%%"}).to_string())
+        .await
+        .expect_error(StatusCode::BAD_REQUEST, "`wasm` is not base64");
+    assert_eq!(h.plugin_version(SAMPLE_PLUGIN), "0.1.0");
+    h.backend.with_state(|s| assert!(s.plugins.iter().all(|p| p.pending.is_none())));
+}
+
+#[tokio::test]
+async fn disabling_stops_a_plugin_and_enabling_clears_a_quarantine() {
+    let h = harness();
+    let disabled = h.post(&format!("{}/disable", plugin_uri(SAMPLE_PLUGIN))).await.expect(StatusCode::OK).json();
+    assert_eq!(disabled["state"], "disabled");
+    assert_eq!(disabled["running"], false);
+    let enabled = h.post(&format!("{}/enable", plugin_uri(QUARANTINED_PLUGIN))).await.expect(StatusCode::OK).json();
+    assert_eq!(enabled["state"], "enabled");
+    assert_eq!(enabled["quarantine_reason"], Value::Null);
+    assert_eq!(enabled["running"], true);
+    assert_eq!(enabled["faults"], 0);
+    let list = h.get("/api/v1/plugins").await.expect(StatusCode::OK).json();
+    let states: Vec<&str> = list.as_array().unwrap().iter().map(|p| p["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["enabled", "disabled"]);
+}
+
+#[tokio::test]
+async fn removing_a_plugin_answers_204_and_it_is_gone() {
+    let h = harness();
+    let uri = plugin_uri(SAMPLE_PLUGIN);
+    let answer = h.delete(&uri).await.expect(StatusCode::NO_CONTENT);
+    assert!(answer.body.is_empty());
+    h.get(&uri).await.expect_error(StatusCode::NOT_FOUND, SAMPLE_PLUGIN);
+    h.delete(&uri).await.expect_error(StatusCode::NOT_FOUND, SAMPLE_PLUGIN);
+    // The name is free again.
+    h.send_json(Method::POST, "/api/v1/plugins", install_body(SAMPLE_PLUGIN_MANIFEST, EMPTY_MODULE))
+        .await
+        .expect(StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn plugin_routes_allow_only_their_methods() {
+    let h = harness();
+    let answer = h.send(request(Method::PUT, "/api/v1/plugins").body(Body::empty()).unwrap()).await;
+    assert_eq!(answer.header(header::ALLOW), "GET,HEAD,POST");
+    answer.expect_error(StatusCode::METHOD_NOT_ALLOWED, "PUT");
+    let answer = h.post(&plugin_uri(SAMPLE_PLUGIN)).await;
+    assert_eq!(answer.header(header::ALLOW), "GET,HEAD,PUT,DELETE");
+    answer.expect_error(StatusCode::METHOD_NOT_ALLOWED, "POST");
+    let answer = h.get(&format!("{}/enable", plugin_uri(SAMPLE_PLUGIN))).await;
+    assert_eq!(answer.header(header::ALLOW), "POST");
+    answer.expect_error(StatusCode::METHOD_NOT_ALLOWED, "GET");
+}
+
+#[tokio::test]
+async fn plugin_backend_failures_map_to_statuses() {
+    let h = harness();
+    let off = "plugins are disabled on this hub ([plugins] enabled = false in hub.toml)";
+    h.backend.fail_next(BackendError::Unavailable(off.into()));
+    h.get("/api/v1/plugins").await.expect_error(StatusCode::SERVICE_UNAVAILABLE, "[plugins] enabled = false");
+    h.backend.fail_next(BackendError::Unavailable("the plugin host is not running".into()));
+    h.send_json(Method::POST, "/api/v1/plugins", install_body(&plain_manifest("x", "1"), EMPTY_MODULE))
+        .await
+        .expect_error(StatusCode::SERVICE_UNAVAILABLE, "not running");
+    h.backend.fail_next(BackendError::TooLarge("the module is 99 bytes; the most is 98".into()));
+    h.send_json(Method::PUT, &plugin_uri(SAMPLE_PLUGIN), upgrade_body(SAMPLE_PLUGIN_MANIFEST))
+        .await
+        .expect_error(StatusCode::PAYLOAD_TOO_LARGE, "the most is 98");
+    h.backend.fail_next(BackendError::Internal("wasmtime: cranelift exploded".into()));
+    let error = h.get(&plugin_uri(SAMPLE_PLUGIN)).await.expect_error(StatusCode::INTERNAL_SERVER_ERROR, "internal");
+    assert!(!error.contains("wasmtime"));
+    h.backend.with_state(|s| assert_eq!(s.plugins.len(), 2));
 }
 
 // ---- backend failures ----

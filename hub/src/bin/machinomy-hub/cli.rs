@@ -12,10 +12,12 @@ use machinomy_hub::client::Client;
 use machinomy_hub::config::{Config, DefaultPaths};
 use machinomy_hub::datadir::DataDir;
 use machinomy_web::model::{
-    BudgetView, ChannelView, DenyBody, DeviceView, HubStatus, NewBleDevice, NewDevice, PairedDevice, SpendingReport,
+    BudgetView, ChannelView, DenyBody, DeviceView, HubStatus, NewBleDevice, NewDevice, PairedDevice, PluginInstalled,
+    PluginView, SpendingReport,
 };
 
 use crate::output;
+use crate::upload::{self, LocalPlugin};
 
 /// Machinomy hub: lets a home's appliances pay and get paid, without a vendor cloud.
 #[derive(Debug, Parser)]
@@ -66,6 +68,45 @@ enum Command {
     /// Devices paired with this hub: MQTT appliances and Bluetooth LE peripherals
     #[command(subcommand, visible_alias = "devices")]
     Device(DeviceCommand),
+    /// Plugins: sandboxed WebAssembly automations with the topics, services and budget they are granted
+    #[command(subcommand, visible_alias = "plugins")]
+    Plugin(PluginCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// List installed plugins
+    List,
+    /// Show one plugin: what it may do, its limits and config, its counters and recent log
+    Show { name: String },
+    /// Install a plugin; what its manifest grants is approved as it is
+    Install {
+        /// A plugin's directory (holding plugin.toml and its module) or its plugin.toml
+        path: PathBuf,
+        /// The module to install [default: the file the manifest's `wasm` names, or <NAME>.wasm, next to plugin.toml]
+        #[arg(long, value_name = "FILE")]
+        wasm: Option<PathBuf>,
+        /// Set a config key over the manifest's [config]; VALUE is JSON if it parses (3, true, "text",
+        /// {...}), else text. Repeatable
+        #[arg(long = "set", value_name = "KEY=VALUE", allow_hyphen_values = true)]
+        set: Vec<String>,
+    },
+    /// Replace an installed plugin with a new version; one that asks for more waits for `approve`
+    Upgrade {
+        /// The new version's directory or its plugin.toml
+        path: PathBuf,
+        /// The module to install [default: the file the manifest's `wasm` names, or <NAME>.wasm, next to plugin.toml]
+        #[arg(long, value_name = "FILE")]
+        wasm: Option<PathBuf>,
+    },
+    /// Approve the upgrade that waits for approval (the new version runs from now on)
+    Approve { name: String },
+    /// Enable a plugin (also lets a quarantined one run again)
+    Enable { name: String },
+    /// Disable a plugin: it stops and does not start with the hub
+    Disable { name: String },
+    /// Remove a plugin with its files and storage
+    Remove { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -292,6 +333,18 @@ async fn dispatch(args: Args) -> Result<()> {
             let (data_dir, created_data) = DataDir::open_or_create(&config.hub.data_dir)?;
             output::init(args.json, &config, &data_dir, created_config, created_data)
         }
+        Command::Plugin(command) => {
+            // The files first: a missing one is reported as such, whether or not a hub runs.
+            let local = match command {
+                PluginCommand::Install { path, wasm, .. } | PluginCommand::Upgrade { path, wasm } => {
+                    Some(LocalPlugin::read(path, wasm.as_deref())?)
+                }
+                _ => None,
+            };
+            let config = admin_config(&config_path, &default_data, args.config.is_some())?;
+            let client = Client::for_data_dir(&config.hub.data_dir)?;
+            plugin(command, local.as_ref(), &client, args.json).await
+        }
         command => {
             let config = admin_config(&config_path, &default_data, args.config.is_some())?;
             let client = Client::for_data_dir(&config.hub.data_dir)?;
@@ -350,9 +403,82 @@ fn check(command: &Command) -> Result<()> {
             parse_subject(subject)?;
         }
         Command::Device(device) => check_device(device)?,
+        Command::Plugin(plugin) => check_plugin(plugin)?,
         _ => {}
     }
     Ok(())
+}
+
+fn check_plugin(command: &PluginCommand) -> Result<()> {
+    match command {
+        PluginCommand::List | PluginCommand::Upgrade { .. } => {}
+        PluginCommand::Install { set, .. } => {
+            upload::overrides(set).map_err(usage)?;
+        }
+        PluginCommand::Show { name }
+        | PluginCommand::Approve { name }
+        | PluginCommand::Enable { name }
+        | PluginCommand::Disable { name }
+        | PluginCommand::Remove { name } => plugin_name(name)?,
+    }
+    Ok(())
+}
+
+/// A plugin name as typed: `[a-z0-9_-]{1,64}` (safe in a URL path).
+fn plugin_name(name: &str) -> Result<()> {
+    if machinomy_core::plugin::valid_plugin_name(name) {
+        return Ok(());
+    }
+    Err(usage(machinomy_core::plugin::ManifestError::BadName(name.to_owned()).to_string()))
+}
+
+/// A plugin command; `local` is the plugin read from disk for `install` and `upgrade`.
+async fn plugin(command: &PluginCommand, local: Option<&LocalPlugin>, client: &Client, json: bool) -> Result<()> {
+    let local = || local.context("the plugin's files were not read");
+    match command {
+        PluginCommand::List => {
+            let plugins: Vec<PluginView> = client.get("/api/v1/plugins").await?;
+            output::show(json, &plugins, || output::plugins(&plugins))
+        }
+        PluginCommand::Show { name } => {
+            plugin_name(name)?;
+            let plugin: PluginView = client.get(&format!("/api/v1/plugins/{name}")).await?;
+            let status: HubStatus = client.get("/api/v1/status").await?;
+            output::show(json, &plugin, || output::plugin(&plugin, &status.currency))
+        }
+        PluginCommand::Install { set, .. } => {
+            let body = local()?.install_body(upload::overrides(set).map_err(usage)?);
+            let installed: PluginInstalled = client.post("/api/v1/plugins", &body).await?;
+            let status: HubStatus = client.get("/api/v1/status").await?;
+            output::show(json, &installed, || output::installed(&installed, false, &status.currency))
+        }
+        PluginCommand::Upgrade { .. } => {
+            let local = local()?;
+            let installed: PluginInstalled =
+                client.put(&format!("/api/v1/plugins/{}", local.name), &local.upgrade_body()).await?;
+            let status: HubStatus = client.get("/api/v1/status").await?;
+            output::show(json, &installed, || output::installed(&installed, true, &status.currency))
+        }
+        PluginCommand::Approve { name } => {
+            plugin_name(name)?;
+            let plugin: PluginView =
+                client.post(&format!("/api/v1/plugins/{name}/approve"), &serde_json::json!({})).await?;
+            let status: HubStatus = client.get("/api/v1/status").await?;
+            output::show(json, &plugin, || output::plugin_approved(&plugin, &status.currency))
+        }
+        PluginCommand::Enable { name } | PluginCommand::Disable { name } => {
+            plugin_name(name)?;
+            let action = if matches!(command, PluginCommand::Enable { .. }) { "enable" } else { "disable" };
+            let plugin: PluginView =
+                client.post(&format!("/api/v1/plugins/{name}/{action}"), &serde_json::json!({})).await?;
+            output::show(json, &plugin, || output::plugin_switched(&plugin))
+        }
+        PluginCommand::Remove { name } => {
+            plugin_name(name)?;
+            client.delete_empty(&format!("/api/v1/plugins/{name}")).await?;
+            output::show(json, &serde_json::json!({"removed": name}), || output::plugin_removed(name))
+        }
+    }
 }
 
 fn check_device(command: &DeviceCommand) -> Result<()> {
@@ -436,6 +562,7 @@ fn command_payload(text: &str) -> Result<serde_json::Value> {
 async fn admin(command: &Command, client: &Client, json: bool) -> Result<()> {
     match command {
         Command::Run { .. } | Command::Init => bail!("not an admin command"),
+        Command::Plugin(command) => plugin(command, None, client, json).await,
         Command::Status => {
             let status: HubStatus = client.get("/api/v1/status").await?;
             output::show(json, &status, || output::status(&status, client.base()))
@@ -774,5 +901,68 @@ mod tests {
         assert!(error.starts_with("--payload is not valid JSON"), "{error}");
         let ok = parse_args(&["device", "command", "fridge", "set_temp", "--payload", r#"{"c": 3}"#]).unwrap();
         assert!(check(&ok.command).is_ok());
+    }
+
+    fn plugin_command(args: &[&str]) -> PluginCommand {
+        match parse_args(args).unwrap().command {
+            Command::Plugin(plugin) => plugin,
+            other => panic!("not a plugin command: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn plugin_commands_parse() {
+        assert_eq!(
+            subcommands_of(&["plugin"]),
+            ["list", "show", "install", "upgrade", "approve", "enable", "disable", "remove"]
+        );
+        assert!(matches!(plugin_command(&["plugins", "list"]), PluginCommand::List));
+        let PluginCommand::Install { path, wasm, set } = plugin_command(&[
+            "plugin",
+            "install",
+            "plugins/weather-buyer",
+            "--set",
+            "every_secs=600",
+            "--wasm",
+            "dist/weather.wasm",
+            "--set",
+            "offset=-5",
+        ]) else {
+            panic!("not `plugin install`");
+        };
+        assert_eq!(path, Path::new("plugins/weather-buyer"));
+        assert_eq!(wasm.as_deref(), Some(Path::new("dist/weather.wasm")));
+        let overrides = upload::overrides(&set).unwrap();
+        assert_eq!(serde_json::Value::Object(overrides), serde_json::json!({"every_secs": 600, "offset": -5}));
+        let PluginCommand::Upgrade { path, wasm } = plugin_command(&["plugin", "upgrade", "plugin.toml"]) else {
+            panic!("not `plugin upgrade`");
+        };
+        assert_eq!((path.as_path(), wasm), (Path::new("plugin.toml"), None));
+        for action in ["approve", "enable", "disable", "remove", "show"] {
+            let command = plugin_command(&["plugin", action, "weather-buyer"]);
+            assert!(check_plugin(&command).is_ok(), "{action}");
+        }
+        let error = parse_args(&["plugin", "install"]).unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn plugin_arguments_are_checked_before_asking_the_hub() {
+        let usage_error = |args: &[&str]| {
+            let error = check_plugin(&plugin_command(args)).unwrap_err();
+            assert!(error.downcast_ref::<Usage>().is_some(), "{args:?}: {error}");
+            error.to_string()
+        };
+        for bad in ["Weather", "a/b", "../budgets", ""] {
+            for action in ["show", "approve", "enable", "disable", "remove"] {
+                let error = usage_error(&["plugin", action, bad]);
+                assert!(error.starts_with("plugin name ") && error.contains("1 to 64 characters"), "{error}");
+            }
+        }
+        assert_eq!(
+            usage_error(&["plugin", "install", "dir", "--set", "every_secs"]),
+            r#"--set "every_secs": expected KEY=VALUE"#
+        );
+        assert_eq!(usage_error(&["plugin", "install", "dir", "--set", "=1"]), r#"--set "=1": the key is empty"#);
     }
 }

@@ -2,6 +2,7 @@
 
 mod cli;
 mod output;
+mod upload;
 
 use std::process::ExitCode;
 

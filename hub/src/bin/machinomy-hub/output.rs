@@ -7,7 +7,10 @@ use anyhow::Result;
 use machinomy_core::{Approval, ApprovalState, ChannelStatus, Currency, DeviceId, PublicKey, SpendOutcome, Timestamp};
 use machinomy_hub::Config;
 use machinomy_hub::datadir::DataDir;
-use machinomy_web::model::{BudgetView, ChannelView, DeviceView, HubStatus, PairedDevice, SpendingReport};
+use machinomy_web::model::{
+    BudgetView, ChannelView, DeviceView, HubStatus, InstallStatus, PairedDevice, PluginGrants, PluginInstalled,
+    PluginStateName, PluginView, SpendingReport,
+};
 use serde::Serialize;
 
 pub(crate) fn print(text: &str) {
@@ -469,6 +472,251 @@ pub(crate) fn command_sent(id: &DeviceId, name: &str) -> String {
     format!("sent {} to {id}; its state as it next reports it: `machinomy-hub device show {id}`\n", clean(name))
 }
 
+/// Unix milliseconds as `2026-11-24 11:59:07 UTC`.
+fn when_ms(at_ms: u64) -> String {
+    let t = Timestamp(at_ms / 1000);
+    let secs = t.secs() % 86_400;
+    format!("{} {:02}:{:02}:{:02} UTC", t.date_string(), secs / 3600, secs % 3600 / 60, secs % 60)
+}
+
+/// A size: `16 MiB`, `64 KiB`, `1200 bytes`.
+fn bytes(n: u64) -> String {
+    const KIB: u64 = 1024;
+    const MIB: u64 = 1024 * 1024;
+    match n {
+        n if n >= MIB && n % MIB == 0 => format!("{} MiB", n / MIB),
+        n if n >= KIB && n % KIB == 0 => format!("{} KiB", n / KIB),
+        n => format!("{n} bytes"),
+    }
+}
+
+/// What a plugin may do beyond computing, one line each, amounts in the hub's currency.
+fn grant_lines(g: &PluginGrants, currency: &Currency) -> Vec<String> {
+    let mut lines = Vec::new();
+    lines.extend(g.subscribe.iter().map(|f| format!("subscribe to {}", clean(f))));
+    lines.extend(g.publish.iter().map(|f| format!("publish on {}", clean(f))));
+    lines.extend(g.devices.iter().map(|d| match d.as_str() {
+        "*" => "read the state of every device".to_owned(),
+        d => format!("read the state of {}", clean(d)),
+    }));
+    if g.pay {
+        lines.push("pay peers from its budget".to_owned());
+    }
+    if g.invoice {
+        lines.push("invoice peers".to_owned());
+    }
+    lines.extend(
+        g.call.iter().map(|c| format!("buy {} at up to {} a call", clean(&c.service), currency.format(c.max_price))),
+    );
+    for sell in &g.sell {
+        let mut line = format!("sell {} at {} a call", clean(&sell.service), currency.format(sell.price));
+        if !sell.description.is_empty() {
+            let _ = write!(line, " ({})", clean(&sell.description));
+        }
+        lines.push(line);
+    }
+    if let Some(budget) = &g.budget {
+        let approval = if budget.auto_approve.is_zero() {
+            "every payment needs your approval".to_owned()
+        } else {
+            format!("payments up to {} need no approval", currency.format(budget.auto_approve))
+        };
+        lines.push(format!("spend up to {} a {} ({approval})", currency.format(budget.limit), budget.period));
+    }
+    lines
+}
+
+/// `; it may:` and the grants as a list, or that it may only compute.
+fn may(g: &PluginGrants, currency: &Currency) -> String {
+    let lines = grant_lines(g, currency);
+    if lines.is_empty() {
+        return "; it may only compute (nothing is granted)\n".to_owned();
+    }
+    let mut out = "; it may:\n".to_owned();
+    for line in lines {
+        let _ = writeln!(out, "  - {line}");
+    }
+    out
+}
+
+/// Why an enabled plugin is not running, if it is not.
+fn not_running(p: &PluginView) -> Option<String> {
+    if p.state != PluginStateName::Enabled || p.running {
+        return None;
+    }
+    Some(match &p.last_fault {
+        Some(fault) => format!("it is not running: {}", clean(fault)),
+        None => "it is not running".to_owned(),
+    })
+}
+
+pub(crate) fn plugins(plugins: &[PluginView]) -> String {
+    if plugins.is_empty() {
+        return "no plugins installed (install one with `machinomy-hub plugin install <DIR>`)\n".to_owned();
+    }
+    let names: Vec<String> = plugins.iter().map(|p| clean(&p.name)).collect();
+    let versions: Vec<String> = plugins.iter().map(|p| clean(&p.version)).collect();
+    let width = |column: &[String], title: usize| column.iter().map(|c| c.chars().count()).chain([title]).max();
+    let name_width = width(&names, 4).unwrap_or(4);
+    let version_width = width(&versions, 7).unwrap_or(7);
+    let mut out = format!(
+        "{:<name_width$}  {:<version_width$}  {:<11}  {:<7}  {:>6}  {:>7}  {:>8}  {}\n",
+        "NAME", "VERSION", "STATE", "RUNNING", "FAULTS", "REFUSED", "EVENTS", "UPGRADE"
+    );
+    for ((p, name), version) in plugins.iter().zip(&names).zip(&versions) {
+        let upgrade =
+            p.pending_upgrade.as_ref().map(|u| format!("{} waits for approval", clean(&u.version))).unwrap_or_default();
+        let line = format!(
+            "{name:<name_width$}  {version:<version_width$}  {:<11}  {:<7}  {:>6}  {:>7}  {:>8}  {upgrade}",
+            p.state.as_str(),
+            if p.running { "yes" } else { "no" },
+            p.faults,
+            p.refused,
+            p.events,
+        );
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+    out
+}
+
+/// Width of the labels of `plugin show`.
+const LABEL: usize = 13;
+
+fn field(out: &mut String, label: &str, value: &str) {
+    let _ = writeln!(out, "{label:<LABEL$}{value}");
+}
+
+/// One plugin in full.
+pub(crate) fn plugin(p: &PluginView, currency: &Currency) -> String {
+    let mut out = String::new();
+    let name = clean(&p.name);
+    field(&mut out, "plugin", &format!("{name} {}", clean(&p.version)));
+    if !p.description.is_empty() {
+        field(&mut out, "description", &clean(&p.description));
+    }
+    let state = match p.state {
+        PluginStateName::Enabled if p.running => "enabled, running".to_owned(),
+        PluginStateName::Enabled => "enabled, not running".to_owned(),
+        PluginStateName::Disabled => "disabled".to_owned(),
+        PluginStateName::Quarantined => format!(
+            "quarantined: {}; `machinomy-hub plugin enable {name}` lets it run again",
+            clean(p.quarantine_reason.as_deref().unwrap_or("too many faults"))
+        ),
+    };
+    field(&mut out, "state", &state);
+    let grants = grant_lines(&p.grants, currency);
+    if grants.is_empty() {
+        field(&mut out, "may", "only compute (nothing is granted)");
+    }
+    for (i, line) in grants.iter().enumerate() {
+        field(&mut out, if i == 0 { "may" } else { "" }, line);
+    }
+    field(
+        &mut out,
+        "limits",
+        &format!(
+            "{} MiB of memory, {} fuel per event, {} of storage",
+            p.limits.memory_mib,
+            p.limits.fuel_per_event,
+            bytes(p.limits.kv_bytes)
+        ),
+    );
+    if p.config.is_empty() {
+        field(&mut out, "config", "none");
+    } else {
+        let pretty = serde_json::to_string_pretty(&p.config).unwrap_or_else(|e| format!("(cannot show: {e})"));
+        for (i, line) in pretty.lines().enumerate() {
+            field(&mut out, if i == 0 { "config" } else { "" }, &clean(line));
+        }
+    }
+    if let Some(upgrade) = &p.pending_upgrade {
+        field(&mut out, "upgrade", &format!("{} waits for your approval; it asks for more:", clean(&upgrade.version)));
+        for ask in &upgrade.asks_for {
+            field(&mut out, "", &format!("- {}", clean(ask)));
+        }
+        field(&mut out, "", &format!("approve it with `machinomy-hub plugin approve {name}`"));
+    }
+    field(&mut out, "events", &p.events.to_string());
+    field(&mut out, "refused", &format!("{} (calls outside its grants)", p.refused));
+    let faults = match &p.last_fault {
+        Some(fault) => format!("{} recent (last: {})", p.faults, clean(fault)),
+        None => format!("{} recent", p.faults),
+    };
+    field(&mut out, "faults", &faults);
+    let subscribed = if p.subscriptions.is_empty() { "nothing".to_owned() } else { clean(&p.subscriptions.join(", ")) };
+    field(&mut out, "subscribed", &subscribed);
+    field(&mut out, "timers", &p.timers.to_string());
+    field(&mut out, "storage", &format!("{} of {}", bytes(p.storage_used), bytes(p.limits.kv_bytes)));
+    field(&mut out, "installed", &when(p.installed_at));
+    field(&mut out, "updated", &when(p.updated_at));
+    if p.recent.is_empty() {
+        field(&mut out, "recent", "nothing logged");
+    }
+    for (i, line) in p.recent.iter().enumerate() {
+        let text = format!("{}  {:<5}  {}", when_ms(line.at_ms), clean(&line.level), clean(&line.text));
+        field(&mut out, if i == 0 { "recent" } else { "" }, &text);
+    }
+    out
+}
+
+/// What an install (`upgrade` false) or an upgrade did.
+pub(crate) fn installed(installed: &PluginInstalled, upgrade: bool, currency: &Currency) -> String {
+    let p = &installed.plugin;
+    let name = clean(&p.name);
+    let mut out = match (installed.status, &p.pending_upgrade) {
+        (InstallStatus::AwaitingApproval, Some(pending)) => {
+            let mut out = format!("{name} {} asks for more and waits for your approval:\n", clean(&pending.version));
+            for ask in &pending.asks_for {
+                let _ = writeln!(out, "  - {}", clean(ask));
+            }
+            let _ = writeln!(
+                out,
+                "{name} {} keeps running as it is until then; approve with `machinomy-hub plugin approve {name}`",
+                clean(&p.version)
+            );
+            return out;
+        }
+        (InstallStatus::AwaitingApproval, None) => {
+            return format!(
+                "{name}'s new version waits for your approval: see `machinomy-hub plugin show {name}`, then `machinomy-hub plugin approve {name}`\n"
+            );
+        }
+        (InstallStatus::Ready, _) if upgrade => format!("upgraded {name} to {}", clean(&p.version)),
+        (InstallStatus::Ready, _) => format!("installed {name} {}", clean(&p.version)),
+    };
+    out.push_str(&may(&p.grants, currency));
+    if let Some(why) = not_running(p) {
+        let _ = writeln!(out, "{why}; see `machinomy-hub plugin show {name}`");
+    }
+    out
+}
+
+/// An approved upgrade.
+pub(crate) fn plugin_approved(p: &PluginView, currency: &Currency) -> String {
+    let mut out = format!("approved: {} {} runs from now on", clean(&p.name), clean(&p.version));
+    out.push_str(&may(&p.grants, currency));
+    out
+}
+
+/// A plugin just enabled or disabled.
+pub(crate) fn plugin_switched(p: &PluginView) -> String {
+    let name = clean(&p.name);
+    match p.state {
+        PluginStateName::Enabled => match not_running(p) {
+            Some(why) => format!("enabled {name}, but {why}; see `machinomy-hub plugin show {name}`\n"),
+            None => format!("enabled {name}: it is running\n"),
+        },
+        PluginStateName::Disabled => {
+            format!("disabled {name}: it is stopped until `machinomy-hub plugin enable {name}`\n")
+        }
+        PluginStateName::Quarantined => format!("{name} is quarantined\n"),
+    }
+}
+
+pub(crate) fn plugin_removed(name: &str) -> String {
+    format!("removed plugin {} with its files and storage\n", clean(name))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -585,5 +833,152 @@ mod tests {
         assert!(approval_state(&approval).ends_with(", payment failed"), "{}", approval_state(&approval));
         approval.outcome = Some(machinomy_core::SpendOutcome::Paid { at, channel: None });
         assert!(approval_state(&approval).ends_with(", paid"), "{}", approval_state(&approval));
+    }
+
+    fn sample_plugin() -> PluginView {
+        use machinomy_core::Amount;
+        use machinomy_core::plugin::{BudgetGrant, CallGrant, Limits};
+        let mut config = serde_json::Map::new();
+        config.insert("every_secs".to_owned(), serde_json::json!(600));
+        PluginView {
+            name: "weather-buyer".to_owned(),
+            version: "0.1.0".to_owned(),
+            description: "Buys a forecast\u{1b}[2J".to_owned(),
+            state: PluginStateName::Enabled,
+            quarantine_reason: None,
+            running: true,
+            grants: PluginGrants {
+                publish: vec!["machinomy/irrigation/cmd/#".to_owned()],
+                devices: vec!["*".to_owned()],
+                call: vec![CallGrant {
+                    service: "weather.forecast".to_owned(),
+                    max_price: Amount::from_base_units(2_000_000),
+                }],
+                budget: Some(BudgetGrant {
+                    period: machinomy_core::Period::Day,
+                    limit: Amount::from_base_units(1_000_000_000),
+                    auto_approve: Amount::from_base_units(2_000_000),
+                }),
+                ..PluginGrants::default()
+            },
+            limits: Limits::default(),
+            config,
+            pending_upgrade: None,
+            faults: 0,
+            last_fault: None,
+            refused: 2,
+            events: 1234,
+            subscriptions: Vec::new(),
+            timers: 1,
+            storage_used: 120,
+            recent: vec![machinomy_web::model::PluginLogLine {
+                at_ms: Timestamp::from_civil(2026, 11, 24).secs() * 1000 + 61_500,
+                level: "info".to_owned(),
+                text: "paused\nirrigation".to_owned(),
+            }],
+            installed_at: Timestamp::from_civil(2026, 11, 1),
+            updated_at: Timestamp::from_civil(2026, 11, 2),
+        }
+    }
+
+    #[test]
+    fn the_plugin_list_is_an_aligned_table() {
+        let mut flaky = sample_plugin();
+        flaky.name = "flaky".to_owned();
+        flaky.version = "10.0.0-rc1".to_owned();
+        flaky.state = PluginStateName::Quarantined;
+        flaky.running = false;
+        flaky.faults = 3;
+        flaky.pending_upgrade =
+            Some(machinomy_web::model::PendingUpgrade { version: "11.0.0".to_owned(), asks_for: Vec::new() });
+        let text = plugins(&[flaky, sample_plugin()]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "NAME           VERSION     STATE        RUNNING  FAULTS  REFUSED    EVENTS  UPGRADE",
+                "flaky          10.0.0-rc1  quarantined  no            3        2      1234  11.0.0 waits for approval",
+                "weather-buyer  0.1.0       enabled      yes           0        2      1234",
+            ]
+        );
+        assert!(plugins(&[]).starts_with("no plugins installed"));
+    }
+
+    #[test]
+    fn a_plugin_is_shown_whole_with_its_grants_and_log() {
+        let usd = Currency::usd();
+        let text = plugin(&sample_plugin(), &usd);
+        let expected_start = "plugin       weather-buyer 0.1.0\n\
+                              description  Buys a forecast\\u{1b}[2J\n\
+                              state        enabled, running\n\
+                              may          publish on machinomy/irrigation/cmd/#\n\
+                              \x20            read the state of every device\n\
+                              \x20            buy weather.forecast at up to 0.002 USD a call\n\
+                              \x20            spend up to 1 USD a day (payments up to 0.002 USD need no approval)\n\
+                              limits       16 MiB of memory, 50000000 fuel per event, 1 MiB of storage\n\
+                              config       {\n\
+                              \x20              \"every_secs\": 600\n\
+                              \x20            }\n";
+        assert!(text.starts_with(expected_start), "{text}");
+        assert!(text.contains("refused      2 (calls outside its grants)\n"), "{text}");
+        assert!(text.contains("storage      120 bytes of 1 MiB\n"), "{text}");
+        assert!(text.contains("installed    2026-11-01 00:00 UTC\n"), "{text}");
+        assert!(text.ends_with("recent       2026-11-24 00:01:01 UTC  info   paused\\nirrigation\n"), "{text}");
+
+        let mut waiting = sample_plugin();
+        waiting.state = PluginStateName::Quarantined;
+        waiting.quarantine_reason = Some("3 faults".to_owned());
+        waiting.grants = PluginGrants::default();
+        waiting.pending_upgrade = Some(machinomy_web::model::PendingUpgrade {
+            version: "0.2.0".to_owned(),
+            asks_for: vec!["pay peers".to_owned()],
+        });
+        waiting.recent.clear();
+        let text = plugin(&waiting, &usd);
+        assert!(
+            text.contains("state        quarantined: 3 faults; `machinomy-hub plugin enable weather-buyer`"),
+            "{text}"
+        );
+        assert!(text.contains("may          only compute (nothing is granted)\n"), "{text}");
+        assert!(
+            text.contains(
+                "upgrade      0.2.0 waits for your approval; it asks for more:\n             - pay peers\n             approve it with `machinomy-hub plugin approve weather-buyer`\n"
+            ),
+            "{text}"
+        );
+        assert!(text.ends_with("recent       nothing logged\n"), "{text}");
+    }
+
+    #[test]
+    fn an_install_says_what_the_plugin_may_do_and_an_upgrade_what_it_asks_for() {
+        let usd = Currency::usd();
+        let ready = PluginInstalled { status: InstallStatus::Ready, plugin: sample_plugin() };
+        let text = installed(&ready, false, &usd);
+        assert!(
+            text.starts_with("installed weather-buyer 0.1.0; it may:\n  - publish on machinomy/irrigation/cmd/#\n"),
+            "{text}"
+        );
+        assert!(installed(&ready, true, &usd).starts_with("upgraded weather-buyer to 0.1.0; it may:\n"));
+        let mut bare = sample_plugin();
+        bare.grants = PluginGrants::default();
+        bare.running = false;
+        bare.last_fault = Some("trap in on_start".to_owned());
+        let text = installed(&PluginInstalled { status: InstallStatus::Ready, plugin: bare }, false, &usd);
+        assert_eq!(
+            text,
+            "installed weather-buyer 0.1.0; it may only compute (nothing is granted)\n\
+             it is not running: trap in on_start; see `machinomy-hub plugin show weather-buyer`\n"
+        );
+        let mut waiting = sample_plugin();
+        waiting.pending_upgrade = Some(machinomy_web::model::PendingUpgrade {
+            version: "0.2.0".to_owned(),
+            asks_for: vec!["pay peers".to_owned(), "subscribe to machinomy/rain/#".to_owned()],
+        });
+        let text = installed(&PluginInstalled { status: InstallStatus::AwaitingApproval, plugin: waiting }, true, &usd);
+        assert_eq!(
+            text,
+            "weather-buyer 0.2.0 asks for more and waits for your approval:\n  - pay peers\n  - subscribe to machinomy/rain/#\n\
+             weather-buyer 0.1.0 keeps running as it is until then; approve with `machinomy-hub plugin approve weather-buyer`\n"
+        );
     }
 }
