@@ -19,6 +19,9 @@ apt_packages=(build-essential pkg-config ca-certificates iproute2)
 apt_packages+=(mosquitto python3 python3-paho-mqtt python3-nacl)
 # libdbus-1-dev: the hub's default `ble` feature builds btleplug, which talks to BlueZ over D-Bus.
 apt_packages+=(libdbus-1-dev)
+# chromium, chromium-driver: the web UI's browser tests drive a headless Chromium through
+# chromedriver (WebDriver) against real hubs on loopback (tests/src/browser.rs).
+apt_packages+=(chromium chromium-driver)
 missing=()
 for pkg in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")

@@ -36,6 +36,7 @@ use machinomy_hub::payments::IncomingMeta;
 use serde::de::DeserializeOwned;
 use tempfile::TempDir;
 
+pub mod browser;
 pub mod mosquitto;
 pub mod plugins;
 
@@ -120,6 +121,15 @@ fn locate_and_build_hub() -> Result<PathBuf> {
         .args(["-p", "machinomy-hub", "--bin", "machinomy-hub", "--profile", profile])
         .env("CARGO_TARGET_DIR", &target_dir)
         .stdin(Stdio::null());
+    // What cargo set for this test binary's run (CARGO_MANIFEST_DIR, CARGO_PKG_NAME, …) must not
+    // reach the inner cargo: build scripts that watch those variables (ring's) would see them
+    // change between this build and the next outer `cargo test`, and rebuild every crate above
+    // them both times.
+    for (key, _) in std::env::vars_os() {
+        if key.to_str().is_some_and(is_cargo_run_var) {
+            build.env_remove(&key);
+        }
+    }
     if let Some(triple) = &triple {
         build.arg("--target").arg(triple);
     }
@@ -138,6 +148,22 @@ fn locate_and_build_hub() -> Result<PathBuf> {
         bin.display()
     );
     Ok(bin)
+}
+
+/// Whether cargo sets `key` for the process it runs (a test binary, a build script), as opposed
+/// to cargo's own configuration (`CARGO_HOME`, `CARGO_BUILD_*`, `CARGO_NET_*`, …).
+fn is_cargo_run_var(key: &str) -> bool {
+    const EXACT: &[&str] = &[
+        "CARGO_MANIFEST_DIR",
+        "CARGO_MANIFEST_PATH",
+        "CARGO_MANIFEST_LINKS",
+        "CARGO_CRATE_NAME",
+        "CARGO_BIN_NAME",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+        "CARGO_RUSTC_CURRENT_DIR",
+    ];
+    EXACT.contains(&key) || key.starts_with("CARGO_PKG_") || key.starts_with("CARGO_BIN_EXE_")
 }
 
 /// Polls `check` until it returns `Some`, or fails after `deadline` saying what it waited for.

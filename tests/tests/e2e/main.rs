@@ -13,4 +13,5 @@ mod multi_hub;
 mod peers;
 mod persistence;
 mod plugins;
+mod web_browser;
 mod web_ui;
