@@ -12,7 +12,8 @@ sudo_if_needed() {
 # --- Debian packages --------------------------------------------------------------------------
 # build-essential, pkg-config: C toolchain for -sys crates (aws-lc for QUIC's TLS among them).
 # iproute2: the mDNS test runs hubs in a network namespace it creates, linked by veth.
-apt_packages=(build-essential pkg-config ca-certificates iproute2)
+# tzdata: the hub shows times in the home's time zone, read from /usr/share/zoneinfo.
+apt_packages=(build-essential pkg-config ca-certificates iproute2 tzdata)
 # mosquitto, python3, python3-paho-mqtt, python3-nacl: the MQTT bridge's end-to-end tests run the
 # Mosquitto broker the product ships config for (packaging/mosquitto/) and tests/appliance.py, an
 # appliance written in Python against the same broker (run with /usr/bin/python3).

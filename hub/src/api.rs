@@ -1,12 +1,12 @@
 //! The hub as the web layer's [`Backend`]: maps the books into API views and hub errors into
 //! HTTP-shaped ones.
 
-use machinomy_core::{Approval, Budget, ChannelId, DeviceId, Verdict, spending};
+use machinomy_core::{Approval, Budget, ChannelId, DeviceId, Timestamp, Verdict, spending};
 use machinomy_web::backend::PluginUpload;
 use machinomy_web::model::{
-    BudgetView, CallBody, CallResult, ChannelView, DeviceView, HubStatus, InstallStatus, MqttCredentials, NewDevice,
-    OfferView, PairedDevice, PeerView, PendingUpgrade, PluginInstalled, PluginLogLine, PluginStateName, PluginView,
-    Role, ServicesView, SpendingQuery, SpendingReport,
+    BudgetView, CallBody, CallResult, ChannelView, DailySpendingView, DeviceView, HubStatus, InstallStatus, LiveEvent,
+    MqttCredentials, NewDevice, OfferView, PairedDevice, PeerView, PendingUpgrade, PluginInstalled, PluginLogLine,
+    PluginStateName, PluginView, Role, ServicesView, SpendingQuery, SpendingReport,
 };
 use machinomy_web::{Backend, BackendError};
 
@@ -73,6 +73,15 @@ impl Hub {
 }
 
 impl Backend for Hub {
+    fn time_zone(&self) -> jiff::tz::TimeZone {
+        Hub::time_zone(self).clone()
+    }
+
+    fn live_events(&self) -> Result<tokio::sync::broadcast::Receiver<LiveEvent>, BackendError> {
+        self.subscribe_live()
+            .ok_or_else(|| BackendError::Unavailable("the hub is not running its live feed".to_owned()))
+    }
+
     async fn status(&self) -> Result<HubStatus, BackendError> {
         let payments = self.payments();
         let channels = payments.channels()?;
@@ -83,6 +92,7 @@ impl Backend for Hub {
             public_key: payments.public_key(),
             started_at: self.started_at(),
             uptime_secs: now.secs().saturating_sub(self.started_at().secs()),
+            now,
             currency: payments.currency().clone(),
             channels_open: channels.iter().filter(|c| c.status().is_open()).count() as u64,
             approvals_pending: {
@@ -169,7 +179,8 @@ impl Backend for Hub {
 
     async fn spending(&self, query: SpendingQuery) -> Result<SpendingReport, BackendError> {
         let entries = self.payments().spending(query.from, query.to)?;
-        let rows = spending::report(&entries, query.group_by, query.from, query.to)
+        let zone = self.zone_offset();
+        let rows = spending::report(&entries, query.group_by, query.from, query.to, &zone)
             .map_err(|e| BackendError::Internal(e.to_string()))?;
         let sum = |f: fn(&machinomy_core::ReportRow) -> machinomy_core::Amount| {
             rows.iter().try_fold(machinomy_core::Amount::ZERO, |s, r| s.checked_add(f(r)))
@@ -184,11 +195,20 @@ impl Backend for Hub {
             rows,
         })
     }
+
+    async fn daily_spending(&self, from: Timestamp, to: Timestamp) -> Result<DailySpendingView, BackendError> {
+        let entries = self.payments().spending(Some(from), Some(to))?;
+        let daily = spending::daily_paid(&entries, from, to, &self.zone_offset()).map_err(|e| match e {
+            spending::ReportError::Amount(_) => BackendError::Internal(e.to_string()),
+            spending::ReportError::EmptyPeriod | spending::ReportError::TooManyDays { .. } => {
+                BackendError::Invalid(e.to_string())
+            }
+        })?;
+        Ok(DailySpendingView { currency: self.payments().currency().clone(), from, to, daily })
+    }
+
     async fn recent_payments(&self, limit: usize) -> Result<Vec<machinomy_core::SpendingEntry>, BackendError> {
-        let mut entries = self.payments().spending(None, None)?;
-        entries.sort_by_key(|e| std::cmp::Reverse(e.at));
-        entries.truncate(limit);
-        Ok(entries)
+        Ok(self.payments().recent_spending(limit)?)
     }
 
     // A small file in the data dir, read or written only at setup, login and a signed-out visit.
@@ -276,7 +296,9 @@ impl Backend for Hub {
     ) -> Result<PluginInstalled, BackendError> {
         let plugins = self.plugins_or_unavailable()?;
         let package = Package { manifest: upload.manifest, wasm: upload.wasm };
-        Ok(installed(plugins.install(package, config.into_iter().collect()).await?))
+        let done = installed(plugins.install(package, config.into_iter().collect()).await?);
+        self.tell_pages(LiveEvent::Plugin { name: done.plugin.name.clone() });
+        Ok(done)
     }
 
     async fn upgrade_plugin(&self, name: String, upload: PluginUpload) -> Result<PluginInstalled, BackendError> {
@@ -289,19 +311,27 @@ impl Backend for Hub {
         }
         // A manifest whose name that quick look cannot read is refused by the host's strict parse.
         let package = Package { manifest: upload.manifest, wasm: upload.wasm };
-        Ok(installed(plugins.upgrade(package).await?))
+        let done = installed(plugins.upgrade(package).await?);
+        self.tell_pages(LiveEvent::Plugin { name });
+        Ok(done)
     }
 
     async fn approve_plugin(&self, name: String) -> Result<PluginView, BackendError> {
-        Ok(plugin_view(self.plugins_or_unavailable()?.approve(&name).await?))
+        let view = plugin_view(self.plugins_or_unavailable()?.approve(&name).await?);
+        self.tell_pages(LiveEvent::Plugin { name });
+        Ok(view)
     }
 
     async fn set_plugin_enabled(&self, name: String, enabled: bool) -> Result<PluginView, BackendError> {
-        Ok(plugin_view(self.plugins_or_unavailable()?.set_enabled(&name, enabled).await?))
+        let view = plugin_view(self.plugins_or_unavailable()?.set_enabled(&name, enabled).await?);
+        self.tell_pages(LiveEvent::Plugin { name });
+        Ok(view)
     }
 
     async fn remove_plugin(&self, name: String) -> Result<(), BackendError> {
-        Ok(self.plugins_or_unavailable()?.remove(&name).await?)
+        self.plugins_or_unavailable()?.remove(&name).await?;
+        self.tell_pages(LiveEvent::Plugin { name });
+        Ok(())
     }
 }
 
@@ -312,6 +342,11 @@ const _: () = assert!(
 );
 
 impl Hub {
+    /// The home's clock as the core's reports read it.
+    fn zone_offset(&self) -> impl Fn(Timestamp) -> i32 + '_ {
+        |at| machinomy_web::zone_offset(Hub::time_zone(self), at)
+    }
+
     fn plugins_or_unavailable(&self) -> Result<&Plugins, BackendError> {
         self.plugins().ok_or_else(|| {
             BackendError::Unavailable(

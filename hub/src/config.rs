@@ -124,6 +124,7 @@ struct RawHub {
     data_dir: Option<PathBuf>,
     approval_ttl_secs: Option<u64>,
     max_pending_approvals: Option<usize>,
+    time_zone: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -268,6 +269,8 @@ pub struct HubSettings {
     pub approval_ttl_secs: u64,
     /// Pending approvals beyond this are denied outright, so a noisy device cannot flood the owner.
     pub max_pending_approvals: usize,
+    /// The home's time zone: the web UI shows times in it and reports count its days.
+    pub time_zone: jiff::tz::TimeZone,
 }
 
 #[derive(Debug, Clone)]
@@ -439,6 +442,16 @@ impl RawConfig {
         if max_pending_approvals == 0 {
             return Err(key_error("hub.max_pending_approvals", "must be more than 0".to_owned()));
         }
+        let time_zone = match self.hub.time_zone.as_deref() {
+            // The machine's own zone (TZ, else /etc/localtime); UTC where it has none.
+            None | Some("") => jiff::tz::TimeZone::try_system().unwrap_or(jiff::tz::TimeZone::UTC),
+            Some(name) => jiff::tz::TimeZone::get(name).map_err(|_| {
+                key_error(
+                    "hub.time_zone",
+                    format!("{name:?} is not a time zone this machine knows (an IANA name such as \"Europe/Berlin\")"),
+                )
+            })?,
+        };
 
         let listen = match self.web.listen {
             Some(addr) => addr,
@@ -654,7 +667,7 @@ impl RawConfig {
             homeassistant,
             zigbee2mqtt,
             path: path.to_owned(),
-            hub: HubSettings { name, data_dir, approval_ttl_secs, max_pending_approvals },
+            hub: HubSettings { name, data_dir, approval_ttl_secs, max_pending_approvals, time_zone },
             web: WebSettings { listen },
             credit: CreditSettings {
                 currency,
@@ -702,6 +715,8 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("budget[0].period"), "{err}");
+        let err = parse("[hub]\ntime_zone = \"Mars/Olympus_Mons\"\n").unwrap_err().to_string();
+        assert!(err.contains("hub.time_zone") && err.contains("Mars/Olympus_Mons"), "{err}");
     }
 
     #[test]
@@ -797,6 +812,7 @@ mod example {
         assert_eq!(config.hub.data_dir, Path::new("/var/lib/machinomy"));
         assert_eq!(config.hub.approval_ttl_secs, 86_400);
         assert_eq!(config.hub.max_pending_approvals, 1000);
+        assert_eq!(config.hub.time_zone.iana_name(), Some("Europe/Berlin"));
         assert_eq!(config.web.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(config.credit.currency, Currency::usd());
         assert_eq!(config.credit.settlement_period_secs, 86_400);

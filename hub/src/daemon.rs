@@ -139,6 +139,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             Shutdown(stop_rx.clone()),
         )));
     }
+    let (live, _) = tokio::sync::broadcast::channel(crate::live::CAPACITY);
+    hub.attach_live(&live);
+    let bridge_events = hub.bridge().map(crate::bridge::Bridge::subscribe);
+    background.push(tokio::spawn(crate::live::feed(hub.clone(), live, bridge_events, Shutdown(stop_rx.clone()))));
     let auth = machinomy_web::AdminAuth::new(hub.data_dir().admin_token()).map_err(DaemonError::Auth)?;
     let app = machinomy_web::router(Arc::new(hub.clone()), auth);
     let server_stop = Shutdown(stop_rx.clone());

@@ -46,6 +46,10 @@ struct HubInner {
     bridge: std::sync::OnceLock<crate::bridge::Bridge>,
     /// Set once the daemon has started the plugin host.
     plugins: std::sync::OnceLock<crate::plugin::Plugins>,
+    /// The home's time zone (`[hub] time_zone`).
+    time_zone: jiff::tz::TimeZone,
+    /// The live feed's sender, held weakly: the feed task owns it, and pages' streams end with it.
+    live: std::sync::OnceLock<tokio::sync::broadcast::WeakSender<machinomy_web::model::LiveEvent>>,
 }
 
 impl Hub {
@@ -85,6 +89,8 @@ impl Hub {
                 devices,
                 bridge: std::sync::OnceLock::new(),
                 plugins: std::sync::OnceLock::new(),
+                time_zone: config.hub.time_zone.clone(),
+                live: std::sync::OnceLock::new(),
             }),
         };
         Ok((hub, created))
@@ -131,6 +137,28 @@ impl Hub {
 
     pub fn plugins(&self) -> Option<&crate::plugin::Plugins> {
         self.inner.plugins.get()
+    }
+
+    pub fn time_zone(&self) -> &jiff::tz::TimeZone {
+        &self.inner.time_zone
+    }
+
+    /// Hands the hub the live feed's sender to subscribe pages with (once; later calls are
+    /// ignored). The hub keeps it weakly.
+    pub fn attach_live(&self, sender: &tokio::sync::broadcast::Sender<machinomy_web::model::LiveEvent>) {
+        let _ = self.inner.live.set(sender.downgrade());
+    }
+
+    /// A new reader of the live feed; `None` before it starts and after it stops.
+    pub fn subscribe_live(&self) -> Option<tokio::sync::broadcast::Receiver<machinomy_web::model::LiveEvent>> {
+        self.inner.live.get()?.upgrade().map(|sender| sender.subscribe())
+    }
+
+    /// Tells open pages of a change the feed does not see (plugins managed through the API).
+    pub fn tell_pages(&self, event: machinomy_web::model::LiveEvent) {
+        if let Some(sender) = self.inner.live.get().and_then(tokio::sync::broadcast::WeakSender::upgrade) {
+            let _ = sender.send(event);
+        }
     }
 
     /// Flushes the books and stops the store; the last thing the daemon does. The store's lock

@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod datadir;
 pub mod hub;
 pub mod ledger;
+pub mod live;
 pub mod market;
 pub mod net;
 pub mod payments;

@@ -893,6 +893,11 @@ impl Payments {
     pub fn spending(&self, from: Option<Timestamp>, to: Option<Timestamp>) -> Result<Vec<SpendingEntry>, PaymentError> {
         Ok(self.inner.store.spending(from, to)?)
     }
+
+    /// The newest `limit` payments made or received, newest first.
+    pub fn recent_spending(&self, limit: usize) -> Result<Vec<SpendingEntry>, PaymentError> {
+        Ok(self.inner.store.recent_spending(limit)?)
+    }
 }
 
 fn random_seed() -> Result<[u8; 32], PaymentError> {

@@ -150,7 +150,15 @@ impl Browser {
     /// Clicks the (first) element matching `css`. A click that submits a form or follows a link
     /// returns once the next page has loaded.
     pub async fn click(&self, css: &str) -> Result<()> {
-        self.find(css).await?.click().await.map_err(|e| self.error(e, &format!("clicking {css}")))
+        // A live page may swap the element in between finding and clicking it: find it again.
+        for _ in 0..5 {
+            match self.find(css).await?.click().await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_stale_element_reference() => continue,
+                Err(e) => return Err(self.error(e, &format!("clicking {css}"))),
+            }
+        }
+        Err(anyhow::anyhow!("clicking {css}: the element kept being replaced"))
     }
 
     /// The visible text of the (first) element matching `css`; an error when there is none.

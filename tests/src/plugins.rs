@@ -176,8 +176,13 @@ impl Device {
     /// Pairs `id` with `hub` (through the API, with a key of its own) and connects it to the
     /// hub's embedded broker on `port`, subscribed to `machinomy/<id>/#` and `also`.
     pub async fn pair(hub: &TestHub, port: u16, id: &str, also: &[&str]) -> Result<Device> {
+        Device::pair_named(hub, port, id, None, also).await
+    }
+
+    /// [`Device::pair`] with a display name for the registry.
+    pub async fn pair_named(hub: &TestHub, port: u16, id: &str, name: Option<&str>, also: &[&str]) -> Result<Device> {
         let key = random_key()?;
-        let body = json!({"id": id, "public_key": PublicKey::from(key.verifying_key()).to_hex()});
+        let body = json!({"id": id, "name": name, "public_key": PublicKey::from(key.verifying_key()).to_hex()});
         let response = hub.api()?.post("/api/v1/devices").json(&body).send().await.context("pairing a device")?;
         let code = response.status();
         let text = response.text().await.context("reading the pairing answer")?;

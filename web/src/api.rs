@@ -15,6 +15,8 @@
 //! | POST   | `/api/v1/approvals/{id}/deny`     | `Approval`; optional [`DenyBody`]        |
 //! | GET    | `/api/v1/spending?group_by=&from=&to=` | [`SpendingReport`]                  |
 //! | GET    | `/api/v1/spending.csv?…`          | the same report as `text/csv`            |
+//! | GET    | `/api/v1/spending/daily?from=&to=`| [`DailySpendingView`]: paid per subject per day (both dates required, at most a year) |
+//! | GET    | `/api/v1/events`                  | server-sent events, one per change ([`LiveEvent`](crate::model::LiveEvent)) |
 //! | GET    | `/api/v1/peers`                   | `[PeerView]`                             |
 //! | GET    | `/api/v1/services`                | [`ServicesView`] (own and seen offers)   |
 //! | POST   | `/api/v1/services/{name}/call`    | [`CallResult`]; body: [`CallBody`]; 409 while an approval is pending |
@@ -35,6 +37,9 @@
 //! The same router serves the web UI's pages (`/`, `/approvals`, `/login`, `/setup` …; see
 //! `ui`).
 //!
+//! Dates (`from`, `to`) are days of the hub's time zone (midnight there), or unix seconds; `from`
+//! is included and `to` is not, and report days are that zone's days.
+//!
 //! Device ids, command names and plugin names are `[a-z0-9_-]{1,64}`; anything else is a 400.
 //! Plugin uploads carry the module as base64 and may be up to [`PLUGIN_BODY_LIMIT`]; every
 //! other body up to [`BODY_LIMIT`].
@@ -53,6 +58,7 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, http::StatusCode};
+use jiff::tz::TimeZone;
 use machinomy_core::{Approval, ChannelId, DeviceId, GroupBy, PublicKey, Timestamp, Verdict};
 use serde::{Deserialize, Serialize};
 
@@ -60,12 +66,14 @@ use crate::auth::{AdminAuth, Gate, Principal, require_auth};
 use crate::backend::{Backend, PluginUpload};
 use crate::csv::spending_csv;
 use crate::error::ApiError;
+use crate::events::{Streams, events};
 use crate::extract::{
     ApiPath, ApiQuery, BODY_LIMIT, JsonBody, OptionalJson, PLUGIN_BODY_LIMIT, PLUGIN_WASM_LIMIT, UploadBody,
 };
 use crate::model::{
-    BudgetView, CallBody, CallResult, ChannelView, DenyBody, DeviceView, HubStatus, NewDevice, NewPlugin, PairedDevice,
-    PeerView, PluginInstalled, PluginUpgrade, PluginView, ServicesView, SpendingQuery, SpendingReport,
+    BudgetView, CallBody, CallResult, ChannelView, DailySpendingView, DenyBody, DeviceView, HubStatus, NewDevice,
+    NewPlugin, PairedDevice, PeerView, PluginInstalled, PluginUpgrade, PluginView, ServicesView, SpendingQuery,
+    SpendingReport,
 };
 use crate::ui::session::{Clock, Sessions, SystemClock};
 
@@ -83,6 +91,7 @@ pub(crate) fn router_with_clock<B: Backend>(backend: Arc<B>, auth: AdminAuth, cl
     let sessions = Arc::new(Sessions::new(clock));
     let gate = Arc::new(Gate { admin: auth, sessions: sessions.clone() });
     let pages = crate::ui::routes(backend.clone(), sessions);
+    let streams = Streams::new(backend.clone());
     let api = Router::new()
         .route("/api/v1/status", get(status::<B>))
         .route("/api/v1/channels", get(channels::<B>))
@@ -95,6 +104,8 @@ pub(crate) fn router_with_clock<B: Backend>(backend: Arc<B>, auth: AdminAuth, cl
         .route("/api/v1/approvals/{id}/deny", post(deny::<B>))
         .route("/api/v1/spending", get(spending::<B>))
         .route("/api/v1/spending.csv", get(spending_csv_report::<B>))
+        .route("/api/v1/spending/daily", get(daily_spending::<B>))
+        .route("/api/v1/events", get(events::<B>).with_state(streams))
         .route("/api/v1/peers", get(peers::<B>))
         .route("/api/v1/services", get(services::<B>))
         .route("/api/v1/services/{name}/call", post(call_service::<B>))
@@ -252,7 +263,7 @@ struct SpendingParams {
 }
 
 impl SpendingParams {
-    fn into_query(self) -> Result<SpendingQuery, ApiError> {
+    fn into_query(self, zone: &TimeZone) -> Result<SpendingQuery, ApiError> {
         let group_by = match self.group_by.as_deref() {
             None | Some("" | "subject") => GroupBy::Subject,
             Some("payee") => GroupBy::Payee,
@@ -263,8 +274,8 @@ impl SpendingParams {
                 )));
             }
         };
-        let from = optional_time("from", self.from.as_deref())?;
-        let to = optional_time("to", self.to.as_deref())?;
+        let from = optional_time("from", self.from.as_deref(), zone)?;
+        let to = optional_time("to", self.to.as_deref(), zone)?;
         if let (Some(from), Some(to)) = (from, to)
             && from >= to
         {
@@ -280,14 +291,37 @@ async fn spending<B: Backend>(
     State(backend): State<Arc<B>>,
     ApiQuery(params): ApiQuery<SpendingParams>,
 ) -> Result<Json<SpendingReport>, ApiError> {
-    Ok(Json(backend.spending(params.into_query()?).await?))
+    Ok(Json(backend.spending(params.into_query(&backend.time_zone())?).await?))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DailyParams {
+    from: Option<String>,
+    to: Option<String>,
+}
+
+async fn daily_spending<B: Backend>(
+    State(backend): State<Arc<B>>,
+    ApiQuery(params): ApiQuery<DailyParams>,
+) -> Result<Json<DailySpendingView>, ApiError> {
+    let zone = backend.time_zone();
+    let from = optional_time("from", params.from.as_deref(), &zone)?;
+    let to = optional_time("to", params.to.as_deref(), &zone)?;
+    let (Some(from), Some(to)) = (from, to) else {
+        return Err(ApiError::bad_request("`from` and `to` are both needed: from=2026-11-01&to=2026-12-01"));
+    };
+    if from >= to {
+        return Err(ApiError::bad_request("`from` must be before `to`"));
+    }
+    Ok(Json(backend.daily_spending(from, to).await?))
 }
 
 async fn spending_csv_report<B: Backend>(
     State(backend): State<Arc<B>>,
     ApiQuery(params): ApiQuery<SpendingParams>,
 ) -> Result<Response, ApiError> {
-    let report = backend.spending(params.into_query()?).await?;
+    let report = backend.spending(params.into_query(&backend.time_zone())?).await?;
     let group = match report.group_by {
         GroupBy::Subject => "subject",
         GroupBy::Payee => "payee",
@@ -491,35 +525,35 @@ fn parse_approval_id(text: &str) -> Result<u64, ApiError> {
     Err(ApiError::bad_request(format!("{text:?} is not an approval id (a whole number)")))
 }
 
-fn optional_time(name: &str, value: Option<&str>) -> Result<Option<Timestamp>, ApiError> {
+fn optional_time(name: &str, value: Option<&str>, zone: &TimeZone) -> Result<Option<Timestamp>, ApiError> {
     match value {
         None | Some("") => Ok(None),
-        Some(text) => parse_time(text).map(Some).ok_or_else(|| {
-            ApiError::bad_request(format!("`{name}` must be a date (YYYY-MM-DD, UTC) or unix seconds, not {text:?}"))
+        Some(text) => parse_time(text, zone).map(Some).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "`{name}` must be a date (YYYY-MM-DD, in the hub's time zone) or unix seconds, not {text:?}"
+            ))
         }),
     }
 }
 
-/// Unix seconds (`1764547200`) or a calendar date (`2026-12-01`, midnight UTC).
-fn parse_time(text: &str) -> Option<Timestamp> {
-    let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    if all_digits(text) {
+/// Unix seconds (`1764547200`) or a calendar date (`2026-12-01`: midnight in `zone`).
+fn parse_time(text: &str, zone: &TimeZone) -> Option<Timestamp> {
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
         return text.parse().ok().map(Timestamp);
     }
+    let midnight = parse_date(text)?.to_zoned_datetime(zone.clone()).ok()?.timestamp().as_second();
+    // Dates before 1970 are refused, as unix seconds cannot be negative either.
+    u64::try_from(midnight).ok().map(Timestamp)
+}
+
+/// A calendar date written `YYYY-MM-DD`, and nothing else; days a month lacks are refused.
+pub(crate) fn parse_date(text: &str) -> Option<jiff::civil::Date> {
+    let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
     let mut parts = text.split('-');
-    let (Some(y), Some(m), Some(d), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
-        return None;
-    };
-    if y.len() != 4 || m.len() != 2 || d.len() != 2 || !all_digits(y) || !all_digits(m) || !all_digits(d) {
-        return None;
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(y), Some(m), Some(d), None) if digits(y, 4) && digits(m, 2) && digits(d, 2) => text.parse().ok(),
+        _ => None,
     }
-    let (year, month, day) = (y.parse().ok()?, m.parse().ok()?, d.parse().ok()?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
-        return None;
-    }
-    let at = Timestamp::from_civil(year, month, day);
-    // Round-tripping rejects days a month lacks (02-30) and dates before 1970.
-    (at.date_string() == text).then_some(at)
 }
 
 #[cfg(test)]

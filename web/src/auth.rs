@@ -149,6 +149,12 @@ impl Gate {
         if method == Method::GET || method == Method::HEAD {
             return Ok(Principal::Owner);
         }
+        if crate::ui::from_another_site(headers) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "a change made with the web session must come from the hub's own pages, not another site",
+            ));
+        }
         match headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()) {
             Some(token) if same_secret(token, &session.csrf) => Ok(Principal::Owner),
             _ => Err(ApiError::new(

@@ -3,11 +3,13 @@
 
 use std::future::Future;
 
-use machinomy_core::{Approval, Budget, ChannelId, DeviceId, SpendingEntry, Verdict};
+use jiff::tz::TimeZone;
+use machinomy_core::{Approval, Budget, ChannelId, DeviceId, SpendingEntry, Timestamp, Verdict};
+use tokio::sync::broadcast;
 
 use crate::model::{
-    BudgetView, CallBody, CallResult, ChannelView, DeviceView, HubStatus, NewDevice, PairedDevice, PeerView,
-    PluginInstalled, PluginView, ServicesView, SpendingQuery, SpendingReport,
+    BudgetView, CallBody, CallResult, ChannelView, DailySpendingView, DeviceView, HubStatus, LiveEvent, NewDevice,
+    PairedDevice, PeerView, PluginInstalled, PluginView, ServicesView, SpendingQuery, SpendingReport,
 };
 
 /// Why the backend could not do what was asked. Each maps to one HTTP status.
@@ -44,6 +46,14 @@ pub struct PluginUpload {
 pub trait Backend: Send + Sync + 'static {
     fn status(&self) -> impl Future<Output = Result<HubStatus, BackendError>> + Send;
 
+    /// The home's time zone: pages show times in it, and dates (`from=2026-11-01`, the days of a
+    /// report) are its calendar days.
+    fn time_zone(&self) -> TimeZone;
+
+    /// Changes as they happen, for `GET /api/v1/events`. The stream ends when the hub stops;
+    /// `Unavailable` while nothing feeds it.
+    fn live_events(&self) -> Result<broadcast::Receiver<LiveEvent>, BackendError>;
+
     fn channels(&self) -> impl Future<Output = Result<Vec<ChannelView>, BackendError>> + Send;
     fn channel(&self, id: ChannelId) -> impl Future<Output = Result<ChannelView, BackendError>> + Send;
     /// Closes an open channel; the answer is its new state.
@@ -65,6 +75,12 @@ pub trait Backend: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Approval, BackendError>> + Send;
 
     fn spending(&self, query: SpendingQuery) -> impl Future<Output = Result<SpendingReport, BackendError>> + Send;
+    /// What each subject paid out on each day of `[from, to)` (at most a year).
+    fn daily_spending(
+        &self,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> impl Future<Output = Result<DailySpendingView, BackendError>> + Send;
     /// The newest `limit` payments made or received, newest first.
     fn recent_payments(&self, limit: usize) -> impl Future<Output = Result<Vec<SpendingEntry>, BackendError>> + Send;
 

@@ -4,7 +4,8 @@
 //! a client can show `1.5 USD` without asking again.
 
 use machinomy_core::{
-    Amount, Budget, ChannelId, ChannelStatus, Currency, GroupBy, LedgerId, PublicKey, ReportRow, Timestamp,
+    Amount, Budget, ChannelId, ChannelStatus, Currency, DeviceId, Direction, GroupBy, LedgerId, PublicKey, ReportRow,
+    Timestamp,
 };
 use serde::{Deserialize, Serialize};
 
@@ -16,6 +17,9 @@ pub struct HubStatus {
     pub public_key: PublicKey,
     pub started_at: Timestamp,
     pub uptime_secs: u64,
+    /// The hub's clock when it answered.
+    #[serde(default)]
+    pub now: Timestamp,
     pub currency: Currency,
     pub channels_open: u64,
     pub approvals_pending: u64,
@@ -84,6 +88,49 @@ pub struct SpendingReport {
     pub rows: Vec<ReportRow>,
     pub total_paid: Amount,
     pub total_received: Amount,
+}
+
+/// `GET /api/v1/spending/daily?from=&to=`: what each subject paid out on each day.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DailySpendingView {
+    pub currency: Currency,
+    pub from: Timestamp,
+    pub to: Timestamp,
+    #[serde(flatten)]
+    pub daily: machinomy_core::DailySpending,
+}
+
+/// Something changed in the hub, as `GET /api/v1/events` streams it (server-sent events whose
+/// event name is the `type`). A page that shows that kind of thing reloads it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum LiveEvent {
+    /// A spend waits for the owner, or was decided or expired.
+    Approval { id: u64, state: String },
+    /// Money moved.
+    Payment { direction: Direction, amount: Amount },
+    /// A channel opened, changed state or was paid on.
+    Channel { id: ChannelId },
+    /// A device was paired or removed, came or went, or reported its state.
+    Device { id: DeviceId },
+    /// A plugin was installed, upgraded, enabled, disabled, quarantined or removed.
+    Plugin { name: String },
+    /// The reader fell behind and missed events: anything may have changed.
+    Resync,
+}
+
+impl LiveEvent {
+    /// The SSE event name: what kind of thing changed.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LiveEvent::Approval { .. } => "approval",
+            LiveEvent::Payment { .. } => "payment",
+            LiveEvent::Channel { .. } => "channel",
+            LiveEvent::Device { .. } => "device",
+            LiveEvent::Plugin { .. } => "plugin",
+            LiveEvent::Resync => "resync",
+        }
+    }
 }
 
 /// `POST /api/v1/approvals/{id}/deny`.
@@ -344,6 +391,20 @@ pub struct NewPlugin {
     /// The owner's settings on top of the manifest's `[config]`.
     #[serde(default)]
     pub config: serde_json::Map<String, serde_json::Value>,
+}
+
+/// One plugin setting as the owner types it, `KEY=VALUE` (`machinomy-hub plugin install --set`,
+/// a line of the web UI's settings box): the value is JSON if it parses as JSON (`3`, `true`,
+/// `"text"`, `{...}`), else the text itself.
+pub fn parse_setting(text: &str) -> Result<(String, serde_json::Value), String> {
+    let Some((key, value)) = text.split_once('=') else {
+        return Err("expected KEY=VALUE".to_owned());
+    };
+    if key.is_empty() {
+        return Err("the key is empty".to_owned());
+    }
+    let value = serde_json::from_str(value).unwrap_or_else(|_| serde_json::Value::String(value.to_owned()));
+    Ok((key.to_owned(), value))
 }
 
 /// `PUT /api/v1/plugins/{name}`: replaces a plugin with a new version of it.

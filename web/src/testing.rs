@@ -17,6 +17,10 @@
 //! password and key are derived from a counter, not random: this is a test double. Commands to
 //! a known device are recorded ([`MemoryBackend::device_commands`]); an unknown id is `NotFound`.
 //!
+//! Time and live events: the home's time zone is [`MemoryState::zone`] (UTC unless a test sets
+//! it); [`MemoryBackend::emit`] sends a [`LiveEvent`] to every open `/api/v1/events` stream, and
+//! [`MemoryBackend::stop_live`] ends them all, as a stopping hub does.
+//!
 //! The web UI's needs: `owner_password_hash` (set once, `Conflict` after), `payments` (the
 //! ledger, listed newest first), and `bridge_stopped` / `plugins_stopped`, which make listing
 //! devices or plugins `Unavailable` as on a hub without those parts running.
@@ -30,6 +34,9 @@
 
 use std::sync::{Mutex, PoisonError};
 
+use jiff::tz::TimeZone;
+use tokio::sync::broadcast;
+
 use machinomy_core::wire::Receipt;
 use machinomy_core::{
     Amount, Approval, Budget, ChannelId, ChannelStatus, Currency, DeviceId, LedgerId, Period, PublicKey, ReportRow,
@@ -41,9 +48,9 @@ use machinomy_core::plugin::{Ceiling, Manifest};
 use crate::PLUGIN_WASM_LIMIT;
 use crate::backend::{Backend, BackendError, PluginUpload};
 use crate::model::{
-    BudgetView, CallBody, CallResult, ChannelView, DeviceView, HubStatus, InstallStatus, MqttCredentials, NewDevice,
-    OfferView, PairedDevice, PeerView, PendingUpgrade, PluginInstalled, PluginLogLine, PluginStateName, PluginView,
-    Role, ServicesView, SpendingQuery, SpendingReport,
+    BudgetView, CallBody, CallResult, ChannelView, DailySpendingView, DeviceView, HubStatus, InstallStatus, LiveEvent,
+    MqttCredentials, NewDevice, OfferView, PairedDevice, PeerView, PendingUpgrade, PluginInstalled, PluginLogLine,
+    PluginStateName, PluginView, Role, ServicesView, SpendingQuery, SpendingReport,
 };
 
 /// "Now" in the sample home: 2026-11-24 12:00 UTC.
@@ -128,6 +135,8 @@ pub struct MemoryPlugin {
 #[derive(Debug, Clone)]
 pub struct MemoryState {
     pub now: Timestamp,
+    /// The home's time zone.
+    pub zone: TimeZone,
     pub status: HubStatus,
     pub channels: Vec<ChannelView>,
     pub budgets: Vec<BudgetView>,
@@ -169,6 +178,8 @@ pub struct MemoryState {
 #[derive(Debug)]
 pub struct MemoryBackend {
     state: Mutex<MemoryState>,
+    /// The live feed; `None` once stopped.
+    live: Mutex<Option<broadcast::Sender<LiveEvent>>>,
 }
 
 fn key(byte: u8) -> PublicKey {
@@ -212,6 +223,7 @@ impl MemoryBackend {
             public_key: key(0x01),
             started_at: Timestamp(now.secs() - 3_600),
             uptime_secs: 3_600,
+            now,
             currency: Currency::usd(),
             channels_open: 0,
             approvals_pending: 0,
@@ -221,6 +233,7 @@ impl MemoryBackend {
         };
         MemoryBackend::from_state(MemoryState {
             now,
+            zone: TimeZone::UTC,
             status,
             channels: Vec::new(),
             budgets: Vec::new(),
@@ -377,7 +390,19 @@ impl MemoryBackend {
     }
 
     pub fn from_state(state: MemoryState) -> MemoryBackend {
-        MemoryBackend { state: Mutex::new(state) }
+        let (live, _) = broadcast::channel(16);
+        MemoryBackend { state: Mutex::new(state), live: Mutex::new(Some(live)) }
+    }
+
+    /// Sends `event` to every open event stream; answers how many there were.
+    pub fn emit(&self, event: LiveEvent) -> usize {
+        let live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        live.as_ref().and_then(|sender| sender.send(event).ok()).unwrap_or(0)
+    }
+
+    /// Ends every open event stream and refuses new ones, as a stopping hub.
+    pub fn stop_live(&self) {
+        self.live.lock().unwrap_or_else(PoisonError::into_inner).take();
     }
 
     /// Reads or changes the state.
@@ -562,7 +587,28 @@ fn to_hex(bytes: &[u8]) -> String {
 
 impl Backend for MemoryBackend {
     async fn status(&self) -> Result<HubStatus, BackendError> {
-        self.call(|s| Ok(s.status.clone()))
+        self.call(|s| Ok(HubStatus { now: s.now, ..s.status.clone() }))
+    }
+
+    fn time_zone(&self) -> TimeZone {
+        self.with_state(|s| s.zone.clone())
+    }
+
+    fn live_events(&self) -> Result<broadcast::Receiver<LiveEvent>, BackendError> {
+        let live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        live.as_ref()
+            .map(broadcast::Sender::subscribe)
+            .ok_or_else(|| BackendError::Unavailable("the hub is stopping".to_owned()))
+    }
+
+    async fn daily_spending(&self, from: Timestamp, to: Timestamp) -> Result<DailySpendingView, BackendError> {
+        self.call(|s| {
+            let zone = s.zone.clone();
+            let offset = move |at: Timestamp| crate::zone_offset(&zone, at);
+            let daily = machinomy_core::spending::daily_paid(&s.payments, from, to, &offset)
+                .map_err(|e| BackendError::Invalid(e.to_string()))?;
+            Ok(DailySpendingView { currency: s.status.currency.clone(), from, to, daily })
+        })
     }
 
     async fn channels(&self) -> Result<Vec<ChannelView>, BackendError> {

@@ -29,9 +29,9 @@ pub use device::{
 };
 pub use ids::{ChannelId, IdError, LedgerId, PublicKey};
 pub use promise::{Promise, PromiseBody, Signature, StreamTerms};
-pub use spending::{Direction, GroupBy, ReportRow, SpendingEntry};
+pub use spending::{DailySpending, Direction, GroupBy, ReportError, ReportRow, SpendingEntry, SubjectSeries};
 pub use stream::{HashChain, StreamVerifier, Tick, TickError};
-pub use time::Timestamp;
+pub use time::{Timestamp, Utc, UtcOffset};
 
 /// Re-exported so callers sign with the same key type the core verifies.
 pub use ed25519_dalek::SigningKey;

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::amount::{Amount, AmountError};
 use crate::budget::Subject;
 use crate::ids::ChannelId;
-use crate::time::Timestamp;
+use crate::time::{Timestamp, UtcOffset, day_string};
 
 /// Money out of the home or into it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -47,19 +47,22 @@ pub enum GroupBy {
 /// One line of a report: the totals of one group.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReportRow {
-    /// The subject (`device:fridge`), the counterparty, or the day (`YYYY-MM-DD`, UTC).
+    /// The subject (`device:fridge`), the counterparty, or the day (`YYYY-MM-DD` on the home's
+    /// clock).
     pub key: String,
     pub paid: Amount,
     pub received: Amount,
     pub payments: u64,
 }
 
-/// Totals of the entries in `[from, to)` grouped by `group`, ordered by key.
+/// Totals of the entries in `[from, to)` grouped by `group`, ordered by key; days are those of
+/// the home's clock `zone`.
 pub fn report<'a>(
     entries: impl IntoIterator<Item = &'a SpendingEntry>,
     group: GroupBy,
     from: Option<Timestamp>,
     to: Option<Timestamp>,
+    zone: &dyn UtcOffset,
 ) -> Result<Vec<ReportRow>, AmountError> {
     let mut rows: BTreeMap<String, ReportRow> = BTreeMap::new();
     for entry in entries {
@@ -69,7 +72,7 @@ pub fn report<'a>(
         let key = match group {
             GroupBy::Subject => entry.subject.to_string(),
             GroupBy::Payee => entry.counterparty.clone(),
-            GroupBy::Day => entry.at.date_string(),
+            GroupBy::Day => entry.at.local_date_string(zone),
         };
         let row = rows.entry(key).or_insert_with_key(|key| ReportRow {
             key: key.clone(),
@@ -84,6 +87,92 @@ pub fn report<'a>(
         row.payments += 1;
     }
     Ok(rows.into_values().collect())
+}
+
+/// The most days a daily series spans (a year, leap or not).
+pub const MAX_SERIES_DAYS: usize = 366;
+
+/// Why a daily series cannot be made.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReportError {
+    #[error(transparent)]
+    Amount(#[from] AmountError),
+    #[error("the period must end after it starts")]
+    EmptyPeriod,
+    #[error("the period spans {days} days; a daily series spans at most {MAX_SERIES_DAYS}")]
+    TooManyDays { days: u64 },
+}
+
+/// What each subject paid out on each day of a period: one amount per day per subject, days
+/// with nothing included, so the series can be drawn as they are.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DailySpending {
+    /// Every day of the period, `YYYY-MM-DD` on the home's clock, in order.
+    pub days: Vec<String>,
+    /// Subjects that paid anything, the biggest spender first; `paid[i]` is for `days[i]`.
+    pub subjects: Vec<SubjectSeries>,
+}
+
+/// One subject's payments out, day by day.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubjectSeries {
+    pub subject: Subject,
+    pub paid: Vec<Amount>,
+    pub total: Amount,
+}
+
+impl DailySpending {
+    /// The total paid out on each day, by every subject together.
+    pub fn day_totals(&self) -> Result<Vec<Amount>, AmountError> {
+        let mut totals = vec![Amount::ZERO; self.days.len()];
+        for series in &self.subjects {
+            for (total, paid) in totals.iter_mut().zip(&series.paid) {
+                *total = total.checked_add(*paid)?;
+            }
+        }
+        Ok(totals)
+    }
+}
+
+/// Payments out in `[from, to)`, per subject and per day of the home's clock `zone`.
+pub fn daily_paid<'a>(
+    entries: impl IntoIterator<Item = &'a SpendingEntry>,
+    from: Timestamp,
+    to: Timestamp,
+    zone: &dyn UtcOffset,
+) -> Result<DailySpending, ReportError> {
+    if to <= from {
+        return Err(ReportError::EmptyPeriod);
+    }
+    let first = from.local_day_number(zone);
+    let last = Timestamp(to.secs() - 1).local_day_number(zone);
+    let span = last.saturating_sub(first).saturating_add(1);
+    let days = usize::try_from(span).ok().filter(|&d| d <= MAX_SERIES_DAYS);
+    let Some(days) = days else {
+        return Err(ReportError::TooManyDays { days: u64::try_from(span).unwrap_or(u64::MAX) });
+    };
+    let mut by_subject: BTreeMap<&Subject, Vec<Amount>> = BTreeMap::new();
+    for entry in entries {
+        if entry.direction != Direction::Out || entry.at < from || entry.at >= to {
+            continue;
+        }
+        let index = entry.at.local_day_number(zone) - first;
+        let series = by_subject.entry(&entry.subject).or_insert_with(|| vec![Amount::ZERO; days]);
+        // The entry is inside [from, to), so its day is inside the series.
+        if let Some(paid) = usize::try_from(index).ok().and_then(|i| series.get_mut(i)) {
+            *paid = paid.checked_add(entry.amount)?;
+        }
+    }
+    let mut subjects = by_subject
+        .into_iter()
+        .map(|(subject, paid)| {
+            let total = paid.iter().try_fold(Amount::ZERO, |sum, p| sum.checked_add(*p))?;
+            Ok(SubjectSeries { subject: subject.clone(), paid, total })
+        })
+        .collect::<Result<Vec<_>, AmountError>>()?;
+    subjects.sort_by(|a, b| b.total.cmp(&a.total).then_with(|| a.subject.cmp(&b.subject)));
+    let days = (first..=last).map(day_string).collect();
+    Ok(DailySpending { days, subjects })
 }
 
 /// What `subject` paid out since `since` (the start of its budget period).
@@ -102,6 +191,7 @@ pub fn spent_since<'a>(
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 mod tests {
     use super::*;
+    use crate::time::Utc;
 
     fn units(n: u128) -> Amount {
         Amount::from_base_units(n)
@@ -141,7 +231,7 @@ mod tests {
 
     #[test]
     fn reports_by_subject_split_paid_and_received() {
-        let rows = report(&ledger(), GroupBy::Subject, None, None).unwrap();
+        let rows = report(&ledger(), GroupBy::Subject, None, None, &Utc).unwrap();
         assert_eq!(
             rows,
             vec![row("device:fridge", 151, 5, 4), row("device:solar", 0, 30, 1), row("plugin:weather", 7, 0, 1)]
@@ -150,7 +240,7 @@ mod tests {
 
     #[test]
     fn reports_by_payee() {
-        let rows = report(&ledger(), GroupBy::Payee, None, None).unwrap();
+        let rows = report(&ledger(), GroupBy::Payee, None, None, &Utc).unwrap();
         assert_eq!(
             rows,
             vec![
@@ -163,21 +253,24 @@ mod tests {
     }
 
     #[test]
-    fn reports_by_utc_day() {
-        let rows = report(&ledger(), GroupBy::Day, None, None).unwrap();
+    fn reports_by_day_of_the_homes_clock() {
+        let rows = report(&ledger(), GroupBy::Day, None, None, &Utc).unwrap();
         assert_eq!(rows, vec![row("2026-11-01", 150, 30, 3), row("2026-11-02", 7, 0, 1), row("2026-11-03", 1, 5, 2)]);
+        // Five hours behind UTC, the early-morning payments fall on the evening before.
+        let rows = report(&ledger(), GroupBy::Day, None, None, &|_| -5 * 3600).unwrap();
+        assert_eq!(rows, vec![row("2026-10-31", 150, 30, 3), row("2026-11-01", 7, 0, 1), row("2026-11-02", 1, 5, 2)]);
     }
 
     #[test]
     fn the_report_window_includes_from_and_excludes_to() {
-        let rows = report(&ledger(), GroupBy::Day, Some(day(2)), Some(day(3))).unwrap();
+        let rows = report(&ledger(), GroupBy::Day, Some(day(2)), Some(day(3)), &Utc).unwrap();
         assert_eq!(rows, vec![row("2026-11-02", 7, 0, 1)]);
-        let from_only = report(&ledger(), GroupBy::Day, Some(day(2)), None).unwrap();
+        let from_only = report(&ledger(), GroupBy::Day, Some(day(2)), None, &Utc).unwrap();
         assert_eq!(from_only.len(), 2);
-        let to_only = report(&ledger(), GroupBy::Day, None, Some(day(2))).unwrap();
+        let to_only = report(&ledger(), GroupBy::Day, None, Some(day(2)), &Utc).unwrap();
         assert_eq!(to_only, vec![row("2026-11-01", 150, 30, 3)]);
-        assert_eq!(report(&ledger(), GroupBy::Day, Some(day(3)), Some(day(3))).unwrap(), vec![]);
-        assert_eq!(report(&[], GroupBy::Subject, None, None).unwrap(), vec![]);
+        assert_eq!(report(&ledger(), GroupBy::Day, Some(day(3)), Some(day(3)), &Utc).unwrap(), vec![]);
+        assert_eq!(report(&[], GroupBy::Subject, None, None, &Utc).unwrap(), vec![]);
     }
 
     #[test]
@@ -186,7 +279,46 @@ mod tests {
             entry(day(1), Direction::Out, "device:fridge", "grocer", u128::MAX),
             entry(day(1), Direction::Out, "device:fridge", "grocer", 1),
         ];
-        assert_eq!(report(&entries, GroupBy::Subject, None, None), Err(AmountError::Overflow));
+        assert_eq!(report(&entries, GroupBy::Subject, None, None, &Utc), Err(AmountError::Overflow));
+    }
+
+    #[test]
+    fn daily_series_cover_every_day_of_the_period_per_subject_biggest_first() {
+        let daily = daily_paid(&ledger(), day(1), day(4), &Utc).unwrap();
+        assert_eq!(daily.days, ["2026-11-01", "2026-11-02", "2026-11-03"]);
+        let series: Vec<(String, Vec<u128>, u128)> = daily
+            .subjects
+            .iter()
+            .map(|s| (s.subject.to_string(), s.paid.iter().map(|a| a.base_units()).collect(), s.total.base_units()))
+            .collect();
+        // Money in (solar's sale, the neighbour's payment) is not spending.
+        assert_eq!(
+            series,
+            vec![("device:fridge".to_owned(), vec![150, 0, 1], 151), ("plugin:weather".to_owned(), vec![0, 7, 0], 7)]
+        );
+        assert_eq!(daily.day_totals().unwrap(), vec![units(150), units(7), units(1)]);
+
+        // A window inside the ledger, on a clock an hour ahead: the first day's payments at
+        // 00:00 and 01:00 UTC are 01:00 and 02:00 there.
+        let ahead = daily_paid(&ledger(), day(1), day(2), &|_| 3600).unwrap();
+        assert_eq!(ahead.days, ["2026-11-01", "2026-11-02"]);
+        assert_eq!(ahead.subjects.len(), 1);
+        assert_eq!(ahead.subjects[0].paid, vec![units(150), Amount::ZERO]);
+    }
+
+    #[test]
+    fn daily_series_refuse_empty_and_overlong_periods() {
+        assert_eq!(daily_paid(&ledger(), day(2), day(2), &Utc), Err(ReportError::EmptyPeriod));
+        let year = Timestamp::from_civil(2026, 1, 1);
+        assert_eq!(daily_paid(&[], year, Timestamp::from_civil(2027, 1, 1), &Utc).unwrap().days.len(), 365);
+        assert_eq!(
+            daily_paid(&[], year, Timestamp::from_civil(2027, 1, 3), &Utc),
+            Err(ReportError::TooManyDays { days: 367 })
+        );
+        assert_eq!(
+            daily_paid(&[], Timestamp(0), Timestamp(u64::MAX), &Utc),
+            Err(ReportError::TooManyDays { days: i64::MAX as u64 / 86_400 + 1 })
+        );
     }
 
     #[test]

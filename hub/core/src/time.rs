@@ -34,11 +34,56 @@ impl Timestamp {
         format!("{y:04}-{m:02}-{d:02}")
     }
 
+    /// Days since the epoch on a clock `zone` (the home's calendar): its local midnights
+    /// divide the days.
+    pub fn local_day_number(self, zone: &dyn UtcOffset) -> i64 {
+        self.local_secs(zone).div_euclid(SECONDS_PER_DAY as i64)
+    }
+
+    /// `YYYY-MM-DD` on the clock `zone`.
+    pub fn local_date_string(self, zone: &dyn UtcOffset) -> String {
+        day_string(self.local_day_number(zone))
+    }
+
+    /// Seconds since the epoch as the clock `zone` reads them.
+    fn local_secs(self, zone: &dyn UtcOffset) -> i64 {
+        i64::try_from(self.0).unwrap_or(i64::MAX).saturating_add(i64::from(zone.offset_secs(self)))
+    }
+
     /// Midnight UTC of the given civil date (year, month 1-12, day 1-31).
     pub fn from_civil(year: i64, month: u32, day: u32) -> Timestamp {
         let days = days_from_civil(year, month, day).max(0) as u64;
         // Saturates: the month after the last representable instant is still "the end of time".
         Timestamp(days.saturating_mul(SECONDS_PER_DAY))
+    }
+}
+
+/// `YYYY-MM-DD` of a day number (days since 1970-01-01).
+pub fn day_string(day: i64) -> String {
+    let (y, m, d) = civil_from_days(day);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// A home's clock: how far it runs ahead of UTC at an instant, in seconds (negative: behind).
+/// The hub passes its time zone's rules in; the core reads no zone database.
+pub trait UtcOffset {
+    fn offset_secs(&self, at: Timestamp) -> i32;
+}
+
+/// UTC itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Utc;
+
+impl UtcOffset for Utc {
+    fn offset_secs(&self, _at: Timestamp) -> i32 {
+        0
+    }
+}
+
+/// A fixed offset, or any rule given as a function.
+impl<F: Fn(Timestamp) -> i32> UtcOffset for F {
+    fn offset_secs(&self, at: Timestamp) -> i32 {
+        self(at)
     }
 }
 
@@ -77,6 +122,19 @@ mod tests {
             let (y, m, d) = civil_from_days(days);
             assert_eq!(days_from_civil(y, m, d), days);
         }
+    }
+
+    #[test]
+    fn local_days_follow_the_clock_of_the_home() {
+        let evening = Timestamp::from_civil(2026, 11, 24).saturating_add_secs(23 * 3600);
+        assert_eq!(evening.local_date_string(&Utc), "2026-11-24");
+        // One hour ahead (Berlin in winter): already the next day.
+        assert_eq!(evening.local_date_string(&|_| 3600), "2026-11-25");
+        // Five hours behind (New York in winter): still the same day; the epoch's first hours
+        // are the last day of 1969 there.
+        assert_eq!(evening.local_date_string(&|_| -5 * 3600), "2026-11-24");
+        assert_eq!(Timestamp(3600).local_date_string(&|_| -5 * 3600), "1969-12-31");
+        assert_eq!(Timestamp(u64::MAX).local_day_number(&|_| 3600), i64::MAX / 86_400);
     }
 
     #[test]

@@ -416,6 +416,18 @@ impl Store {
         self.inner.books.range(start..end).map(|item| decode_item(item?)).collect()
     }
 
+    /// The newest `limit` spending entries, newest first: read from the end of the ledger, so
+    /// the cost does not grow with its length.
+    pub fn recent_spending(&self, limit: usize) -> Result<Vec<SpendingEntry>, StoreError> {
+        self.inner
+            .books
+            .range(vec![SPENDING]..vec![SPENDING + 1])
+            .rev()
+            .take(limit)
+            .map(|item| decode_item(item?))
+            .collect()
+    }
+
     pub fn settlements(&self) -> Result<Vec<Settlement>, StoreError> {
         self.scan(SETTLEMENT)
     }

@@ -140,6 +140,22 @@ async fn spending_reads_a_time_range() {
 }
 
 #[tokio::test]
+async fn recent_spending_is_the_newest_first_whatever_the_ledgers_length() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    // Two payments in the same second keep their order of writing.
+    for (at, amount) in [(10, 1), (30, 3), (20, 2), (30, 4)] {
+        store.write(&[Write::Spending(&entry(at, amount))]).unwrap();
+    }
+    store.commit().await.unwrap();
+    let got: Vec<(u64, u128)> =
+        store.recent_spending(3).unwrap().iter().map(|e| (e.at.secs(), e.amount.base_units())).collect();
+    assert_eq!(got, vec![(30, 4), (30, 3), (20, 2)]);
+    assert_eq!(store.recent_spending(10).unwrap().len(), 4);
+    assert!(store.recent_spending(0).unwrap().is_empty());
+}
+
+#[tokio::test]
 async fn approvals_created_since_stops_at_older_ones() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();

@@ -19,6 +19,7 @@ use crate::testing::{
     SAMPLE_SERVICE_ANSWER, SAMPLE_SERVICE_PRICE, SETTLED_CHANNEL,
 };
 use crate::{AdminAuth, BODY_LIMIT, BackendError, INTERNAL_ERROR_MESSAGE, PLUGIN_BODY_LIMIT, PLUGIN_WASM_LIMIT};
+use jiff::tz::TimeZone;
 
 const TOKEN: &str = "test-admin-token-5f2c9a";
 
@@ -126,6 +127,8 @@ fn api_routes() -> Vec<(Method, String)> {
         (Method::POST, format!("/api/v1/approvals/{PENDING_APPROVAL}/deny")),
         (Method::GET, "/api/v1/spending".to_owned()),
         (Method::GET, "/api/v1/spending.csv".to_owned()),
+        (Method::GET, "/api/v1/spending/daily?from=2026-11-01&to=2026-12-01".to_owned()),
+        (Method::GET, "/api/v1/events".to_owned()),
         (Method::GET, "/api/v1/peers".to_owned()),
         (Method::GET, "/api/v1/services".to_owned()),
         (Method::POST, format!("/api/v1/services/{SAMPLE_SERVICE}/call")),
@@ -1655,17 +1658,127 @@ async fn internal_errors_hide_their_detail() {
     assert!(!error.contains("sled"));
 }
 
+// ---- live events and the daily series ----
+
+/// The next server-sent event's text, within a deadline (a frame may be a keep-alive comment,
+/// which is skipped).
+async fn next_event(body: &mut Body) -> Option<String> {
+    loop {
+        let frame = tokio::time::timeout(std::time::Duration::from_secs(5), body.frame()).await.ok()??.ok()?;
+        let Ok(data) = frame.into_data() else { continue };
+        let text = String::from_utf8(data.to_vec()).unwrap();
+        if !text.starts_with(':') {
+            return Some(text);
+        }
+    }
+}
+
+#[tokio::test]
+async fn events_stream_each_change_by_kind_until_the_hub_stops() {
+    let h = harness();
+    let response =
+        h.app.clone().oneshot(request(Method::GET, "/api/v1/events").body(Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()[header::CONTENT_TYPE], "text/event-stream");
+    let mut body = response.into_body();
+    let told = h.backend.emit(crate::model::LiveEvent::Approval { id: 7, state: "pending".to_owned() });
+    assert_eq!(told, 1, "one stream is open");
+    let event = next_event(&mut body).await.unwrap();
+    assert_eq!(event, "event: approval\ndata: {\"type\":\"approval\",\"id\":7,\"state\":\"pending\"}\n\n");
+    h.backend.emit(crate::model::LiveEvent::Payment {
+        direction: machinomy_core::Direction::In,
+        amount: Amount::from_base_units(5),
+    });
+    assert!(
+        next_event(&mut body)
+            .await
+            .unwrap()
+            .starts_with("event: payment\ndata: {\"type\":\"payment\",\"direction\":\"in\",\"amount\":\"5\"")
+    );
+    h.backend.stop_live();
+    assert_eq!(next_event(&mut body).await, None, "the stream ends with the hub");
+    // A stopped hub opens no new streams.
+    h.get("/api/v1/events").await.expect_error(StatusCode::SERVICE_UNAVAILABLE, "stopping");
+}
+
+#[tokio::test]
+async fn a_reader_that_falls_behind_is_told_to_resync() {
+    let h = harness();
+    let response =
+        h.app.clone().oneshot(request(Method::GET, "/api/v1/events").body(Body::empty()).unwrap()).await.unwrap();
+    let mut body = response.into_body();
+    for id in 0..100 {
+        h.backend.emit(crate::model::LiveEvent::Approval { id, state: "pending".to_owned() });
+    }
+    assert!(next_event(&mut body).await.unwrap().starts_with("event: resync\n"));
+}
+
+#[tokio::test]
+async fn live_streams_are_bounded() {
+    let h = harness();
+    let mut open = Vec::new();
+    for _ in 0..crate::MAX_STREAMS {
+        let response =
+            h.app.clone().oneshot(request(Method::GET, "/api/v1/events").body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        open.push(response);
+    }
+    h.get("/api/v1/events").await.expect_error(StatusCode::SERVICE_UNAVAILABLE, "live pages");
+    // Closing one frees its place.
+    drop(open.pop());
+    let again =
+        h.app.clone().oneshot(request(Method::GET, "/api/v1/events").body(Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(again.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_daily_series_is_paid_per_subject_per_day_of_the_period() {
+    let h = harness();
+    h.backend.with_state(|s| {
+        s.payments = vec![machinomy_core::SpendingEntry {
+            at: Timestamp::from_civil(2026, 11, 2),
+            direction: machinomy_core::Direction::Out,
+            subject: "device:fridge".parse().unwrap(),
+            counterparty: "grocer".to_owned(),
+            amount: Amount::from_base_units(900),
+            memo: String::new(),
+            channel: None,
+            approval: None,
+        }];
+    });
+    let body = h.get("/api/v1/spending/daily?from=2026-11-01&to=2026-11-04").await.expect(StatusCode::OK).json();
+    assert_eq!(body["days"], json!(["2026-11-01", "2026-11-02", "2026-11-03"]));
+    assert_eq!(body["subjects"], json!([{"subject": "device:fridge", "paid": ["0", "900", "0"], "total": "900"}]));
+    assert_eq!(body["currency"]["code"], "USD");
+    h.get("/api/v1/spending/daily?from=2026-11-01").await.expect_error(StatusCode::BAD_REQUEST, "both needed");
+    h.get("/api/v1/spending/daily?from=2026-11-04&to=2026-11-01").await.expect_error(StatusCode::BAD_REQUEST, "before");
+    h.get("/api/v1/spending/daily?from=2020-01-01&to=2026-01-01")
+        .await
+        .expect_error(StatusCode::BAD_REQUEST, "at most 366");
+    h.get("/api/v1/spending/daily?from=2026-11-01&to=2026-12-01&x=1").await.expect(StatusCode::BAD_REQUEST);
+}
+
 // ---- parsing helpers ----
 
 #[test]
+fn dates_are_midnight_in_the_hubs_zone() {
+    let berlin = TimeZone::posix("CET-1CEST,M3.5.0,M10.5.0/3").unwrap();
+    assert_eq!(parse_time("2026-11-24", &berlin), Some(Timestamp(1_795_478_400 - 3_600)));
+    // Summer time: two hours ahead.
+    assert_eq!(parse_time("2026-07-01", &berlin), Some(Timestamp(Timestamp::from_civil(2026, 7, 1).secs() - 7_200)));
+    assert_eq!(parse_time("1795521600", &berlin), Some(Timestamp(1_795_521_600)), "seconds are seconds");
+    assert_eq!(parse_time("1970-01-01", &berlin), None, "before the epoch");
+}
+
+#[test]
 fn times_are_unix_seconds_or_utc_dates() {
-    assert_eq!(parse_time("0"), Some(Timestamp(0)));
-    assert_eq!(parse_time("1795521600"), Some(Timestamp(1_795_521_600)));
-    assert_eq!(parse_time("2026-11-24"), Some(Timestamp(1_795_478_400)));
-    assert_eq!(parse_time("2024-02-29"), Some(Timestamp::from_civil(2024, 2, 29)));
-    assert_eq!(parse_time("1970-01-01"), Some(Timestamp(0)));
+    assert_eq!(parse_time("0", &TimeZone::UTC), Some(Timestamp(0)));
+    assert_eq!(parse_time("1795521600", &TimeZone::UTC), Some(Timestamp(1_795_521_600)));
+    assert_eq!(parse_time("2026-11-24", &TimeZone::UTC), Some(Timestamp(1_795_478_400)));
+    assert_eq!(parse_time("2024-02-29", &TimeZone::UTC), Some(Timestamp::from_civil(2024, 2, 29)));
+    assert_eq!(parse_time("1970-01-01", &TimeZone::UTC), Some(Timestamp(0)));
     for bad in ["", "2025-02-29", "2026-04-31", "2026-00-10", "2026-11-00", "+5", " 5", "2026-11-24-1", "20261124x"] {
-        assert_eq!(parse_time(bad), None, "{bad:?}");
+        assert_eq!(parse_time(bad, &TimeZone::UTC), None, "{bad:?}");
     }
 }
 

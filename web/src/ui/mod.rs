@@ -1,26 +1,55 @@
-//! The homeowner's web UI: server-rendered pages that work without JavaScript.
+//! The homeowner's web UI: server-rendered pages that work without JavaScript; one small script
+//! (`/static/live.js`) refreshes a page's live parts when the hub reports a change over
+//! `/api/v1/events`.
 //!
-//! | Method | Path                        | What                                             |
-//! |--------|-----------------------------|--------------------------------------------------|
-//! | GET    | `/setup`                    | first run: the form that sets the owner's password |
-//! | POST   | `/setup`                    | sets it (once; 409 after), signs in, 303 to `/`  |
-//! | GET    | `/login`                    | the sign-in form                                 |
-//! | POST   | `/login`                    | signs in (303 to `/`); 401 wrong, 429 locked out |
-//! | POST   | `/logout`                   | ends the session, 303 to `/login`                |
-//! | GET    | `/`                         | the dashboard                                    |
-//! | GET    | `/approvals`                | pending spends with approve/deny forms, and recent decisions |
-//! | POST   | `/approvals/{id}/approve`   | approves, 303 back with a message                |
-//! | POST   | `/approvals/{id}/deny`      | denies with an optional `reason`, 303 back       |
-//! | GET    | `/static/ui.css`            | the stylesheet (no session needed)               |
+//! | Method | Path                          | What                                               |
+//! |--------|-------------------------------|----------------------------------------------------|
+//! | GET    | `/setup`                      | first run: the form that sets the owner's password |
+//! | POST   | `/setup`                      | sets it (once; 409 after), signs in, 303 to `/`    |
+//! | GET    | `/login`                      | the sign-in form                                   |
+//! | POST   | `/login`                      | signs in (303 to `/`); 401 wrong, 429 locked out   |
+//! | POST   | `/logout`                     | ends the session, 303 to `/login`                  |
+//! | GET    | `/`                           | the dashboard                                      |
+//! | GET    | `/approvals`                  | pending spends with approve/deny forms, recent decisions |
+//! | POST   | `/approvals/{id}/approve`     | approves, 303 back with a message                  |
+//! | POST   | `/approvals/{id}/deny`        | denies with an optional `reason`, 303 back         |
+//! | GET    | `/spending?from=&through=&by=`| the report for a period, the daily chart, CSV link |
+//! | GET    | `/budgets`                    | budgets with their spend, and the form to set one  |
+//! | POST   | `/budgets`                    | sets a budget (`subject`, `period`, `limit`, `auto_approve` in units) |
+//! | GET    | `/devices`                    | the registry, and the form to pair a device        |
+//! | POST   | `/devices`                    | pairs a device; its credentials are shown once     |
+//! | GET    | `/devices/{id}`               | one device: state, availability, command form      |
+//! | POST   | `/devices/{id}/command`       | sends a command (`name`, `payload` JSON)           |
+//! | POST   | `/devices/{id}/remove`        | unpairs it                                         |
+//! | GET    | `/channels`                   | channels: capacity, spent, status, settlement progress |
+//! | POST   | `/channels/{id}/close`        | closes an open channel                             |
+//! | GET    | `/services`                   | offers seen on the network, and this hub's own     |
+//! | GET    | `/plugins`                    | installed plugins, and the upload form             |
+//! | POST   | `/plugins`                    | installs an uploaded plugin (multipart: `manifest`, `wasm`, `settings`) |
+//! | GET    | `/plugins/{name}`             | one plugin: grants, state, quarantine reason, log  |
+//! | POST   | `/plugins/{name}/{action}`    | `enable`, `disable`, `approve` (a waiting upgrade), `remove` |
+//! | POST   | `/plugins/{name}/upgrade`     | uploads a new version (multipart)                  |
+//! | GET    | `/peers`                      | hubs known on the peer network                     |
+//! | GET    | `/static/ui.css`, `/static/live.js` | the stylesheet and the live-update script (no session needed) |
 //!
 //! Every page needs the owner's session: without one a GET is sent to `/login` (or `/setup`
 //! before a password is set) and anything else is refused with 403. Every form posted from a
 //! session carries the session's CSRF token (`csrf`); the login and setup forms, which have no
 //! session yet, carry a double-submit token (`form_token`, also in a `SameSite=Strict` cookie).
-//! A form without the right token is refused with 403 before anything is read from it.
+//! A form without the right token, or one the browser says came from another site (`Origin`,
+//! `Sec-Fetch-Site`), is refused with 403 before anything is read from it. Bad values are shown
+//! beside their field with a 422, and nothing changes.
 
+mod account;
+mod budgets;
+mod chart;
+mod devices;
+mod home;
+mod network;
 pub(crate) mod password;
+mod plugins;
 pub(crate) mod session;
+mod spending;
 mod view;
 
 use std::sync::Arc;
@@ -28,40 +57,30 @@ use std::sync::Arc;
 use askama::Template;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use axum::middleware;
+use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use machinomy_core::{Currency, Verdict};
+use jiff::tz::TimeZone;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use crate::auth::Principal;
 use crate::backend::{Backend, BackendError};
 use crate::error::ApiError;
 
-use self::password::FieldError;
 use self::session::{
-    FORM_COOKIE, Flash, SessionInfo, Sessions, cleared_session_cookie, cookie, form_cookie, random_token, same_secret,
-    session_cookie,
+    FORM_COOKIE, Flash, SessionInfo, Sessions, cookie, form_cookie, random_token, same_secret, session_cookie,
 };
-use self::view::{
-    ApprovalsPage, BudgetRow, Count, DashboardPage, DecidedRow, ErrorPage, Layout, LoginPage, PaymentRow, PendingRow,
-    SetupPage,
-};
+pub(crate) use self::view::to_jiff;
+use self::view::{ErrorPage, Layout};
 
-/// Pending approvals the dashboard lists (the approvals page has them all).
-const DASHBOARD_PENDING: usize = 5;
-/// Payments the dashboard lists.
-pub(crate) const DASHBOARD_PAYMENTS: usize = 10;
-/// Decided approvals the approvals page lists.
-const DECIDED_SHOWN: usize = 20;
 /// The longest reason a denial may give, in characters.
 pub(crate) const MAX_REASON_CHARS: usize = 500;
 
 const STYLESHEET: &str = include_str!("../../static/ui.css");
+const LIVE_SCRIPT: &str = include_str!("../../static/live.js");
 
 /// What the pages' handlers share.
 #[derive(Debug)]
@@ -79,27 +98,81 @@ impl<B> Clone for Ui<B> {
 /// The pages, to merge into the hub's router.
 pub(crate) fn routes<B: Backend>(backend: Arc<B>, sessions: Arc<Sessions>) -> Router {
     Router::new()
-        .route("/", get(dashboard::<B>))
-        .route("/approvals", get(approvals::<B>))
-        .route("/approvals/{id}/approve", post(approve::<B>))
-        .route("/approvals/{id}/deny", post(deny::<B>))
-        .route("/setup", get(setup_form::<B>).post(setup::<B>))
-        .route("/login", get(login_form::<B>).post(login::<B>))
-        .route("/logout", post(logout::<B>))
+        .route("/", get(home::dashboard::<B>))
+        .route("/approvals", get(home::approvals::<B>))
+        .route("/approvals/{id}/approve", post(home::approve::<B>))
+        .route("/approvals/{id}/deny", post(home::deny::<B>))
+        .route("/spending", get(spending::page::<B>))
+        .route("/budgets", get(budgets::page::<B>).post(budgets::set::<B>))
+        .route("/devices", get(devices::list::<B>).post(devices::pair::<B>))
+        .route("/devices/{id}", get(devices::show::<B>))
+        .route("/devices/{id}/command", post(devices::command::<B>))
+        .route("/devices/{id}/remove", post(devices::remove::<B>))
+        .route("/channels", get(network::channels::<B>))
+        .route("/channels/{id}/close", post(network::close_channel::<B>))
+        .route("/services", get(network::services::<B>))
+        .route("/peers", get(network::peers::<B>))
+        // Uploads carry a module: only they may be larger than the default body limit.
+        .route(
+            "/plugins",
+            get(plugins::list::<B>).post(plugins::install::<B>).layer(DefaultBodyLimit::max(plugins::UPLOAD_LIMIT)),
+        )
+        .route("/plugins/{name}", get(plugins::show::<B>))
+        .route(
+            "/plugins/{name}/upgrade",
+            post(plugins::upgrade::<B>).layer(DefaultBodyLimit::max(plugins::UPLOAD_LIMIT)),
+        )
+        .route("/plugins/{name}/{action}", post(plugins::act::<B>))
+        .route("/setup", get(account::setup_form::<B>).post(account::setup::<B>))
+        .route("/login", get(account::login_form::<B>).post(account::login::<B>))
+        .route("/logout", post(account::logout::<B>))
+        .route_layer(middleware::from_fn(same_origin_changes))
         .route_layer(middleware::map_response(page_headers))
         .route("/static/ui.css", get(stylesheet))
+        .route("/static/live.js", get(live_script))
         .with_state(Ui { backend, sessions })
 }
 
-/// Pages carry private data and run no script yet; nothing may frame them.
+/// Whether the browser says a request came from another site: `Sec-Fetch-Site` (every current
+/// browser sends it) or an `Origin` naming another host. Requests without either (scripts, the
+/// CLI) are judged by their credentials alone.
+pub(crate) fn from_another_site(headers: &HeaderMap) -> bool {
+    let header = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+    if matches!(header("sec-fetch-site"), Some("cross-site" | "same-site")) {
+        return true;
+    }
+    match (header(header::ORIGIN.as_str()), header(header::HOST.as_str())) {
+        // Browsers send `null` from sandboxed frames and some redirects: never our own page.
+        (Some("null"), _) => true,
+        (Some(origin), Some(host)) => origin.split_once("://").is_none_or(|(_, rest)| rest != host),
+        (Some(_), None) => true,
+        (None, _) => false,
+    }
+}
+
+/// Refuses a change (anything but GET and HEAD) that a browser says came from another site,
+/// before its form is read. The CSRF tokens stop such posts too; this makes sure.
+async fn same_origin_changes(request: Request, next: Next) -> Response {
+    let reading = request.method() == Method::GET || request.method() == Method::HEAD;
+    if !reading && from_another_site(request.headers()) {
+        tracing::warn!(path = %request.uri().path(), "a form posted from another site was refused");
+        return PageError::forbidden(CROSS_SITE_REFUSED).into_response();
+    }
+    next.run(request).await
+}
+
+const CROSS_SITE_REFUSED: &str = "This form was sent from another site, so it was refused: changes to your hub \
+                                  can only be made from its own pages.";
+
+/// Pages carry private data and run only the hub's own script; nothing may frame them.
 async fn page_headers(mut response: Response) -> Response {
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
-            "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
-             frame-ancestors 'none'; base-uri 'none'",
+            "default-src 'none'; style-src 'self'; img-src 'self'; script-src 'self'; connect-src 'self'; \
+             form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
         ),
     );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
@@ -109,12 +182,21 @@ async fn page_headers(mut response: Response) -> Response {
 }
 
 async fn stylesheet() -> impl IntoResponse {
+    static_file("text/css; charset=utf-8", STYLESHEET)
+}
+
+async fn live_script() -> impl IntoResponse {
+    static_file("text/javascript; charset=utf-8", LIVE_SCRIPT)
+}
+
+fn static_file(content_type: &'static str, body: &'static str) -> impl IntoResponse {
     (
         [
-            (header::CONTENT_TYPE, HeaderValue::from_static("text/css; charset=utf-8")),
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
             (header::CACHE_CONTROL, HeaderValue::from_static("max-age=3600")),
+            (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
         ],
-        STYLESHEET,
+        body,
     )
 }
 
@@ -130,15 +212,15 @@ pub(crate) enum PageError {
 }
 
 impl PageError {
-    fn new(status: StatusCode, message: impl Into<String>) -> PageError {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> PageError {
         PageError::Page { status, message: message.into() }
     }
 
-    fn forbidden(message: impl Into<String>) -> PageError {
+    pub(crate) fn forbidden(message: impl Into<String>) -> PageError {
         PageError::new(StatusCode::FORBIDDEN, message)
     }
 
-    fn internal(detail: impl std::fmt::Display) -> PageError {
+    pub(crate) fn internal(detail: impl std::fmt::Display) -> PageError {
         PageError::from(ApiError::internal(detail))
     }
 }
@@ -169,7 +251,7 @@ impl IntoResponse for PageError {
 }
 
 /// The page's HTML; a template that fails to render (it cannot, short of a bug) is a 500.
-fn render(page: &impl Template) -> Response {
+pub(crate) fn render(page: &impl Template) -> Response {
     match page.render() {
         Ok(html) => Html(html).into_response(),
         Err(error) => {
@@ -179,19 +261,19 @@ fn render(page: &impl Template) -> Response {
     }
 }
 
-fn with_cookie(mut response: Response, cookie: &str) -> Response {
+pub(crate) fn with_cookie(mut response: Response, cookie: &str) -> Response {
     if let Ok(value) = HeaderValue::from_str(cookie) {
         response.headers_mut().append(header::SET_COOKIE, value);
     }
     response
 }
 
-const CSRF_REFUSED: &str = "This form did not come from this hub's own pages (its security token is missing or \
+pub(crate) const CSRF_REFUSED: &str = "This form did not come from this hub's own pages (its security token is missing or \
                             wrong), so it was refused. Reload the page and try again.";
 
 /// The owner's session behind a page request.
 #[derive(Debug)]
-pub(crate) struct Owner(SessionInfo);
+pub(crate) struct Owner(pub(crate) SessionInfo);
 
 impl<B: Backend> FromRequestParts<Ui<B>> for Owner {
     type Rejection = PageError;
@@ -214,8 +296,8 @@ impl<B: Backend> FromRequestParts<Ui<B>> for Owner {
 /// before the form is parsed, whatever its content type claims.
 #[derive(Debug)]
 pub(crate) struct SessionForm<T> {
-    owner: SessionInfo,
-    form: T,
+    pub(crate) owner: SessionInfo,
+    pub(crate) form: T,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -241,17 +323,17 @@ impl<B: Backend, T: DeserializeOwned> FromRequest<Ui<B>> for SessionForm<T> {
     }
 }
 
-fn parse_form<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, PageError> {
+pub(crate) fn parse_form<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, PageError> {
     serde_urlencoded::from_bytes(bytes)
         .map_err(|e| PageError::new(StatusCode::BAD_REQUEST, format!("This form could not be read: {e}.")))
 }
 
 /// A form that carries nothing but its token.
 #[derive(Debug, Deserialize)]
-struct NoFields {}
+pub(crate) struct NoFields {}
 
 /// The login and setup forms' token: the cookie's if the browser has a good one, else a new one.
-fn form_token(headers: &HeaderMap) -> Result<(String, bool), PageError> {
+pub(crate) fn form_token(headers: &HeaderMap) -> Result<(String, bool), PageError> {
     match cookie(headers, FORM_COOKIE) {
         Some(token) if token.len() == 64 && token.bytes().all(|b| b.is_ascii_hexdigit()) => {
             Ok((token.to_owned(), false))
@@ -261,13 +343,13 @@ fn form_token(headers: &HeaderMap) -> Result<(String, bool), PageError> {
 }
 
 /// The login or setup page, setting the form cookie when it is new.
-fn form_page(status: StatusCode, page: &impl Template, token: &str, new_cookie: bool) -> Response {
+pub(crate) fn form_page(status: StatusCode, page: &impl Template, token: &str, new_cookie: bool) -> Response {
     let response = (status, render(page)).into_response();
     if new_cookie { with_cookie(response, &form_cookie(token)) } else { response }
 }
 
 /// Refuses a login or setup form whose token is not the one in the browser's cookie.
-fn check_form_token(headers: &HeaderMap, sent: &str) -> Result<(), PageError> {
+pub(crate) fn check_form_token(headers: &HeaderMap, sent: &str) -> Result<(), PageError> {
     match cookie(headers, FORM_COOKIE) {
         Some(expected) if same_secret(sent, expected) => Ok(()),
         _ => Err(PageError::forbidden(CSRF_REFUSED)),
@@ -275,136 +357,55 @@ fn check_form_token(headers: &HeaderMap, sent: &str) -> Result<(), PageError> {
 }
 
 /// Signs the owner in: a new session, its cookie, and on to the dashboard.
-fn signed_in(ui_sessions: &Sessions) -> Result<Response, PageError> {
+pub(crate) fn signed_in(ui_sessions: &Sessions) -> Result<Response, PageError> {
     let info = ui_sessions.create().map_err(PageError::internal)?;
     Ok(with_cookie(Redirect::to("/").into_response(), &session_cookie(&info.id)))
 }
 
-async fn setup_form<B: Backend>(State(ui): State<Ui<B>>, headers: HeaderMap) -> Result<Response, PageError> {
-    if ui.backend.owner_password_hash().await?.is_some() {
-        return Err(PageError::Redirect("/login"));
-    }
-    let (token, new) = form_token(&headers)?;
-    let page = SetupPage { form_token: token.clone(), password_error: None, confirm_error: None };
-    Ok(form_page(StatusCode::OK, &page, &token, new))
-}
-
-#[derive(Debug, Deserialize)]
-struct SetupForm {
-    #[serde(default)]
-    form_token: String,
-    #[serde(default)]
-    password: String,
-    #[serde(default)]
-    confirm: String,
-}
-
-const ALREADY_SET: &str = "The owner's password is already set; sign in with it. (To start over, stop the hub \
-                           and remove owner.password from its data directory.)";
-
-async fn setup<B: Backend>(State(ui): State<Ui<B>>, headers: HeaderMap, body: Bytes) -> Result<Response, PageError> {
-    let form: SetupForm = parse_form(&body)?;
-    check_form_token(&headers, &form.form_token)?;
-    if ui.backend.owner_password_hash().await?.is_some() {
-        return Err(PageError::new(StatusCode::CONFLICT, ALREADY_SET));
-    }
-    if let Err(FieldError { field, message }) = password::check_new(&form.password, &form.confirm) {
-        let (password_error, confirm_error) =
-            if field == "confirm" { (None, Some(message)) } else { (Some(message), None) };
-        let page = SetupPage { form_token: form.form_token.clone(), password_error, confirm_error };
-        return Ok(form_page(StatusCode::UNPROCESSABLE_ENTITY, &page, &form.form_token, false));
-    }
-    let hash = tokio::task::spawn_blocking(move || password::hash(&form.password))
-        .await
-        .map_err(PageError::internal)?
-        .map_err(PageError::internal)?;
-    match ui.backend.set_owner_password_hash(hash).await {
-        Ok(()) => {}
-        // Another setup won the race.
-        Err(BackendError::Conflict(_)) => return Err(PageError::new(StatusCode::CONFLICT, ALREADY_SET)),
-        Err(e) => return Err(e.into()),
-    }
-    tracing::info!("the owner's password was set");
-    signed_in(&ui.sessions)
-}
-
-async fn login_form<B: Backend>(State(ui): State<Ui<B>>, headers: HeaderMap) -> Result<Response, PageError> {
-    if ui.backend.owner_password_hash().await?.is_none() {
-        return Err(PageError::Redirect("/setup"));
-    }
-    if ui.sessions.find(&headers).is_some() {
-        return Err(PageError::Redirect("/"));
-    }
-    let (token, new) = form_token(&headers)?;
-    let page = LoginPage { form_token: token.clone(), error: None, note: None };
-    Ok(form_page(StatusCode::OK, &page, &token, new))
-}
-
-#[derive(Debug, Deserialize)]
-struct LoginForm {
-    #[serde(default)]
-    form_token: String,
-    #[serde(default)]
-    password: String,
-}
-
-async fn login<B: Backend>(State(ui): State<Ui<B>>, headers: HeaderMap, body: Bytes) -> Result<Response, PageError> {
-    let form: LoginForm = parse_form(&body)?;
-    check_form_token(&headers, &form.form_token)?;
-    let Some(stored) = ui.backend.owner_password_hash().await? else {
-        return Err(PageError::Redirect("/setup"));
-    };
-    let page = |error: String| LoginPage { form_token: form.form_token.clone(), error: Some(error), note: None };
-    if let Err(wait) = ui.sessions.begin_login() {
-        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        tracing::warn!(wait_secs = secs, "a login was refused: too many wrong passwords");
-        let message = format!("Too many wrong passwords. Try again in {secs} s.");
-        let mut response = form_page(StatusCode::TOO_MANY_REQUESTS, &page(message), &form.form_token, false);
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        return Ok(response);
-    }
-    let password = form.password.clone();
-    let matches = tokio::task::spawn_blocking(move || password::verify(&password, &stored))
-        .await
-        .map_err(PageError::internal)?
-        .map_err(PageError::internal)?;
-    if !matches {
-        tracing::warn!("a login failed: wrong password");
-        return Ok(form_page(StatusCode::UNAUTHORIZED, &page("Wrong password.".to_owned()), &form.form_token, false));
-    }
-    ui.sessions.login_succeeded();
-    signed_in(&ui.sessions)
-}
-
-async fn logout<B: Backend>(
-    State(ui): State<Ui<B>>,
-    SessionForm { owner, form: NoFields {} }: SessionForm<NoFields>,
-) -> Response {
-    ui.sessions.end(&owner.id);
-    with_cookie(Redirect::to("/login").into_response(), &cleared_session_cookie())
-}
-
-/// What every signed-in page shows around its content.
-fn layout(
-    sessions: &Sessions,
-    owner: &SessionInfo,
-    hub: &str,
+/// What every signed-in page needs before its own content: the hub's name, the time zone, the
+/// pending count for the title, and this session's flash.
+pub(crate) struct Frame {
+    pub(crate) status: crate::model::HubStatus,
+    pub(crate) zone: TimeZone,
     pending: u64,
-    page: (&'static str, &'static str),
-) -> Layout {
-    let (title, active) = page;
-    Layout {
-        title,
-        hub: hub.to_owned(),
-        active,
-        csrf: owner.csrf.clone(),
-        pending,
-        flash: sessions.take_flash(&owner.id),
+}
+
+impl Frame {
+    pub(crate) async fn load<B: Backend>(ui: &Ui<B>) -> Result<Frame, PageError> {
+        let status = ui.backend.status().await?;
+        Ok(Frame { pending: status.approvals_pending, zone: ui.backend.time_zone(), status })
+    }
+
+    /// The page's layout: `title` in the title bar, `active` in the navigation, and the live
+    /// event kinds that refresh it.
+    pub(crate) fn layout(
+        &self,
+        ui_sessions: &Sessions,
+        owner: &SessionInfo,
+        title: impl Into<String>,
+        active: &'static str,
+        live_on: &'static str,
+    ) -> Layout {
+        Layout {
+            title: title.into(),
+            hub: self.status.name.clone(),
+            active,
+            csrf: owner.csrf.clone(),
+            pending: self.pending,
+            flash: ui_sessions.take_flash(&owner.id),
+            live_on,
+        }
+    }
+
+    /// The same, with the pending count the page itself counted (fresher than the status's).
+    pub(crate) fn with_pending(mut self, pending: usize) -> Frame {
+        self.pending = pending as u64;
+        self
     }
 }
 
 /// A part of the hub that may not run (bridge, plugin host, peer network): `None` then.
-fn optional<T>(result: Result<T, BackendError>) -> Result<Option<T>, PageError> {
+pub(crate) fn optional<T>(result: Result<T, BackendError>) -> Result<Option<T>, PageError> {
     match result {
         Ok(value) => Ok(Some(value)),
         Err(BackendError::Unavailable(_)) => Ok(None),
@@ -412,127 +413,15 @@ fn optional<T>(result: Result<T, BackendError>) -> Result<Option<T>, PageError> 
     }
 }
 
-async fn dashboard<B: Backend>(State(ui): State<Ui<B>>, Owner(owner): Owner) -> Result<Response, PageError> {
-    let b = &ui.backend;
-    let (status, pending, budgets, payments, devices, plugins, peers) = tokio::join!(
-        b.status(),
-        b.approvals(true),
-        b.budgets(),
-        b.recent_payments(DASHBOARD_PAYMENTS),
-        b.devices(),
-        b.plugins(),
-        b.peers()
-    );
-    let (status, pending, budgets, payments) = (status?, pending?, budgets?, payments?);
-    let devices = optional(devices)?;
-    let no_devices = Vec::new();
-    let device_list = devices.as_ref().unwrap_or(&no_devices);
-    let page = DashboardPage {
-        layout: layout(&ui.sessions, &owner, &status.name, pending.len() as u64, ("Dashboard", "dashboard")),
-        pending_total: pending.len(),
-        pending_head: pending
-            .iter()
-            .take(DASHBOARD_PENDING)
-            .map(|a| PendingRow::new(a, &status.currency, device_list))
-            .collect(),
-        budgets: budgets.iter().map(BudgetRow::new).collect(),
-        payments: payments.iter().map(|p| PaymentRow::new(p, &status.currency)).collect(),
-        channels_open: status.channels_open,
-        devices: devices.as_ref().map(|d| Count { up: d.iter().filter(|d| d.online).count(), total: d.len() }),
-        plugins: optional(plugins)?.map(|p| Count { up: p.iter().filter(|p| p.running).count(), total: p.len() }),
-        peers: optional(peers)?.map(|p| Count { up: p.iter().filter(|p| p.connected).count(), total: p.len() }),
-    };
-    Ok(render(&page))
+/// Says what came of a change on the next page, and goes there.
+pub(crate) fn done(ui_sessions: &Sessions, owner: &SessionInfo, ok: bool, text: String, to: &str) -> Response {
+    ui_sessions.set_flash(&owner.id, Flash { ok, text });
+    Redirect::to(to).into_response()
 }
 
-/// The approvals page, with `reason_error` beside the deny form of approval `.0`.
-async fn approvals_page<B: Backend>(
-    ui: &Ui<B>,
-    owner: &SessionInfo,
-    reason_error: Option<(u64, String, String)>,
-) -> Result<ApprovalsPage, PageError> {
-    let b = &ui.backend;
-    let (status, all, devices) = tokio::join!(b.status(), b.approvals(false), b.devices());
-    let (status, all) = (status?, all?);
-    let devices = optional(devices)?.unwrap_or_default();
-    let mut pending: Vec<PendingRow> =
-        all.iter().filter(|a| a.is_pending()).map(|a| PendingRow::new(a, &status.currency, &devices)).collect();
-    if let Some((id, reason, error)) = reason_error
-        && let Some(row) = pending.iter_mut().find(|r| r.id == id)
-    {
-        row.reason = reason;
-        row.reason_error = Some(error);
-    }
-    let decided = all
-        .iter()
-        .filter(|a| !a.is_pending())
-        .take(DECIDED_SHOWN)
-        .map(|a| DecidedRow::new(a, &status.currency, &devices))
-        .collect();
-    Ok(ApprovalsPage {
-        layout: layout(&ui.sessions, owner, &status.name, pending.len() as u64, ("Approvals", "approvals")),
-        pending,
-        decided,
-    })
-}
-
-async fn approvals<B: Backend>(State(ui): State<Ui<B>>, Owner(owner): Owner) -> Result<Response, PageError> {
-    Ok(render(&approvals_page(&ui, &owner, None).await?))
-}
-
-fn approval_id(text: &str) -> Result<u64, PageError> {
-    text.parse::<u64>()
-        .ok()
-        .filter(|_| text.bytes().all(|b| b.is_ascii_digit()))
-        .ok_or_else(|| PageError::new(StatusCode::BAD_REQUEST, format!("{text:?} is not an approval number.")))
-}
-
-/// Records the owner's verdict and goes back to the approvals page with what came of it.
-async fn decide<B: Backend>(ui: &Ui<B>, owner: &SessionInfo, id: u64, verdict: Verdict) -> Result<Response, PageError> {
-    let approving = verdict == Verdict::Approve;
-    let flash = match ui.backend.decide(id, verdict, Principal::Owner.name()).await {
-        Ok(approval) => {
-            let currency = ui.backend.status().await.map(|s| s.currency).unwrap_or_else(|_| Currency::usd());
-            let amount = view::money(&currency, approval.request.amount);
-            let what = if approving { "Approved" } else { "Denied" };
-            Flash { ok: true, text: format!("{what} #{id}: {amount} to {}.", approval.request.payee) }
-        }
-        // Already decided, expired or gone: say so on the page rather than as an error page.
-        Err(BackendError::Conflict(m) | BackendError::NotFound(m)) => Flash { ok: false, text: m },
-        Err(e) => return Err(e.into()),
-    };
-    ui.sessions.set_flash(&owner.id, flash);
-    Ok(Redirect::to("/approvals").into_response())
-}
-
-async fn approve<B: Backend>(
-    State(ui): State<Ui<B>>,
-    Path(id): Path<String>,
-    SessionForm { owner, form: NoFields {} }: SessionForm<NoFields>,
-) -> Result<Response, PageError> {
-    decide(&ui, &owner, approval_id(&id)?, Verdict::Approve).await
-}
-
-#[derive(Debug, Deserialize)]
-struct DenyForm {
-    #[serde(default)]
-    reason: String,
-}
-
-async fn deny<B: Backend>(
-    State(ui): State<Ui<B>>,
-    Path(id): Path<String>,
-    SessionForm { owner, form }: SessionForm<DenyForm>,
-) -> Result<Response, PageError> {
-    let id = approval_id(&id)?;
-    let reason = form.reason.trim();
-    let chars = reason.chars().count();
-    if chars > MAX_REASON_CHARS {
-        let error = format!("Keep the reason to {MAX_REASON_CHARS} characters (this has {chars}).");
-        let page = approvals_page(&ui, &owner, Some((id, form.reason.clone(), error))).await?;
-        return Ok((StatusCode::UNPROCESSABLE_ENTITY, render(&page)).into_response());
-    }
-    decide(&ui, &owner, id, Verdict::Deny { reason: reason.to_owned() }).await
+/// A form's answer when a field is wrong: the page again, 422, with the error beside it.
+pub(crate) fn invalid(page: &impl Template) -> Response {
+    (StatusCode::UNPROCESSABLE_ENTITY, render(page)).into_response()
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use tower::ServiceExt;
 
 use super::password;
 use super::session::{IDLE_TIMEOUT, ManualClock};
-use crate::testing::{APPROVED_APPROVAL, MemoryBackend, PENDING_APPROVAL, SAMPLE_DEVICE, SAMPLE_NOW};
+use crate::testing::{APPROVED_APPROVAL, MemoryBackend, PENDING_APPROVAL, SAMPLE_BROKER, SAMPLE_DEVICE, SAMPLE_NOW};
 use crate::{AdminAuth, BackendError, INTERNAL_ERROR_MESSAGE};
 
 const TOKEN: &str = "test-admin-token-5f2c9a";
@@ -398,7 +398,7 @@ async fn the_dashboard_shows_approvals_budgets_payments_and_counts() {
         .contains("<code>grocer</code>")
         .contains("0.000004 USD")
         .contains("weekly groceries")
-        .contains("<time datetime=\"2026-11-24T13:00:00Z\">2026-11-24 13:00 UTC</time>")
+        .contains("<time datetime=\"2026-11-24T13:00:00+00:00\">2026-11-24 13:00 UTC</time>")
         // The budget: spent against the limit.
         .contains("device:fridge")
         .contains("0.0000012 USD")
@@ -452,7 +452,7 @@ async fn the_approvals_page_lists_pending_spends_with_forms_and_recent_decisions
         .contains("<span class=\"kind\">device</span> <strong>Kitchen fridge (fridge)</strong> asks to pay")
         .contains("<strong class=\"amount\">0.000004 USD</strong> to <code>grocer</code>")
         .contains("“weekly groceries”")
-        .contains("expires <time datetime=\"2026-11-24T13:00:00Z\">")
+        .contains("expires <time datetime=\"2026-11-24T13:00:00+00:00\">")
         .contains(&format!("action=\"/approvals/{PENDING_APPROVAL}/approve\""))
         .contains(&format!("action=\"/approvals/{PENDING_APPROVAL}/deny\""))
         .contains(&format!("<input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">"))
@@ -604,4 +604,586 @@ async fn the_stylesheet_needs_no_session() {
     // Pages link only to it: no external assets.
     let page = browser.get("/setup").await;
     page.contains("<link rel=\"stylesheet\" href=\"/static/ui.css\">").lacks("http://").lacks("https://");
+}
+
+// ---- the rest of the pages ----
+
+/// Every page a signed-in owner can open, and what its title says.
+const PAGES: [(&str, &str); 12] = [
+    ("/", "Dashboard"),
+    ("/approvals", "Approvals"),
+    ("/spending", "Spending"),
+    ("/budgets", "Budgets"),
+    ("/devices", "Devices"),
+    ("/devices/fridge", "Kitchen fridge"),
+    ("/channels", "Channels"),
+    ("/services", "Services"),
+    ("/plugins", "Plugins"),
+    ("/plugins/weather-buyer", "weather-buyer"),
+    ("/peers", "Peers"),
+    ("/budgets?edit=device:fridge", "Budgets"),
+];
+
+/// Every form a page posts, each with a valid target in the sample home.
+const FORMS: [&str; 13] = [
+    "/logout",
+    "/approvals/7/approve",
+    "/approvals/7/deny",
+    "/budgets",
+    "/devices",
+    "/devices/fridge/command",
+    "/devices/fridge/remove",
+    "/channels/1111111111111111111111111111111111111111111111111111111111111111/close",
+    "/plugins",
+    "/plugins/weather-buyer/upgrade",
+    "/plugins/weather-buyer/disable",
+    "/plugins/weather-buyer/enable",
+    "/plugins/weather-buyer/remove",
+];
+
+#[tokio::test]
+async fn every_page_renders_for_the_owner_with_the_navigation_and_the_live_script() {
+    let hub = Hub::set_up();
+    let mut browser = hub.signed_in().await;
+    for (path, title) in PAGES {
+        let page = browser.get(path).await.expect(StatusCode::OK);
+        page.contains(&format!("<title>(1) {title} · test-home</title>"))
+            .contains("<script src=\"/static/live.js\" defer></script>")
+            .contains("href=\"/spending\"")
+            .contains("href=\"/plugins\"")
+            .contains("<span class=\"badge\" id=\"pending-count\">1</span>")
+            .lacks("http://")
+            .lacks("https://");
+        assert_eq!(page.header(header::CACHE_CONTROL), "no-store", "{path}");
+        assert!(page.header(header::CONTENT_SECURITY_POLICY).contains("script-src 'self'"), "{path}");
+    }
+}
+
+#[tokio::test]
+async fn without_a_session_every_page_goes_to_login_and_every_form_is_refused() {
+    let hub = Hub::set_up();
+    let mut stranger = Browser::new(&hub.app);
+    for (path, _) in PAGES {
+        stranger.get(path).await.redirects_to("/login");
+    }
+    for path in FORMS {
+        let page = stranger.post(path, &[("csrf", "")]).await;
+        assert_eq!(page.status, StatusCode::FORBIDDEN, "{path}: {}", page.text());
+    }
+    // A signed-in owner's form without the session's token is refused too, and nothing changed.
+    let mut browser = hub.signed_in().await;
+    for path in FORMS.iter().skip(1) {
+        let page = browser.post(path, &[("csrf", &"0".repeat(64))]).await;
+        assert_eq!(page.status, StatusCode::FORBIDDEN, "{path}: {}", page.text());
+    }
+    assert!(decisions(&hub).is_empty());
+    assert!(hub.backend.device_commands().is_empty());
+    hub.backend.with_state(|s| {
+        assert_eq!(s.devices.len(), 2);
+        assert_eq!(s.plugins.len(), 2);
+        assert!(s.channels.iter().any(|c| c.status.is_open()));
+    });
+}
+
+/// A post the browser says came from another site, with the right token all the same.
+fn cross_site(path: &str, cookies: &str, csrf: &str, header_name: &str, value: &str) -> Request<Body> {
+    Request::post(path)
+        .header(header::COOKIE, cookies)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(header::HOST, "127.0.0.1:8080")
+        .header(header_name, value)
+        .body(Body::from(format!("csrf={csrf}")))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_post_from_another_origin_is_refused_even_with_the_right_token() {
+    let hub = Hub::set_up();
+    let mut browser = hub.signed_in().await;
+    let csrf = browser.csrf().await;
+    let cookies = browser.cookie_header();
+    for (name, value) in [
+        ("origin", "http://evil.example"),
+        ("origin", "http://127.0.0.1:9999"),
+        ("origin", "null"),
+        ("sec-fetch-site", "cross-site"),
+        ("sec-fetch-site", "same-site"),
+    ] {
+        let page = browser.send(cross_site("/approvals/7/approve", &cookies, &csrf, name, value)).await;
+        page.expect(StatusCode::FORBIDDEN).contains("sent from another site");
+        let api = Request::post("/api/v1/approvals/7/approve")
+            .header(header::COOKIE, &cookies)
+            .header("x-csrf-token", &csrf)
+            .header(header::HOST, "127.0.0.1:8080")
+            .header(name, value)
+            .body(Body::empty())
+            .unwrap();
+        browser.send(api).await.expect(StatusCode::FORBIDDEN).contains("another site");
+    }
+    assert!(decisions(&hub).is_empty());
+    // The hub's own page: same origin, and the browser says so.
+    let own = cross_site("/approvals/7/approve", &cookies, &csrf, "origin", "http://127.0.0.1:8080");
+    browser.send(own).await.redirects_to("/approvals");
+    assert_eq!(decisions(&hub).len(), 1);
+}
+
+#[tokio::test]
+async fn the_spending_page_reports_the_month_with_a_chart_and_a_csv_link() {
+    let hub = Hub::set_up();
+    let mut browser = hub.signed_in().await;
+    let page = browser.get("/spending").await.expect(StatusCode::OK);
+    // The sample's "now" is 2026-11-24: this month by default.
+    page.contains("value=\"2026-11-01\"")
+        .contains("value=\"2026-11-30\"")
+        .contains("<option value=\"subject\" selected>")
+        .contains("<span class=\"kind\">device</span> fridge</td>")
+        .contains("<td class=\"num\">1.5 USD</td>")
+        .contains("href=\"/api/v1/spending.csv?group_by=subject&#38;from=2026-11-01&#38;to=2026-12-01\"")
+        .contains("<svg viewBox=\"0 0 760 260\" role=\"img\"")
+        .contains("<title>device:fridge on 2026-11-24: 0.0000009 USD</title>")
+        .contains("Spending per day from 2026-11-01 to 2026-11-30")
+        .contains("href=\"/spending?from=2026-10-01&#38;through=2026-10-31&#38;by=subject\"");
+    let query = hub.backend.with_state(|s| s.spending_queries.last().cloned().unwrap());
+    assert_eq!(query.from, Some(Timestamp::from_civil(2026, 11, 1)));
+    assert_eq!(query.to, Some(Timestamp::from_civil(2026, 12, 1)));
+
+    let by_day = browser.get("/spending?from=2026-11-20&through=2026-11-24&by=day").await.expect(StatusCode::OK);
+    by_day.contains("<option value=\"day\" selected>").contains("to=2026-11-25\"").contains(">11-24</text>");
+    let query = hub.backend.with_state(|s| s.spending_queries.last().cloned().unwrap());
+    assert_eq!((query.group_by, query.to), (machinomy_core::GroupBy::Day, Some(Timestamp::from_civil(2026, 11, 25))));
+    browser.get("/spending?by=payee").await.expect(StatusCode::OK).contains("Whom it paid</th>");
+}
+
+#[tokio::test]
+async fn the_spending_chart_and_days_follow_the_homes_time_zone() {
+    let hub = Hub::set_up();
+    let berlin = jiff::tz::TimeZone::posix("CET-1CEST,M3.5.0,M10.5.0/3").unwrap();
+    hub.backend.with_state(|s| {
+        s.zone = berlin;
+        // 23:30 UTC on the 23rd is 00:30 on the 24th in Berlin.
+        s.payments.push(payment(
+            Timestamp::from_civil(2026, 11, 23).secs() + 84_600,
+            Direction::Out,
+            "plugin:weather",
+            "station",
+            7_000,
+            "forecast",
+        ));
+    });
+    let mut browser = hub.signed_in().await;
+    let page = browser.get("/spending?from=2026-11-23&through=2026-11-24").await.expect(StatusCode::OK);
+    page.contains("<title>plugin:weather on 2026-11-24: 0.000007 USD</title>");
+    let query = hub.backend.with_state(|s| s.spending_queries.last().cloned().unwrap());
+    assert_eq!(query.from, Some(Timestamp(Timestamp::from_civil(2026, 11, 23).secs() - 3_600)), "Berlin's midnight");
+    // Times on the pages are Berlin's too.
+    browser.get("/").await.contains("2026-11-24 12:50 CET");
+}
+
+#[tokio::test]
+async fn bad_spending_periods_are_shown_beside_their_fields() {
+    let hub = Hub::set_up();
+    let mut browser = hub.signed_in().await;
+    let cases = [
+        ("/spending?from=yesterday&through=2026-11-24", "from-error", "A date, as YYYY-MM-DD."),
+        ("/spending?from=2026-11-24&through=2026-02-30", "through-error", "A date, as YYYY-MM-DD."),
+        ("/spending?from=2026-11-24&through=2026-11-01", "through-error", "must not be before the first"),
+        ("/spending?from=2024-01-01&through=2026-01-01", "through-error", "at most 366 days"),
+        ("/spending?by=%3Cscript%3E", "by-error", "Choose one of the groupings listed."),
+    ];
+    let asked = hub.backend.with_state(|s| s.spending_queries.len());
+    for (path, id, message) in cases {
+        let page = browser.get(path).await.expect(StatusCode::UNPROCESSABLE_ENTITY);
+        page.contains(&format!("id=\"{id}\">"))
+            .contains(message)
+            .contains("aria-invalid=\"true\"")
+            .lacks("<svg viewBox");
+    }
+    assert_eq!(hub.backend.with_state(|s| s.spending_queries.len()), asked, "no report was asked for");
+    // Garbage in the query string is just missing fields: the default report.
+    browser.get("/spending?%ZZ=%%").await.expect(StatusCode::OK);
+}
+
+#[tokio::test]
+async fn budgets_are_listed_edited_and_set_in_units() {
+    let hub = Hub::set_up();
+    let mut browser = hub.signed_in().await;
+    browser
+        .get("/budgets")
+        .await
+        .expect(StatusCode::OK)
+        .contains("0.0000012 USD")
+        .contains("href=\"/budgets?edit=device:fridge#budget-form\"");
+    let edit = browser.get("/budgets?edit=device:fridge").await.expect(StatusCode::OK);
+    edit.contains("value=\"device:fridge\"").contains("value=\"0.000005\"").contains("<option value=\"day\" selected>");
+    let csrf = edit.field("csrf");
+    let form = [
+        ("csrf", csrf.as_str()),
+        ("subject", "plugin:weather"),
+        ("period", "week"),
+        ("limit", "20"),
+        ("auto_approve", "2.50"),
+    ];
+    browser.post("/budgets", &form).await.redirects_to("/budgets");
+    browser
+        .get("/budgets")
+        .await
+        .contains("plugin:weather may spend 20 USD per week, and is asked about anything over 2.5 USD.")
+        .contains("<td>plugin:weather</td>");
+    let set = hub
+        .backend
+        .with_state(|s| s.budgets.iter().find(|b| b.budget.subject.to_string() == "plugin:weather").cloned());
+    let set = set.unwrap().budget;
+    assert_eq!((set.limit.base_units(), set.auto_approve.base_units()), (20_000_000_000, 2_500_000_000));
+}
+
+#[tokio::test]
+async fn a_bad_budget_form_shows_each_error_beside_its_field_and_changes_nothing() {
+    let hub = Hub::set_up();
+    let mut browser = hub.signed_in().await;
+    let csrf = browser.csrf().await;
+    let before = hub.backend.with_state(|s| s.budgets.clone());
+    let form =
+        [("csrf", csrf.as_str()), ("subject", "fridge"), ("period", "year"), ("limit", "lots"), ("auto_approve", "1")];
+    browser
+        .post("/budgets", &form)
+        .await
+        .expect(StatusCode::UNPROCESSABLE_ENTITY)
+        .contains("id=\"subject-error\"")
+        .contains("id=\"period-error\"")
+        .contains("id=\"limit-error\">An amount in USD")
+        .contains("value=\"lots\"")
+        .lacks("id=\"auto_approve-error\"");
+    let above = [
+        ("csrf", csrf.as_str()),
+        ("subject", "device:fridge"),
+        ("period", "day"),
+        ("limit", "1"),
+        ("auto_approve", "2"),
+    ];
+    browser
+        .post("/budgets", &above)
+        .await
+        .expect(StatusCode::UNPROCESSABLE_ENTITY)
+        .contains("id=\"auto_approve-error\"");
+    // A budget from hub.toml: the hub refuses, and says so beside the subject.
+    hub.backend.fail_next(BackendError::Conflict("device:fridge is set in hub.toml; change it there".to_owned()));
+    let managed = [
+        ("csrf", csrf.as_str()),
+        ("subject", "device:fridge"),
+        ("period", "day"),
+        ("limit", "1"),
+        ("auto_approve", "0"),
+    ];
+    let page = browser.post("/budgets", &managed).await;
+    // The status call ran first and took the failure: the form is not lost either way.
+    assert!(page.status == StatusCode::CONFLICT || page.status == StatusCode::UNPROCESSABLE_ENTITY, "{}", page.status);
+    assert_eq!(hub.backend.with_state(|s| s.budgets.clone()), before);
+}
+
+#[tokio::test]
+async fn devices_show_state_and_availability_and_take_commands() {
+    let hub = Hub::set_up();
+    let mut browser = hub.signed_in().await;
+    browser
+        .get("/devices")
+        .await
+        .expect(StatusCode::OK)
+        .contains("<a href=\"/devices/fridge\">Kitchen fridge</a>")
+        .contains("<span class=\"up\">online</span>")
+        .contains("<span class=\"down\">offline</span>")
+        .contains("temperature_c: <strong>4.5</strong>")
+        .contains("door: <strong>closed</strong>");
+    let page = browser.get("/devices/fridge").await.expect(StatusCode::OK);
+    page.contains("<code>0f0f0f0f").contains("action=\"/devices/fridge/command\"");
+    let csrf = page.field("csrf");
+    browser
+        .post("/devices/fridge/command", &[("csrf", &csrf), ("name", "defrost"), ("payload", r#"{"minutes": 5}"#)])
+        .await
+        .redirects_to("/devices/fridge");
+    browser.get("/devices/fridge").await.contains("Sent defrost to fridge");
+    let sent = hub.backend.device_commands();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(
+        (sent[0].0.as_str(), sent[0].1.as_str(), &sent[0].2),
+        ("fridge", "defrost", &serde_json::json!({"minutes": 5}))
+    );
+
+    // Bad values are shown beside their fields, and nothing is sent.
+    browser
+        .post("/devices/fridge/command", &[("csrf", &csrf), ("name", "a/b"), ("payload", "{nope")])
+        .await
+        .expect(StatusCode::UNPROCESSABLE_ENTITY)
+        .contains("id=\"name-error\"")
+        .contains("id=\"payload-error\">Not JSON")
+        .contains(">{nope</textarea>");
+    assert_eq!(hub.backend.device_commands().len(), 1);
+    browser.get("/devices/nobody").await.expect(StatusCode::NOT_FOUND);
+    browser.get("/devices/Bad%20Id").await.expect(StatusCode::BAD_REQUEST);
+    browser.post("/devices/nobody/command", &[("csrf", &csrf), ("name", "x")]).await.expect(StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn pairing_shows_the_credentials_once_and_unpairing_removes_the_device() {
+    let hub = Hub::set_up();
+    let mut browser = hub.signed_in().await;
+    let csrf = browser.csrf().await;
+    let page = browser
+        .post("/devices", &[("csrf", &csrf), ("id", "washer"), ("name", "Washing machine"), ("public_key", "")])
+        .await;
+    let page = page.expect(StatusCode::CREATED);
+    page.contains("<h1>Paired washer</h1>")
+        .contains("id=\"device-password\"")
+        .contains("id=\"device-secret\"")
+        .contains(SAMPLE_BROKER);
+    assert!(hub.backend.with_state(|s| s.devices.iter().any(|d| d.id.as_str() == "washer")));
+    // The same id again, and bad fields: beside their fields, nothing paired.
+    browser
+        .post("/devices", &[("csrf", &csrf), ("id", "washer"), ("name", ""), ("public_key", "")])
+        .await
+        .expect(StatusCode::UNPROCESSABLE_ENTITY)
+        .contains("id=\"id-error\"");
+    browser
+        .post("/devices", &[("csrf", &csrf), ("id", "Dryer!"), ("name", "x"), ("public_key", "zz")])
+        .await
+        .expect(StatusCode::UNPROCESSABLE_ENTITY)
+        .contains("id=\"id-error\"")
+        .contains("id=\"public_key-error\"");
+    assert_eq!(hub.backend.with_state(|s| s.devices.len()), 3);
+
+    browser.post("/devices/washer/remove", &[("csrf", &csrf)]).await.redirects_to("/devices");
+    browser.get("/devices").await.contains("Unpaired Washing machine").lacks("href=\"/devices/washer\"");
+}
+
+#[tokio::test]
+async fn channels_show_capacity_and_a_closing_ones_settlement_progress() {
+    let hub = Hub::set_up();
+    let mut browser = hub.signed_in().await;
+    let page = browser.get("/channels").await.expect(StatusCode::OK);
+    page.contains("10 USD").contains("8.5 USD").contains("<progress max=\"100\" value=\"15\">").contains("settled");
+    let csrf = page.field("csrf");
+    let open = "1".repeat(64);
+    browser.post(&format!("/channels/{open}/close"), &[("csrf", &csrf)]).await.redirects_to("/channels");
+    // Closing started now with a day's settlement period: 0% through, settles tomorrow.
+    browser
+        .get("/channels")
+        .await
+        .contains("Channel 11111111…1111 is closing; it settles after 2026-11-25 12:00 UTC.")
+        .contains("<progress class=\"settling\" max=\"100\" value=\"0\">");
+    hub.backend.with_state(|s| s.now = Timestamp(s.now.secs() + 21_600));
+    browser.get("/channels").await.contains("<progress class=\"settling\" max=\"100\" value=\"25\">");
+    // Closing it again is a message, an unknown id too; a malformed id is a 400.
+    browser.post(&format!("/channels/{open}/close"), &[("csrf", &csrf)]).await.redirects_to("/channels");
+    browser.get("/channels").await.contains("flash error");
+    browser.post("/channels/xyz/close", &[("csrf", &csrf)]).await.expect(StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn services_and_peers_show_what_the_network_knows() {
+    let hub = Hub::set_up();
+    let mut browser = hub.signed_in().await;
+    browser
+        .get("/services")
+        .await
+        .expect(StatusCode::OK)
+        .contains("<td>solar.surplus</td>")
+        .contains("surplus solar power, per kWh")
+        .contains("<td>weather.forecast</td>")
+        .contains("0.000002 USD")
+        .contains("tomorrow&#39;s weather");
+    browser
+        .get("/peers")
+        .await
+        .expect(StatusCode::OK)
+        .contains("12D3KooWSamplePeerConnected")
+        .contains("<span class=\"up\">connected</span>")
+        .contains("<span class=\"down\">not connected</span>")
+        .contains("/ip4/192.168.1.20/tcp/4001")
+        .contains(&"01".repeat(32));
+}
+
+#[tokio::test]
+async fn plugins_show_grants_state_and_the_quarantine_reason() {
+    let hub = Hub::set_up();
+    let mut browser = hub.signed_in().await;
+    browser
+        .get("/plugins")
+        .await
+        .expect(StatusCode::OK)
+        .contains("<a href=\"/plugins/weather-buyer\">weather-buyer</a>")
+        .contains("<span class=\"down\">quarantined</span>: 3 faults within 10 minutes: out of fuel")
+        .contains("enctype=\"multipart/form-data\"");
+    browser
+        .get("/plugins/weather-buyer")
+        .await
+        .expect(StatusCode::OK)
+        .contains("weather.forecast at most 0.000002 USD a call")
+        .contains("machinomy/irrigation/cmd/#")
+        .contains("0.0001 USD per day, asks you above 0.000002 USD")
+        .contains("action=\"/plugins/weather-buyer/disable\"");
+    browser
+        .get("/plugins/flaky")
+        .await
+        .contains("id=\"quarantine-reason\">3 faults within 10 minutes: out of fuel")
+        .contains("Lift the quarantine and enable");
+    browser.get("/plugins/nobody").await.expect(StatusCode::NOT_FOUND);
+    browser.get("/plugins/Bad%20Name").await.expect(StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn plugins_are_enabled_disabled_and_removed_by_form() {
+    let hub = Hub::set_up();
+    let mut browser = hub.signed_in().await;
+    let csrf = browser.csrf().await;
+    let state =
+        |name: &str| hub.backend.with_state(|s| s.plugins.iter().find(|p| p.view.name == name).map(|p| p.view.state));
+    browser.post("/plugins/weather-buyer/disable", &[("csrf", &csrf)]).await.redirects_to("/plugins/weather-buyer");
+    assert_eq!(state("weather-buyer"), Some(crate::model::PluginStateName::Disabled));
+    browser.get("/plugins/weather-buyer").await.contains("weather-buyer is disabled");
+    browser.post("/plugins/flaky/enable", &[("csrf", &csrf)]).await.redirects_to("/plugins/flaky");
+    assert_eq!(state("flaky"), Some(crate::model::PluginStateName::Enabled));
+    // Nothing waits for approval: a message, not an error page.
+    browser.post("/plugins/flaky/approve", &[("csrf", &csrf)]).await.redirects_to("/plugins/flaky");
+    browser.get("/plugins/flaky").await.contains("flash error");
+    browser.post("/plugins/flaky/explode", &[("csrf", &csrf)]).await.expect(StatusCode::NOT_FOUND);
+    browser.post("/plugins/flaky/remove", &[("csrf", &csrf)]).await.redirects_to("/plugins");
+    assert_eq!(state("flaky"), None);
+    browser.get("/plugins").await.contains("Removed flaky with its storage.");
+}
+
+/// A multipart upload as a browser sends the install form.
+fn upload_form(
+    path: &str,
+    cookies: &str,
+    csrf: &str,
+    manifest: Option<&str>,
+    wasm: Option<&[u8]>,
+    settings: &str,
+) -> Request<Body> {
+    const BOUNDARY: &str = "----machinomy-test-boundary";
+    let mut body: Vec<u8> = Vec::new();
+    let mut part = |name: &str, filename: Option<&str>, content: &[u8]| {
+        body.extend_from_slice(format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"").as_bytes());
+        if let Some(file) = filename {
+            body.extend_from_slice(
+                format!("; filename=\"{file}\"\r\nContent-Type: application/octet-stream").as_bytes(),
+            );
+        }
+        body.extend_from_slice(b"\r\n\r\n");
+        body.extend_from_slice(content);
+        body.extend_from_slice(b"\r\n");
+    };
+    part("csrf", None, csrf.as_bytes());
+    part("manifest", Some("plugin.toml"), manifest.unwrap_or_default().as_bytes());
+    part("wasm", Some("plugin.wasm"), wasm.unwrap_or_default());
+    part("settings", None, settings.as_bytes());
+    body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+    Request::post(path)
+        .header(header::COOKIE, cookies)
+        .header(header::CONTENT_TYPE, format!("multipart/form-data; boundary={BOUNDARY}"))
+        .body(Body::from(body))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_plugin_is_installed_by_upload_with_its_settings() {
+    use crate::testing::EMPTY_MODULE;
+    let hub = Hub::set_up();
+    let mut browser = hub.signed_in().await;
+    let csrf = browser.csrf().await;
+    let cookies = browser.cookie_header();
+    let manifest = "name = \"lights\"\nversion = \"1.0.0\"\n[grants]\npublish = [\"machinomy/lamp/cmd/#\"]\n";
+    let request =
+        upload_form("/plugins", &cookies, &csrf, Some(manifest), Some(EMPTY_MODULE), "after = \"22:00\"\nlevel=3\n");
+    browser.send(request).await.redirects_to("/plugins/lights");
+    browser.get("/plugins/lights").await.contains("Installed lights 1.0.0.").contains("machinomy/lamp/cmd/#");
+    let config =
+        hub.backend.with_state(|s| s.plugins.iter().find(|p| p.view.name == "lights").map(|p| p.overrides.clone()));
+    assert_eq!(serde_json::Value::Object(config.unwrap()), serde_json::json!({"after": "22:00", "level": 3}));
+}
+
+#[tokio::test]
+async fn a_bad_upload_is_refused_beside_its_field_and_installs_nothing() {
+    use crate::testing::EMPTY_MODULE;
+    let hub = Hub::set_up();
+    let mut browser = hub.signed_in().await;
+    let csrf = browser.csrf().await;
+    let cookies = browser.cookie_header();
+    let manifest = "name = \"lights\"\nversion = \"1.0.0\"\n";
+    type Case<'a> = (Option<&'a str>, Option<&'a [u8]>, &'a str, &'a str);
+    let cases: [Case<'_>; 5] = [
+        (None, Some(EMPTY_MODULE), "", "id=\"manifest-error\">Choose the plugin&#39;s plugin.toml."),
+        (Some(manifest), None, "", "id=\"wasm-error\">Choose the plugin&#39;s .wasm module."),
+        (Some(manifest), Some(b"#!/bin/sh\n"), "", "id=\"wasm-error\">"),
+        (Some("name = \"lights\"\n[grants]\nsubscribe = [\"#\"]\n"), Some(EMPTY_MODULE), "", "id=\"manifest-error\">"),
+        (Some(manifest), Some(EMPTY_MODULE), "no equals sign", "id=\"settings-error\">Line 1: expected KEY=VALUE."),
+    ];
+    for (manifest, wasm, settings, expected) in cases {
+        let page = browser.send(upload_form("/plugins", &cookies, &csrf, manifest, wasm, settings)).await;
+        page.expect(StatusCode::UNPROCESSABLE_ENTITY).contains(expected);
+    }
+    // Without the session's token, nothing is even read.
+    browser
+        .send(upload_form("/plugins", &cookies, "", Some(manifest), Some(EMPTY_MODULE), ""))
+        .await
+        .expect(StatusCode::FORBIDDEN);
+    assert_eq!(hub.backend.with_state(|s| s.plugins.len()), 2);
+}
+
+#[tokio::test]
+async fn an_upgrade_asking_for_more_waits_for_the_owners_approval_on_the_plugins_page() {
+    use crate::testing::{EMPTY_MODULE, SAMPLE_PLUGIN_MANIFEST};
+    let hub = Hub::set_up();
+    let mut browser = hub.signed_in().await;
+    let csrf = browser.csrf().await;
+    let cookies = browser.cookie_header();
+    let wider = SAMPLE_PLUGIN_MANIFEST.replace("version = \"0.1.0\"", "version = \"0.2.0\"").replace(
+        "publish = [\"machinomy/irrigation/cmd/#\"]",
+        "publish = [\"machinomy/irrigation/cmd/#\", \"machinomy/sprinkler/cmd/#\"]",
+    );
+    let request = upload_form("/plugins/weather-buyer/upgrade", &cookies, &csrf, Some(&wider), Some(EMPTY_MODULE), "");
+    browser.send(request).await.redirects_to("/plugins/weather-buyer");
+    let page = browser.get("/plugins/weather-buyer").await;
+    page.contains("asks for more than you approved")
+        .contains("Version 0.2.0 waits for your approval")
+        .contains("machinomy/sprinkler/cmd/#");
+    browser.post("/plugins/weather-buyer/approve", &[("csrf", &csrf)]).await.redirects_to("/plugins/weather-buyer");
+    browser.get("/plugins/weather-buyer").await.contains("Approved: weather-buyer 0.2.0 runs now.");
+    // An upgrade naming another plugin is refused beside the manifest.
+    let other = SAMPLE_PLUGIN_MANIFEST.replace("name = \"weather-buyer\"", "name = \"other\"");
+    let request = upload_form("/plugins/weather-buyer/upgrade", &cookies, &csrf, Some(&other), Some(EMPTY_MODULE), "");
+    browser.send(request).await.expect(StatusCode::UNPROCESSABLE_ENTITY).contains("id=\"manifest-error\">");
+}
+
+#[tokio::test]
+async fn html_in_names_descriptions_and_state_is_escaped_on_every_page() {
+    let hub = Hub::set_up();
+    let evil = "<script>alert(1)</script>";
+    hub.backend.with_state(|s| {
+        let device = s.devices.iter_mut().find(|d| d.id.as_str() == SAMPLE_DEVICE).unwrap();
+        device.name = evil.to_owned();
+        device.state.insert("note".to_owned(), serde_json::json!(evil));
+        s.services.seen[0].description = evil.to_owned();
+        s.plugins[0].view.description = evil.to_owned();
+        s.plugins[0].view.recent.push(crate::model::PluginLogLine {
+            at_ms: 0,
+            level: "info".to_owned(),
+            text: evil.to_owned(),
+        });
+    });
+    let mut browser = hub.signed_in().await;
+    for path in ["/devices", "/devices/fridge", "/services", "/plugins", "/plugins/flaky", "/plugins/weather-buyer"] {
+        let page = browser.get(path).await.expect(StatusCode::OK);
+        page.lacks("<script>alert");
+    }
+    browser.get("/devices/fridge").await.contains("&#60;script&#62;alert(1)&#60;/script&#62;");
+}
+
+#[tokio::test]
+async fn the_live_script_needs_no_session_and_is_served_as_javascript() {
+    let hub = Hub::first_run();
+    let mut browser = Browser::new(&hub.app);
+    let script = browser.get("/static/live.js").await.expect(StatusCode::OK);
+    assert_eq!(script.header(header::CONTENT_TYPE), "text/javascript; charset=utf-8");
+    assert_eq!(script.header(header::X_CONTENT_TYPE_OPTIONS), "nosniff");
+    script.contains("new EventSource(\"/api/v1/events\")").contains("data-live");
 }

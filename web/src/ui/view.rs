@@ -1,15 +1,18 @@
-//! The pages' templates and what they show, already formatted: amounts in the currency's units
-//! with its code, times as UTC text with a machine-readable `datetime`. Templates escape every
-//! value (askama's HTML escaping stays on); nothing here builds HTML.
+//! What the pages share, already formatted for people: amounts in the currency's units with its
+//! code, times in the home's time zone with a machine-readable `datetime`, who asked for a
+//! spend. Templates escape every value (askama's HTML escaping stays on); nothing here builds
+//! HTML.
 
 use askama::Template;
+use jiff::tz::TimeZone;
 use machinomy_core::{Amount, Approval, ApprovalState, Currency, Direction, SpendingEntry, Subject, Timestamp};
 
 use crate::model::{BudgetView, DeviceView};
 
 use super::session::Flash;
 
-/// An instant as shown: `2026-11-24 12:00 UTC`, and `2026-11-24T12:00:00Z` for `<time datetime>`.
+/// An instant as shown: `2026-11-24 13:00 CET`, and `2026-11-24T13:00:00+01:00` for
+/// `<time datetime>`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct When {
     pub(crate) iso: String,
@@ -17,12 +20,26 @@ pub(crate) struct When {
 }
 
 impl When {
-    pub(crate) fn new(at: Timestamp) -> When {
-        let secs = at.secs() % 86_400;
-        let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
-        let date = at.date_string();
-        When { iso: format!("{date}T{h:02}:{m:02}:{s:02}Z"), text: format!("{date} {h:02}:{m:02} UTC") }
+    pub(crate) fn new(at: Timestamp, zone: &TimeZone) -> When {
+        let zoned = to_jiff(at).to_zoned_datetime(zone.clone());
+        When {
+            iso: zoned.strftime("%Y-%m-%dT%H:%M:%S%:z").to_string(),
+            text: zoned.strftime("%Y-%m-%d %H:%M %Z").to_string(),
+        }
     }
+}
+
+/// The same instant for jiff, clamped to the years it knows (up to 9999).
+pub(crate) fn to_jiff(at: Timestamp) -> jiff::Timestamp {
+    i64::try_from(at.secs())
+        .ok()
+        .and_then(|secs| jiff::Timestamp::from_second(secs).ok())
+        .unwrap_or(jiff::Timestamp::MAX)
+}
+
+/// The instant jiff gives, as the core counts time (instants before 1970 are 1970).
+pub(crate) fn from_jiff(at: jiff::Timestamp) -> Timestamp {
+    Timestamp(u64::try_from(at.as_second()).unwrap_or(0))
 }
 
 /// `1.5 USD`: never raw base units.
@@ -30,8 +47,19 @@ pub(crate) fn money(currency: &Currency, amount: Amount) -> String {
     currency.format(amount)
 }
 
+/// A public key or other long id, shortened for a table cell: `02a1b2c3…e4f5`.
+pub(crate) fn short(id: &str) -> String {
+    let chars = id.chars().count();
+    if chars <= 16 {
+        return id.to_owned();
+    }
+    let head: String = id.chars().take(8).collect();
+    let tail: String = id.chars().skip(chars - 4).collect();
+    format!("{head}…{tail}")
+}
+
 /// Who asks for a spend: its kind (`device`, `plugin`, `peer`) and a name to show.
-fn asker(subject: &Subject, devices: &[DeviceView]) -> (&'static str, String) {
+pub(crate) fn asker(subject: &Subject, devices: &[DeviceView]) -> (&'static str, String) {
     match subject {
         Subject::Device(id) => {
             let name = devices.iter().find(|d| d.id.as_str() == id).map(|d| d.name.as_str());
@@ -41,14 +69,28 @@ fn asker(subject: &Subject, devices: &[DeviceView]) -> (&'static str, String) {
             }
         }
         Subject::Plugin(name) => ("plugin", name.clone()),
-        Subject::Peer(key) => ("peer", key.clone()),
+        Subject::Peer(key) => ("peer", short(key)),
     }
 }
 
-/// What every signed-in page shares: the navigation, the session's CSRF token, a flash.
+/// The navigation: (path, label, key matched against [`Layout::active`]).
+pub(crate) const NAV: [(&str, &str, &str); 9] = [
+    ("/", "Dashboard", "dashboard"),
+    ("/approvals", "Approvals", "approvals"),
+    ("/spending", "Spending", "spending"),
+    ("/budgets", "Budgets", "budgets"),
+    ("/devices", "Devices", "devices"),
+    ("/channels", "Channels", "channels"),
+    ("/services", "Services", "services"),
+    ("/plugins", "Plugins", "plugins"),
+    ("/peers", "Peers", "peers"),
+];
+
+/// What every signed-in page shares: the navigation, the session's CSRF token, a flash, and
+/// which live events make the page refresh its live parts.
 #[derive(Clone, Debug)]
 pub(crate) struct Layout {
-    pub(crate) title: &'static str,
+    pub(crate) title: String,
     pub(crate) hub: String,
     /// Which navigation entry is the current page.
     pub(crate) active: &'static str,
@@ -56,6 +98,14 @@ pub(crate) struct Layout {
     /// Pending approvals, shown in the title and the navigation.
     pub(crate) pending: u64,
     pub(crate) flash: Option<Flash>,
+    /// Space-separated live event kinds (`approval payment`) the page follows.
+    pub(crate) live_on: &'static str,
+}
+
+impl Layout {
+    pub(crate) fn nav(&self) -> &'static [(&'static str, &'static str, &'static str)] {
+        &NAV
+    }
 }
 
 /// A pending spend, as the approvals page and the dashboard list it.
@@ -75,7 +125,7 @@ pub(crate) struct PendingRow {
 }
 
 impl PendingRow {
-    pub(crate) fn new(approval: &Approval, currency: &Currency, devices: &[DeviceView]) -> PendingRow {
+    pub(crate) fn new(approval: &Approval, currency: &Currency, devices: &[DeviceView], zone: &TimeZone) -> PendingRow {
         let (kind, asker) = asker(&approval.request.subject, devices);
         PendingRow {
             id: approval.id,
@@ -84,8 +134,8 @@ impl PendingRow {
             payee: approval.request.payee.clone(),
             amount: money(currency, approval.request.amount),
             memo: approval.request.memo.clone(),
-            created: When::new(approval.request.created_at),
-            expires: When::new(approval.expires_at),
+            created: When::new(approval.request.created_at, zone),
+            expires: When::new(approval.expires_at, zone),
             reason: String::new(),
             reason_error: None,
         }
@@ -108,7 +158,7 @@ pub(crate) struct DecidedRow {
 }
 
 impl DecidedRow {
-    pub(crate) fn new(approval: &Approval, currency: &Currency, devices: &[DeviceView]) -> DecidedRow {
+    pub(crate) fn new(approval: &Approval, currency: &Currency, devices: &[DeviceView], zone: &TimeZone) -> DecidedRow {
         let (kind, asker) = asker(&approval.request.subject, devices);
         let (by, at, reason) = match &approval.state {
             ApprovalState::Pending => (String::new(), approval.request.created_at, String::new()),
@@ -125,7 +175,7 @@ impl DecidedRow {
             memo: approval.request.memo.clone(),
             state: approval.state.name(),
             by,
-            at: When::new(at),
+            at: When::new(at, zone),
             reason,
         }
     }
@@ -139,25 +189,36 @@ pub(crate) struct BudgetRow {
     pub(crate) spent: String,
     pub(crate) limit: String,
     pub(crate) auto_approve: String,
+    /// The limit and threshold as a form would take them back (`2.5`, no code).
+    pub(crate) limit_units: String,
+    pub(crate) auto_approve_units: String,
     /// Spent as a whole percentage of the limit, at most 100 (for the bar).
     pub(crate) percent: u8,
     pub(crate) resets: When,
 }
 
 impl BudgetRow {
-    pub(crate) fn new(view: &BudgetView) -> BudgetRow {
+    pub(crate) fn new(view: &BudgetView, zone: &TimeZone) -> BudgetRow {
         let (spent, limit) = (view.spent_this_period.base_units(), view.budget.limit.base_units());
-        let percent = if limit == 0 { 100 } else { spent.saturating_mul(100).checked_div(limit).unwrap_or(100) };
+        let decimals = view.currency.decimals();
         BudgetRow {
             subject: view.budget.subject.to_string(),
             period: view.budget.period.to_string(),
             spent: money(&view.currency, view.spent_this_period),
             limit: money(&view.currency, view.budget.limit),
             auto_approve: money(&view.currency, view.budget.auto_approve),
-            percent: u8::try_from(percent.min(100)).unwrap_or(100),
-            resets: When::new(view.period_end),
+            limit_units: view.budget.limit.format_decimal(decimals),
+            auto_approve_units: view.budget.auto_approve.format_decimal(decimals),
+            percent: percent(spent, limit),
+            resets: When::new(view.period_end, zone),
         }
     }
+}
+
+/// `part` as a whole percentage of `whole`, at most 100 (a full bar when `whole` is zero).
+pub(crate) fn percent(part: u128, whole: u128) -> u8 {
+    let percent = if whole == 0 { 100 } else { part.saturating_mul(100).checked_div(whole).unwrap_or(100) };
+    u8::try_from(percent.min(100)).unwrap_or(100)
 }
 
 /// A payment made (`out`) or received (`in`).
@@ -172,15 +233,15 @@ pub(crate) struct PaymentRow {
 }
 
 impl PaymentRow {
-    pub(crate) fn new(entry: &SpendingEntry, currency: &Currency) -> PaymentRow {
+    pub(crate) fn new(entry: &SpendingEntry, currency: &Currency, zone: &TimeZone) -> PaymentRow {
         PaymentRow {
-            at: When::new(entry.at),
+            at: When::new(entry.at, zone),
             direction: match entry.direction {
                 Direction::Out => "out",
                 Direction::In => "in",
             },
             subject: entry.subject.to_string(),
-            counterparty: entry.counterparty.clone(),
+            counterparty: short(&entry.counterparty),
             amount: money(currency, entry.amount),
             memo: entry.memo.clone(),
         }
@@ -193,28 +254,6 @@ impl PaymentRow {
 pub(crate) struct Count {
     pub(crate) up: usize,
     pub(crate) total: usize,
-}
-
-#[derive(Template, Debug)]
-#[template(path = "dashboard.html")]
-pub(crate) struct DashboardPage {
-    pub(crate) layout: Layout,
-    pub(crate) pending_total: usize,
-    pub(crate) pending_head: Vec<PendingRow>,
-    pub(crate) budgets: Vec<BudgetRow>,
-    pub(crate) payments: Vec<PaymentRow>,
-    pub(crate) channels_open: u64,
-    pub(crate) devices: Option<Count>,
-    pub(crate) plugins: Option<Count>,
-    pub(crate) peers: Option<Count>,
-}
-
-#[derive(Template, Debug)]
-#[template(path = "approvals.html")]
-pub(crate) struct ApprovalsPage {
-    pub(crate) layout: Layout,
-    pub(crate) pending: Vec<PendingRow>,
-    pub(crate) decided: Vec<DecidedRow>,
 }
 
 #[derive(Template, Debug)]
@@ -248,15 +287,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn times_are_utc_text_with_an_iso_datetime() {
-        let when = When::new(Timestamp(1_795_521_600 + 3_723));
-        assert_eq!(when.iso, "2026-11-24T13:02:03Z");
-        assert_eq!(when.text, "2026-11-24 13:02 UTC");
+    fn times_are_shown_in_the_homes_zone_with_an_iso_datetime() {
+        let at = Timestamp(1_795_521_600 + 3_723);
+        let utc = When::new(at, &TimeZone::UTC);
+        assert_eq!(utc.iso, "2026-11-24T13:02:03+00:00");
+        assert_eq!(utc.text, "2026-11-24 13:02 UTC");
+        let berlin = TimeZone::posix("CET-1CEST,M3.5.0,M10.5.0/3").unwrap();
+        let local = When::new(at, &berlin);
+        assert_eq!(local.iso, "2026-11-24T14:02:03+01:00");
+        assert_eq!(local.text, "2026-11-24 14:02 CET");
+        // Beyond what jiff counts (the year 9999) is shown as its last instant, not a panic.
+        assert!(When::new(Timestamp(u64::MAX), &TimeZone::UTC).text.starts_with("9999-12-"));
     }
 
     #[test]
     fn amounts_are_in_units_with_the_code() {
         assert_eq!(money(&Currency::usd(), Amount::from_base_units(1_500_000_000)), "1.5 USD");
         assert_eq!(money(&Currency::usd(), Amount::from_base_units(4_000)), "0.000004 USD");
+    }
+
+    #[test]
+    fn long_ids_are_shortened_and_short_ones_kept() {
+        assert_eq!(short("grocer"), "grocer");
+        assert_eq!(short(&"ab".repeat(32)), "abababab…abab");
+    }
+
+    #[test]
+    fn percentages_are_capped_and_an_empty_limit_is_full() {
+        assert_eq!(percent(50, 200), 25);
+        assert_eq!(percent(300, 200), 100);
+        assert_eq!(percent(0, 0), 100);
+        assert_eq!(percent(u128::MAX, 1), 100);
     }
 }

@@ -112,17 +112,9 @@ fn toml_error(text: &str, error: &toml::de::Error) -> String {
     }
 }
 
-/// `--set KEY=VALUE`: the value is JSON if it parses as JSON (`3`, `true`, `"text"`, `{...}`),
-/// else the text itself.
+/// `--set KEY=VALUE`, read as the web UI reads a settings line.
 pub(crate) fn parse_set(text: &str) -> Result<(String, serde_json::Value), String> {
-    let Some((key, value)) = text.split_once('=') else {
-        return Err(format!("--set {}: expected KEY=VALUE", crate::output::quoted(text)));
-    };
-    if key.is_empty() {
-        return Err(format!("--set {}: the key is empty", crate::output::quoted(text)));
-    }
-    let value = serde_json::from_str(value).unwrap_or_else(|_| serde_json::Value::String(value.to_owned()));
-    Ok((key.to_owned(), value))
+    machinomy_web::model::parse_setting(text).map_err(|e| format!("--set {}: {e}", crate::output::quoted(text)))
 }
 
 /// Every `--set`, later ones winning.
