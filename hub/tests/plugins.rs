@@ -298,6 +298,69 @@ async fn a_spend_over_the_plugins_budget_waits_for_the_owner_and_a_denial_reache
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spends_waiting_for_the_owner_over_a_hub_restart_are_still_carried_out_and_told_to_the_plugin() {
+    let mut h = Harness::start().await;
+    let peer = PublicKey::from(SigningKey::from_bytes(&[3; 32]).verifying_key()).to_hex();
+    let patient = module(
+        1,
+        &format!(
+            r#"
+  (data (i32.const 300) "{peer}")
+  (data (i32.const 400) "5000")
+  (data (i32.const 410) "first")
+  (data (i32.const 420) "second")
+  (data (i32.const 430) "ids")
+  ;; Spends twice in its first run only, keeping both request ids under "ids".
+  (func (export "on_start")
+    (if (i32.lt_s (call $kv_get (i32.const 430) (i32.const 3) (i32.const 500) (i32.const 16)) (i32.const 0))
+      (then
+        (i64.store (i32.const 500)
+          (call $spend (i32.const 300) (i32.const 64) (i32.const 400) (i32.const 4) (i32.const 410) (i32.const 5)))
+        (i64.store (i32.const 508)
+          (call $spend (i32.const 300) (i32.const 64) (i32.const 400) (i32.const 4) (i32.const 420) (i32.const 6)))
+        (drop (call $kv_set (i32.const 430) (i32.const 3) (i32.const 500) (i32.const 16))))))
+  ;; Each outcome's status, stored under its request id (8 bytes, little-endian).
+  (func (export "on_spend_result") (param $id i64) (param $status i32) (param i32 i32)
+    (i64.store (i32.const 600) (local.get $id))
+    (i32.store (i32.const 608) (local.get $status))
+    (drop (call $kv_set (i32.const 600) (i32.const 8) (i32.const 608) (i32.const 4))))
+"#
+        ),
+    );
+    let grants = "[grants]\npay = true\n[grants.budget]\nperiod = \"day\"\nlimit = \"100000\"\nauto_approve = \"100\"";
+    h.install(package("patient", grants, patient)).await;
+    let ids = eventually("the request ids", async || h.kv("patient", "ids")).await;
+    let ids = [i64::from_le_bytes(ids[..8].try_into().unwrap()), i64::from_le_bytes(ids[8..].try_into().unwrap())];
+    assert!(ids[0] > 0 && ids[1] > 0 && ids[0] != ids[1], "{ids:?}");
+    let status = |h: &Harness, id: i64| {
+        let stored = h.hub().payments.store().plugin_kv_get("patient", &id.to_le_bytes()).unwrap();
+        stored.map(|v| i32::from_le_bytes(v[..4].try_into().unwrap()))
+    };
+    for id in ids {
+        eventually("pending to reach the plugin", async || (status(&h, id) == Some(abi::STATUS_PENDING)).then_some(()))
+            .await;
+    }
+
+    // The hub restarts with both spends still waiting for the owner.
+    h.restart().await;
+    let waiting = h.hub().payments.approvals(true, machinomy_hub::now()).await.unwrap();
+    let find = |memo: &str| waiting.iter().find(|a| a.request.memo == memo).map(|a| a.id).unwrap();
+    let (first, second) = (find("first"), find("second"));
+
+    // Denied: the plugin hears it under the id it was given before the restart.
+    h.hub().payments.decide(first, Verdict::Deny { reason: "no".into() }, "owner", machinomy_hub::now()).await.unwrap();
+    eventually("the denial", async || (status(&h, ids[0]) == Some(abi::STATUS_DENIED)).then_some(())).await;
+
+    // Approved: the hub pays from what the approval holds. The payee is no hub it can reach, so
+    // the payment fails, the plugin hears so, and the budget is released.
+    h.hub().payments.decide(second, Verdict::Approve, "owner", machinomy_hub::now()).await.unwrap();
+    eventually("the failure", async || (status(&h, ids[1]) == Some(abi::STATUS_FAILED)).then_some(())).await;
+    let approval = h.hub().payments.approval(second, machinomy_hub::now()).await.unwrap();
+    assert!(matches!(approval.outcome, Some(machinomy_core::SpendOutcome::Failed { .. })), "{approval:?}");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn modules_and_manifests_that_cannot_run_are_refused_at_install_and_leave_nothing() {
     let h = Harness::start().await;
     let refuse = async |package: Package, expected: &str| {

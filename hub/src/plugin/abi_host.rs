@@ -81,6 +81,8 @@ pub(crate) struct Session {
     pub(crate) timers: HashMap<u64, TimerSpec>,
     /// Timers set during the current event, for the scheduler to pick up.
     pub(crate) new_timers: Vec<(u64, TimerSpec)>,
+    /// Timer and request ids start at a random point in every run, so an id kept from an
+    /// earlier run (or an outcome that arrives after a restart) never names something of this one.
     pub(crate) next_timer: u64,
     pub(crate) next_request: u64,
     /// Service calls waiting for `respond`.
@@ -109,8 +111,8 @@ impl Session {
             subscriptions: Vec::new(),
             timers: HashMap::new(),
             new_timers: Vec::new(),
-            next_timer: 1,
-            next_request: 1,
+            next_timer: first_id(),
+            next_request: first_id(),
             open_calls: HashMap::new(),
             recent: VecDeque::new(),
             refused: 0,
@@ -159,6 +161,22 @@ impl HostState {
     pub(crate) fn begin_event(&mut self) {
         self.log_lines = 0;
     }
+}
+
+/// Ids below 2^52 (exact in a JSON number read as a double, short in a reference), at least 1,
+/// with room above for any run.
+const ID_BITS: u32 = 52;
+
+/// A run's first timer or request id: random, so runs (and hub starts) do not repeat ids.
+fn first_id() -> u64 {
+    let mut bytes = [0u8; 8];
+    let random = match getrandom::fill(&mut bytes) {
+        Ok(()) => u64::from_le_bytes(bytes),
+        // No randomness: the clock still differs between runs.
+        Err(_) => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64),
+    };
+    // The lower half of the range, so a run never reaches 2^52.
+    (random >> (64 - ID_BITS + 1)).max(1)
 }
 
 pub(crate) fn now_ms() -> u64 {

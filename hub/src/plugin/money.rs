@@ -86,9 +86,14 @@ pub(crate) async fn run(
             },
             event = events.recv() => match event {
                 Ok(HubEvent::ApprovalDecided { approval }) => {
-                    if let Some(request) = waiting.remove(&approval.id) {
-                        let money = money.clone();
-                        in_flight.spawn(async move { money.decided(request, approval).await });
+                    let money = money.clone();
+                    match waiting.remove(&approval.id) {
+                        Some(request) => { in_flight.spawn(async move { money.decided(request, approval).await }); }
+                        // Asked for before the hub restarted (or in the moment before it was
+                        // remembered): what it was for is in the approval.
+                        None => if let Some(asked) = Asked::of(&approval) {
+                            in_flight.spawn(async move { money.decided_unremembered(asked, approval).await });
+                        },
                     }
                 }
                 Ok(HubEvent::InvoicePaid { reference, amount, .. }) => {
@@ -134,7 +139,7 @@ impl Money {
 
     async fn carry_out(&self, request: MoneyRequest, waits: mpsc::Sender<Wait>) {
         let subject = Subject::Plugin(request.plugin.to_string());
-        let reference = format!("plugin:{}:{}", request.plugin, request.request);
+        let reference = reference(&request.plugin, request.request, &request.order);
         let (payee, amount, memo) = match &request.order {
             Order::Pay { payee, amount, memo } => (payee.to_hex(), *amount, memo.clone()),
             Order::Tick { payee, price, memo } => (payee.to_hex(), *price, memo.clone()),
@@ -190,6 +195,39 @@ impl Money {
         }
     }
 
+    /// The owner decided a request this task no longer remembers (the hub restarted while it
+    /// waited): a payment or a tick is carried out from the approval; a service purchase is
+    /// not, since its request body is gone, and its budget is released.
+    async fn decided_unremembered(&self, asked: Asked, approval: Approval) {
+        let Asked { plugin, request, kind } = asked;
+        let tell = |status: i32, detail: Vec<u8>| Outcome { plugin: plugin.clone(), request, status, detail };
+        match (&approval.state, kind) {
+            (ApprovalState::Approved { .. }, Kind::Call) => {
+                let reason = "the hub restarted while the purchase waited for the owner; ask again";
+                if let Err(e) = self.payments.spend_failed(approval.id, reason, now()).await {
+                    warn!(approval = approval.id, error = %e, "could not release a plugin's lost purchase");
+                }
+                self.report(tell(abi::STATUS_FAILED, reason.into())).await;
+            }
+            (ApprovalState::Approved { .. }, Kind::Pay | Kind::Tick) => {
+                let Ok(payee) = approval.request.payee.parse::<PublicKey>() else {
+                    return warn!(approval = approval.id, "an approved plugin spend names no payee key");
+                };
+                let (amount, memo) = (approval.request.amount, approval.request.memo.clone());
+                let order = match kind {
+                    Kind::Tick => Order::Tick { payee, price: amount, memo },
+                    _ => Order::Pay { payee, amount, memo },
+                };
+                self.pay(MoneyRequest { plugin: plugin.clone(), request, order }, approval).await;
+            }
+            (ApprovalState::Denied { reason, .. }, _) => {
+                self.report(tell(abi::STATUS_DENIED, reason.clone().into())).await
+            }
+            (ApprovalState::Expired { .. }, _) => self.report(tell(abi::STATUS_DENIED, b"expired".to_vec())).await,
+            (ApprovalState::Pending, _) => {}
+        }
+    }
+
     /// Moves the money of an approved request.
     async fn pay(&self, request: MoneyRequest, approval: Approval) {
         let result = match &request.order {
@@ -208,5 +246,60 @@ impl Money {
             Ok(detail) => self.answer(&request, abi::STATUS_PAID, detail).await,
             Err(e) => self.answer(&request, abi::STATUS_FAILED, e.to_string()).await,
         }
+    }
+}
+
+/// What a plugin asked the money task for, as its approval's reference says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Pay,
+    Tick,
+    Call,
+}
+
+/// The plugin, its request id and the kind of request an approval was made for.
+#[derive(Debug, Clone)]
+struct Asked {
+    plugin: Arc<str>,
+    request: u64,
+    kind: Kind,
+}
+
+/// A request's reference in its approval (or invoice): `plugin:<name>:<id>`, with `:tick` or
+/// `:call` after a stream tick or a purchase, so a decision that arrives after a restart can
+/// still be carried out. An invoice's reference (at most `wire::MAX_NAME` bytes, and it has no
+/// approval here) cuts a long name short; the id keeps it unique.
+fn reference(plugin: &str, request: u64, order: &Order) -> String {
+    match order {
+        Order::Pay { .. } => format!("plugin:{plugin}:{request}"),
+        Order::Tick { .. } => format!("plugin:{plugin}:{request}:tick"),
+        Order::Call { .. } => format!("plugin:{plugin}:{request}:call"),
+        Order::Invoice { .. } => {
+            let tail = format!(":{request}");
+            let room = machinomy_core::wire::MAX_NAME.saturating_sub("plugin:".len() + tail.len());
+            // Plugin names are ASCII, so any cut is on a character boundary.
+            let name = plugin.get(..room.min(plugin.len())).unwrap_or_default();
+            format!("plugin:{name}{tail}")
+        }
+    }
+}
+
+impl Asked {
+    /// The request a plugin's approval was made for, if it is one (its subject is the plugin
+    /// its reference names).
+    fn of(approval: &Approval) -> Option<Asked> {
+        let Subject::Plugin(subject) = &approval.request.subject else { return None };
+        let mut parts = approval.request.reference.split(':');
+        let (Some("plugin"), Some(name), Some(id)) = (parts.next(), parts.next(), parts.next()) else { return None };
+        let kind = match (parts.next(), parts.next()) {
+            (None, _) => Kind::Pay,
+            (Some("tick"), None) => Kind::Tick,
+            (Some("call"), None) => Kind::Call,
+            _ => return None,
+        };
+        if name != subject || approval.outcome.is_some() {
+            return None;
+        }
+        Some(Asked { plugin: Arc::from(name), request: id.parse().ok()?, kind })
     }
 }
