@@ -74,8 +74,10 @@
 //! - Money requests answer later: store what you need under the [`RequestId`] and finish the
 //!   work in [`Plugin::on_spend_result`].
 //! - Amounts are integers ([`Amount`], base units), never floats; JSON carries them as strings.
-//! - Never panic on input: a panic traps the instance and counts as a fault; repeated faults
-//!   quarantine the plugin.
+//! - Every run (hub start, enable, upgrade) begins with [`Plugin::on_start`] and no
+//!   subscriptions or timers: set them up there every time (`mock::restart` tests it).
+//! - Never panic on input: a panic traps the instance and counts as a fault (its message is
+//!   logged for the owner); repeated faults quarantine the plugin.
 
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]

@@ -8,12 +8,15 @@
 //! ```
 //! use machinomy_sdk::{mock, money, Amount, Plugin, SpendStatus};
 //!
+//! /// A peer hub's public key: 64 hex digits.
+//! const BARISTA: &str = "b4a1b4a1b4a1b4a1b4a1b4a1b4a1b4a1b4a1b4a1b4a1b4a1b4a1b4a1b4a1b4a1";
+//!
 //! #[derive(Default)]
 //! struct Tipper;
 //!
 //! impl Plugin for Tipper {
 //!     fn on_start(&mut self) {
-//!         let _ = money::spend("ab01", Amount(5), "thanks");
+//!         let _ = money::spend(BARISTA, Amount(5), "thanks");
 //!     }
 //! }
 //!
@@ -22,7 +25,7 @@
 //! plugin.on_start();
 //! assert_eq!(
 //!     mock::requests(),
-//!     [mock::Request::Spend { id: machinomy_sdk::RequestId(1), payee: "ab01".into(), amount: Amount(5), memo: "thanks".into() }]
+//!     [mock::Request::Spend { id: machinomy_sdk::RequestId(1), payee: BARISTA.into(), amount: Amount(5), memo: "thanks".into() }]
 //! );
 //!
 //! // Make the next spend fail the way the hub would.
@@ -31,8 +34,8 @@
 //! assert_eq!(mock::requests().len(), 1);
 //! ```
 //!
-//! The mock checks arguments as the hub does (sizes, topic and filter syntax, decimal amounts,
-//! hex peers, unknown timers, key-value quota). Grants are enforced only after
+//! The mock checks arguments as the hub does (sizes, topic and filter syntax, service names,
+//! decimal amounts above zero, peers as 64 hex digits, unknown timers, key-value quota). Grants are enforced only after
 //! [`load_manifest`], which also sets the config from the manifest's `[config]`; without a
 //! manifest every call is allowed. Budgets are not simulated: the test decides each request's
 //! outcome by calling `on_spend_result` itself. Log lines are also printed to stderr, which the
@@ -344,6 +347,39 @@ pub fn set_now(ms: u64) {
     with(|s| s.now_ms = ms);
 }
 
+/// Ends the plugin's run, as the hub does when it restarts or the owner disables and enables or
+/// upgrades the plugin: its subscriptions and timers are gone. The key-value store, config,
+/// grants, device states, the clock and everything recorded so far stay, and ids keep counting
+/// (the hub never gives a run an id of an earlier one). Then make a fresh `Default` value and
+/// call its `on_start`, as the hub does:
+///
+/// ```
+/// use machinomy_sdk::{mock, mqtt, timer, Plugin};
+///
+/// #[derive(Default)]
+/// struct Ticker;
+///
+/// impl Plugin for Ticker {
+///     fn on_start(&mut self) {
+///         let _ = mqtt::subscribe("machinomy/clock/state");
+///         let _ = timer::every(60_000);
+///     }
+/// }
+///
+/// mock::reset();
+/// Ticker::default().on_start();
+/// mock::restart();
+/// assert!(mock::subscriptions().is_empty() && mock::timers().is_empty());
+/// Ticker::default().on_start();
+/// assert_eq!(mock::timers().len(), 1, "one timer, not two");
+/// ```
+pub fn restart() {
+    with(|s| {
+        s.subscriptions.clear();
+        s.timers.clear();
+    });
+}
+
 /// Moves the mock clock forward without firing timers (see [`run_for`]).
 pub fn advance(ms: u64) {
     with(|s| s.now_ms = s.now_ms.saturating_add(ms));
@@ -526,10 +562,31 @@ pub(crate) mod host {
         Amount::parse(text(bytes)?).map_err(|_| abi::ERR_INVALID)
     }
 
-    /// A peer's public key: hex.
+    /// An amount to pay or invoice: the hub refuses zero.
+    fn positive(bytes: &[u8]) -> Result<Amount, i32> {
+        match amount(bytes)? {
+            Amount(0) => Err(abi::ERR_INVALID),
+            amount => Ok(amount),
+        }
+    }
+
+    /// A service name, as peers offer them: 1 to 64 of a-z, A-Z, 0-9, '-', '_', '.', not only dots.
+    fn service(bytes: &[u8]) -> Result<&str, i32> {
+        let name = text(bytes)?;
+        let valid = (1..=64).contains(&name.len())
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            && !name.bytes().all(|b| b == b'.');
+        if valid {
+            Ok(name)
+        } else {
+            Err(abi::ERR_INVALID)
+        }
+    }
+
+    /// A peer's public key: 32 bytes in hex, as the hub reads it.
     fn peer(bytes: &[u8]) -> Result<&str, i32> {
         let peer = text(bytes)?;
-        if peer.is_empty() || peer.len() % 2 != 0 || !peer.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if peer.len() != 64 || !peer.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(abi::ERR_INVALID);
         }
         Ok(peer)
@@ -702,7 +759,7 @@ pub(crate) mod host {
     pub(crate) fn spend(payee: &[u8], amount_bytes: &[u8], memo_bytes: &[u8]) -> i64 {
         code64(with(|s| {
             injected(s, Import::Spend)?;
-            let (payee, amount, memo) = (peer(payee)?.to_string(), amount(amount_bytes)?, memo(memo_bytes)?);
+            let (payee, amount, memo) = (peer(payee)?.to_string(), positive(amount_bytes)?, memo(memo_bytes)?);
             if let Some(grants) = s.grants() {
                 granted(grants.pay)?;
             }
@@ -713,7 +770,7 @@ pub(crate) mod host {
     pub(crate) fn call_service(service: &[u8], body: &[u8], max_price: &[u8]) -> i64 {
         code64(with(|s| {
             injected(s, Import::CallService)?;
-            let service = text(service)?.to_string();
+            let service = self::service(service)?.to_string();
             let max_price = amount(max_price)?;
             if body.len() > abi::MAX_PAYLOAD {
                 return Err(abi::ERR_TOO_LARGE);
@@ -729,7 +786,7 @@ pub(crate) mod host {
     pub(crate) fn invoice(peer_bytes: &[u8], amount_bytes: &[u8], memo_bytes: &[u8]) -> i64 {
         code64(with(|s| {
             injected(s, Import::Invoice)?;
-            let (peer, amount, memo) = (peer(peer_bytes)?.to_string(), amount(amount_bytes)?, memo(memo_bytes)?);
+            let (peer, amount, memo) = (peer(peer_bytes)?.to_string(), positive(amount_bytes)?, memo(memo_bytes)?);
             if let Some(grants) = s.grants() {
                 granted(grants.invoice)?;
             }
@@ -740,7 +797,7 @@ pub(crate) mod host {
     pub(crate) fn stream_tick(payee: &[u8], price: &[u8], memo_bytes: &[u8]) -> i64 {
         code64(with(|s| {
             injected(s, Import::StreamTick)?;
-            let (payee, price, memo) = (peer(payee)?.to_string(), amount(price)?, memo(memo_bytes)?);
+            let (payee, price, memo) = (peer(payee)?.to_string(), positive(price)?, memo(memo_bytes)?);
             if let Some(grants) = s.grants() {
                 granted(grants.pay)?;
             }
@@ -869,6 +926,12 @@ mod tests {
         assert_eq!(all.iter().map(Request::memo).collect::<Vec<_>>(), ["one", "two", "three", ""]);
         assert_eq!(money::spend("not hex", Amount(1), ""), Err(Error::Invalid));
         assert_eq!(money::spend("", Amount(1), ""), Err(Error::Invalid));
+        assert_eq!(money::spend("ab01", Amount(1), ""), Err(Error::Invalid), "a key is 64 hex digits");
+        assert_eq!(money::spend(&peer, Amount(0), ""), Err(Error::Invalid));
+        assert_eq!(money::invoice(&peer, Amount(0), ""), Err(Error::Invalid));
+        assert_eq!(money::stream_tick(&peer, Amount(0), ""), Err(Error::Invalid));
+        assert_eq!(money::call_service("no spaces", b"{}", Amount(1)), Err(Error::Invalid));
+        assert_eq!(money::call_service("...", b"{}", Amount(1)), Err(Error::Invalid));
         fail_next(Import::Invoice, Error::Busy);
         assert_eq!(money::invoice(&peer, Amount(1), ""), Err(Error::Busy));
         assert_eq!(money::invoice(&peer, Amount(1), "").unwrap(), RequestId(5));
@@ -878,7 +941,7 @@ mod tests {
     fn long_memos_and_logs_are_cut() {
         reset();
         let long = "€".repeat(1000);
-        money::spend("ab", Amount(1), &long).unwrap();
+        money::spend(&"ab".repeat(32), Amount(1), &long).unwrap();
         let memo = requests()[0].memo().to_string();
         assert!(memo.len() <= abi::MAX_TEXT && memo.len() > abi::MAX_TEXT - 3);
         crate::log::info(&long);
@@ -927,6 +990,20 @@ mod tests {
         assert_eq!(config().get("meter").and_then(Value::as_str), Some("meter"));
         mqtt::unsubscribe("machinomy/meter/#").unwrap();
         assert_eq!(subscriptions(), ["machinomy/meter/state"]);
+    }
+
+    #[test]
+    fn a_restart_ends_the_run_but_keeps_storage_and_ids_counting() {
+        reset();
+        mqtt::subscribe("machinomy/a/state").unwrap();
+        let first = timer::every(1000).unwrap();
+        kv::set("k", b"v").unwrap();
+        restart();
+        assert!(subscriptions().is_empty() && timers().is_empty());
+        assert_eq!(timer::cancel(first), Err(Error::Invalid), "the earlier run's timer is gone");
+        assert_eq!(kv("k"), Some(b"v".to_vec()));
+        let second = timer::every(1000).unwrap();
+        assert_ne!(first, second, "ids are not given again");
     }
 
     #[test]

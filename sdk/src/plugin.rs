@@ -14,7 +14,9 @@ use crate::timer::TimerId;
 /// subscriptions and timers are kept), so anything that must survive belongs in
 /// [`kv`](crate::kv), and fields should only cache what can be read again.
 pub trait Plugin {
-    /// The plugin was enabled, or the hub started. Subscribe, set timers, read config here.
+    /// A run begins: the hub started, or the plugin was enabled or upgraded. The run starts with
+    /// no subscriptions and no timers, so subscribe and set timers here every time; read the
+    /// config and the devices' current states ([`device::state`](crate::device::state)) here too.
     fn on_start(&mut self) {}
 
     /// An MQTT message arrived on `topic`, which matches one of the plugin's subscriptions.
@@ -192,6 +194,18 @@ impl EventLayout {
     }
 }
 
+/// A panic's report as one log line: `panicked at …` (the wording differs between Rust
+/// versions), its lines joined.
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+fn panic_line(report: &str) -> String {
+    let line = report.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ");
+    if line.starts_with("panicked") {
+        line
+    } else {
+        format!("panicked: {line}")
+    }
+}
+
 /// What [`export_plugin!`](crate::export_plugin) expands to calls; not for direct use.
 #[doc(hidden)]
 #[cfg(target_arch = "wasm32")]
@@ -231,13 +245,25 @@ pub mod __rt {
     }
 
     impl<T: Default> Slot<T> {
-        /// Runs `f` on the plugin value, creating it first if needed.
+        /// Runs `f` on the plugin value, creating it first if needed (in a fresh instance, so
+        /// that is also when panics start being logged).
         pub fn with(&self, f: impl FnOnce(&mut T)) {
             // SAFETY: exports run one at a time and the host never calls an export from inside
             // an import, so this is the only reference to the value while `f` runs.
             let slot = unsafe { &mut *self.0.get() };
+            if slot.is_none() {
+                log_panics();
+            }
             f(slot.get_or_insert_with(T::default))
         }
+    }
+
+    /// Makes a panic log its message and place as an error before it traps, so the owner sees
+    /// why the plugin faulted (`plugin show`), not only that it reached `unreachable`.
+    fn log_panics() {
+        std::panic::set_hook(Box::new(|info| {
+            crate::log::error(&super::panic_line(&info.to_string()));
+        }));
     }
 
     /// `machinomy_alloc`: `size` bytes, alignment 1, for the host to write an event's arguments.
@@ -375,6 +401,21 @@ mod tests {
         assert_eq!(EventLayout::of(&[]), Some(EventLayout { start: 0, total: 0 }));
         // Addresses above 2 GiB arrive as negative i32s.
         assert_eq!(EventLayout::of(&[(i32::MIN, 2)]), Some(EventLayout { start: 0x8000_0000, total: 2 }));
+    }
+
+    #[test]
+    fn a_panic_is_one_log_line() {
+        // Rust 1.73 and later.
+        assert_eq!(
+            super::panic_line("panicked at src/lib.rs:12:9:\nindex out of bounds: the len is 0 but the index is 999"),
+            "panicked at src/lib.rs:12:9: index out of bounds: the len is 0 but the index is 999"
+        );
+        // Rust 1.63.
+        assert_eq!(
+            super::panic_line("panicked at 'no config', src/lib.rs:3:5"),
+            "panicked at 'no config', src/lib.rs:3:5"
+        );
+        assert_eq!(super::panic_line("something else"), "panicked: something else");
     }
 
     #[test]

@@ -230,7 +230,15 @@ fn fault(e: &wasmtime::Error, fuel_per_event: u64) -> Fault {
     match e.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => Fault(format!("ran out of fuel ({fuel_per_event} per event)")),
         Some(Trap::StackOverflow) => Fault("overflowed its stack".to_owned()),
-        Some(trap) => Fault(format!("trapped: {trap}")),
+        // How a Rust plugin's panic ends; the SDK logs the panic's message just before.
+        Some(Trap::UnreachableCodeReached) => {
+            Fault("trapped: it reached `unreachable` (a Rust plugin panicked: its log says where)".to_owned())
+        }
+        // wasmtime's text starts "wasm trap: ".
+        Some(trap) => {
+            let text = trap.to_string();
+            Fault(format!("trapped: {}", text.strip_prefix("wasm trap: ").unwrap_or(&text)))
+        }
         None => {
             let text = first_line(e);
             if text.contains("forcing a memory growth failure") || text.contains("memory minimum size") {
