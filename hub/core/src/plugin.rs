@@ -318,10 +318,9 @@ impl Grants {
         for call in &self.call {
             match approved.call_limit(&call.service) {
                 Some(max) if max >= call.max_price => {}
-                Some(max) => {
-                    wider.push(format!("pay up to {} per call of {} (was {max})", call.max_price, call.service))
-                }
-                None => wider.push(format!("buy {} at up to {} per call", call.service, call.max_price)),
+                Some(max) => wider
+                    .push(format!("pay up to {} base units per call of {} (was {max})", call.max_price, call.service)),
+                None => wider.push(format!("buy {} at up to {} base units per call", call.service, call.max_price)),
             }
         }
         for sell in &self.sell {
@@ -333,7 +332,7 @@ impl Grants {
             (Some(new), Some(old)) => {
                 if new.limit > old.limit || new.period != old.period {
                     wider.push(format!(
-                        "a budget of {} per {} (was {} per {})",
+                        "a budget of {} base units per {} (was {} per {})",
                         new.limit,
                         period_name(new.period),
                         old.limit,
@@ -341,10 +340,13 @@ impl Grants {
                     ));
                 }
                 if new.auto_approve > old.auto_approve {
-                    wider.push(format!("auto-approve up to {} (was {})", new.auto_approve, old.auto_approve));
+                    wider
+                        .push(format!("auto-approve up to {} base units (was {})", new.auto_approve, old.auto_approve));
                 }
             }
-            (Some(new), None) => wider.push(format!("a budget of {} per {}", new.limit, period_name(new.period))),
+            (Some(new), None) => {
+                wider.push(format!("a budget of {} base units per {}", new.limit, period_name(new.period)))
+            }
             (None, _) => {}
         }
         wider
@@ -640,8 +642,22 @@ mod tests {
             ..old.clone()
         };
         let lines = wider.widening(&old);
-        assert_eq!(lines.len(), 3, "{lines:?}");
-        assert!(lines[0].contains("machinomy/+/state"));
+        assert_eq!(
+            lines,
+            ["subscribe to machinomy/+/state", "invoice peers", "pay up to 11 base units per call of grocery (was 10)"]
+        );
+        let bigger = Grants {
+            budget: Some(BudgetGrant {
+                period: Period::Day,
+                limit: Amount::from_base_units(200),
+                auto_approve: Amount::from_base_units(5),
+            }),
+            ..old.clone()
+        };
+        assert_eq!(
+            bigger.widening(&old),
+            ["a budget of 200 base units per day (was 100 per day)", "auto-approve up to 5 base units (was 0)"]
+        );
     }
 
     #[test]
