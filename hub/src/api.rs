@@ -4,9 +4,9 @@
 use machinomy_core::{Approval, Budget, ChannelId, DeviceId, Timestamp, Verdict, spending};
 use machinomy_web::backend::PluginUpload;
 use machinomy_web::model::{
-    BudgetView, CallBody, CallResult, ChannelView, DailySpendingView, DeviceView, HubStatus, InstallStatus, LiveEvent,
-    MqttCredentials, NewDevice, OfferView, PairedDevice, PeerView, PendingUpgrade, PluginInstalled, PluginLogLine,
-    PluginStateName, PluginView, Role, ServicesView, SpendingQuery, SpendingReport,
+    BudgetView, CallBody, CallResult, ChannelView, DailySpendingView, DeviceEventView, DeviceView, HubStatus,
+    InstallStatus, LiveEvent, MqttCredentials, NewDevice, OfferView, PairedDevice, PeerView, PendingUpgrade,
+    PluginInstalled, PluginLogLine, PluginStateName, PluginView, Role, ServicesView, SpendingQuery, SpendingReport,
 };
 use machinomy_web::{Backend, BackendError};
 
@@ -465,6 +465,11 @@ fn device_view(device: Device) -> DeviceView {
         last_seen: device.last_seen,
         state: device.state,
         added_at: device.record.added_at,
+        recent_events: device
+            .events
+            .into_iter()
+            .map(|e| DeviceEventView { at: e.at, name: e.name, payload: e.payload })
+            .collect(),
     }
 }
 

@@ -303,7 +303,10 @@ async fn a_ble_thermometer_reports_into_the_registry_and_on_mqtt_and_takes_comma
     let (press, value) = observer.recv_json("machinomy/thermo/event/button", |_| true).await;
     assert_eq!(value, json!(2));
     assert!(!press.retain);
-    assert!(!rig.bridge.registry().get(&thermo).unwrap().state.contains_key("button"));
+    let seen = rig.bridge.registry().get(&thermo).unwrap();
+    assert!(!seen.state.contains_key("button"));
+    let last = seen.events.back().unwrap();
+    assert_eq!((last.name.as_str(), last.payload.as_str()), ("button", "2"), "kept for the owner to see");
 
     // State and status are retained: a client that subscribes later gets both at once.
     let mut late = rig.device_client("late").await;

@@ -223,6 +223,18 @@ pub struct DeviceView {
     /// The latest state it reported (a JSON object; empty until it reports).
     pub state: serde_json::Map<String, serde_json::Value>,
     pub added_at: Timestamp,
+    /// Its latest events since the hub started, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_events: Vec<DeviceEventView>,
+}
+
+/// An event a device sent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceEventView {
+    pub at: Timestamp,
+    pub name: String,
+    /// Its payload as JSON text, cut short (ending in `…`) when long.
+    pub payload: String,
 }
 
 /// `POST /api/v1/devices`: pairs a device.

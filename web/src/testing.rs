@@ -48,9 +48,9 @@ use machinomy_core::plugin::{Ceiling, Manifest};
 use crate::PLUGIN_WASM_LIMIT;
 use crate::backend::{Backend, BackendError, PluginUpload};
 use crate::model::{
-    BudgetView, CallBody, CallResult, ChannelView, DailySpendingView, DeviceView, HubStatus, InstallStatus, LiveEvent,
-    MqttCredentials, NewDevice, OfferView, PairedDevice, PeerView, PendingUpgrade, PluginInstalled, PluginLogLine,
-    PluginStateName, PluginView, Role, ServicesView, SpendingQuery, SpendingReport,
+    BudgetView, CallBody, CallResult, ChannelView, DailySpendingView, DeviceEventView, DeviceView, HubStatus,
+    InstallStatus, LiveEvent, MqttCredentials, NewDevice, OfferView, PairedDevice, PeerView, PendingUpgrade,
+    PluginInstalled, PluginLogLine, PluginStateName, PluginView, Role, ServicesView, SpendingQuery, SpendingReport,
 };
 
 /// "Now" in the sample home: 2026-11-24 12:00 UTC.
@@ -367,6 +367,11 @@ impl MemoryBackend {
                     last_seen: Some(Timestamp(now.secs() - 30)),
                     state,
                     added_at: Timestamp(now.secs() - 30 * 86_400),
+                    recent_events: vec![DeviceEventView {
+                        at: Timestamp(now.secs() - 45),
+                        name: "door_opened".to_owned(),
+                        payload: r#"{"seconds":12}"#.to_owned(),
+                    }],
                 },
                 DeviceView {
                     id: device_id(SAMPLE_BLE_DEVICE),
@@ -379,6 +384,7 @@ impl MemoryBackend {
                     last_seen: None,
                     state: serde_json::Map::new(),
                     added_at: Timestamp(now.secs() - 86_400),
+                    recent_events: Vec::new(),
                 },
             ];
             s.plugins = sample_plugins(now);
@@ -813,6 +819,7 @@ impl Backend for MemoryBackend {
                 last_seen: None,
                 state: serde_json::Map::new(),
                 added_at: s.now,
+                recent_events: Vec::new(),
             };
             s.devices.insert(at, view.clone());
             Ok(PairedDevice { device: view, credentials, secret_key, next_steps })

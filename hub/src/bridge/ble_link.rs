@@ -156,7 +156,7 @@ pub(super) async fn relay_reports(
                 }
             }
             BleReport::Event { name, value, .. } => {
-                bridge.registry().seen(&device, now());
+                bridge.registry().record_event(&device, &name, &value, now());
                 if let Some(mqtt) = mqtt {
                     let payload = serde_json::to_vec(&value).unwrap_or_default();
                     let _ = mqtt.publish(TopicKind::Event(name.clone()).topic(&device), payload, false).await;

@@ -92,6 +92,7 @@ mod tests {
             online: true,
             last_seen: None,
             state,
+            events: Default::default(),
         }
     }
 

@@ -239,7 +239,7 @@ impl Client {
             },
             TopicKind::Event(name) => match device::parse_json(payload) {
                 Ok(payload) => {
-                    bridge.registry().seen(&id, now);
+                    bridge.registry().record_event(&id, &name, &payload, now);
                     bridge.emit(BridgeEvent::Event { device: id, name, payload });
                 }
                 Err(e) => self.refuse(&id, topic, &e.to_string()),

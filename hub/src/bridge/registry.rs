@@ -2,7 +2,7 @@
 //! spend-signing key), and what each last reported. Records live in the store; what a device
 //! reports (online, last seen, state) is kept in memory and re-learned from retained messages.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::RwLock;
 
 use ed25519_dalek::VerifyingKey;
@@ -16,6 +16,11 @@ use crate::store::{DeviceKind, DeviceRecord, Store, Write};
 /// The most devices a hub pairs, so a script gone wrong cannot fill the store.
 pub const MAX_DEVICES: usize = 10_000;
 
+/// Events kept per device for the owner to see; older ones are dropped.
+pub const RECENT_EVENTS: usize = 10;
+/// How much of an event's payload is kept for the owner, in bytes of JSON text.
+pub const EVENT_TEXT_LIMIT: usize = 256;
+
 /// A device and what it last reported.
 #[derive(Clone, Debug)]
 pub struct Device {
@@ -23,6 +28,33 @@ pub struct Device {
     pub online: bool,
     pub last_seen: Option<Timestamp>,
     pub state: Map<String, Value>,
+    /// Its latest events, oldest first (at most [`RECENT_EVENTS`]), kept in memory only.
+    pub events: VecDeque<RecentEvent>,
+}
+
+impl Device {
+    fn new(record: DeviceRecord) -> Device {
+        Device { record, online: false, last_seen: None, state: Map::new(), events: VecDeque::new() }
+    }
+}
+
+/// An event a device sent, as the owner sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecentEvent {
+    pub at: Timestamp,
+    pub name: String,
+    /// The payload as JSON text, cut to [`EVENT_TEXT_LIMIT`] bytes (ending in `…` when cut).
+    pub payload: String,
+}
+
+/// `text` cut to at most `limit` bytes on a character boundary, marked when cut.
+fn cut(mut text: String, limit: usize) -> String {
+    if text.len() > limit {
+        let end = (0..=limit).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+        text.truncate(end);
+        text.push('…');
+    }
+    text
 }
 
 #[derive(Debug)]
@@ -80,7 +112,7 @@ impl Registry {
         for record in store.devices()? {
             if record.removed_at.is_none() {
                 let key = record.public_key.as_ref().and_then(|k| k.verifying_key().ok());
-                let device = Device { record, online: false, last_seen: None, state: Map::new() };
+                let device = Device::new(record);
                 devices.insert(device.record.id.clone(), Entry { device, key });
             }
         }
@@ -114,7 +146,7 @@ impl Registry {
         }
         self.store.write(&[Write::Device(&record)])?;
         self.store.commit().await?;
-        let device = Device { record, online: false, last_seen: None, state: Map::new() };
+        let device = Device::new(record);
         self.write().insert(device.record.id.clone(), Entry { device: device.clone(), key });
         Ok(device)
     }
@@ -179,6 +211,23 @@ impl Registry {
         }
     }
 
+    /// Records an event `id` sent (and that it was heard from); returns whether it is paired.
+    pub fn record_event(&self, id: &DeviceId, name: &str, payload: &Value, now: Timestamp) -> bool {
+        let mut devices = self.write();
+        let Some(entry) = devices.get_mut(id) else { return false };
+        let device = &mut entry.device;
+        device.last_seen = Some(now);
+        if device.events.len() >= RECENT_EVENTS {
+            device.events.pop_front();
+        }
+        device.events.push_back(RecentEvent {
+            at: now,
+            name: name.to_owned(),
+            payload: cut(payload.to_string(), EVENT_TEXT_LIMIT),
+        });
+        true
+    }
+
     /// Sets availability; returns the previous value, or `None` if `id` is not paired.
     pub fn set_online(&self, id: &DeviceId, online: bool, now: Timestamp) -> Option<bool> {
         let mut devices = self.write();
@@ -225,5 +274,13 @@ mod tests {
         assert!(!password_matches("blake3$zz$00", "s3cret"));
         assert!(!password_matches("plain", "plain"));
         assert_ne!(hash_password("s3cret").unwrap(), hash, "every hash has its own salt");
+    }
+
+    #[test]
+    fn event_text_is_cut_on_a_character_boundary() {
+        assert_eq!(cut("short".to_owned(), 10), "short");
+        assert_eq!(cut("abcdef".to_owned(), 3), "abc…");
+        // "é" is two bytes: a cut inside it backs off to before it.
+        assert_eq!(cut("aé".to_owned(), 2), "a…");
     }
 }

@@ -104,13 +104,17 @@ async fn a_paired_device_reports_takes_commands_and_pays_inside_its_budget() {
     fridge.publish("machinomy/fridge/status", QoS::AtLeastOnce, true, "online").await.unwrap();
     fridge.publish("machinomy/fridge/state", QoS::AtLeastOnce, true, r#"{"temperature": 4.5}"#).await.unwrap();
     fridge.publish("machinomy/fridge/event/door", QoS::AtLeastOnce, false, r#"{"open": true}"#).await.unwrap();
-    let seen = wait_for("the fridge's state", DEADLINE, async || {
+    let seen = wait_for("the fridge's state and event", DEADLINE, async || {
         let view = device(&home, "fridge").await;
-        Ok((view.online && view.state.get("temperature") == Some(&json!(4.5))).then_some(view))
+        let state = view.online && view.state.get("temperature") == Some(&json!(4.5));
+        Ok((state && !view.recent_events.is_empty()).then_some(view))
     })
     .await
     .unwrap();
     assert!(seen.last_seen.is_some());
+    // The event is kept for the owner to see.
+    let event = &seen.recent_events[0];
+    assert_eq!((event.name.as_str(), event.payload.as_str()), ("door", r#"{"open":true}"#));
 
     // A command from the owner reaches the device.
     let sent = home.api().unwrap().post("/api/v1/devices/fridge/commands/defrost").json(&json!({"minutes": 5}));

@@ -96,3 +96,57 @@ async fn the_owner_password_survives_a_restart_and_sessions_do_not() {
     assert_eq!(dashboard.status(), StatusCode::OK);
     assert!(hub.stop().await.unwrap().success());
 }
+
+/// Posts the login form with `password`, with the form's own token and cookie.
+async fn try_password(client: &reqwest::Client, base: &str, password: &str) -> Result<reqwest::Response> {
+    let form = client.get(format!("{base}/login")).send().await?;
+    let form_cookie = set_cookie(&form, "machinomy_form").context("no form cookie")?;
+    let token = field(&form.text().await?, "form_token")?;
+    Ok(client
+        .post(format!("{base}/login"))
+        .header(COOKIE, format!("machinomy_form={form_cookie}"))
+        .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(format!("form_token={token}&password={password}"))
+        .send()
+        .await?)
+}
+
+#[tokio::test]
+async fn a_session_of_another_hub_is_refused_and_wrong_passwords_slow_the_next_attempt() {
+    let mut home = TestHub::new().unwrap();
+    let mut neighbour = TestHub::new().unwrap();
+    home.start().await.unwrap();
+    neighbour.start().await.unwrap();
+    let client = browser().unwrap();
+    let (home_base, neighbour_base) = (home.api().unwrap().url(""), neighbour.api().unwrap().url(""));
+    let session = sign_in(&client, &home_base, "/setup").await.unwrap();
+    sign_in(&client, &neighbour_base, "/setup").await.unwrap();
+
+    // The home's session cookie means nothing to the neighbour's hub (same password or not).
+    let cookie = format!("machinomy_session={session}");
+    let page = client.get(format!("{neighbour_base}/")).header(COOKIE, &cookie).send().await.unwrap();
+    assert_eq!((page.status(), location(&page)), (StatusCode::SEE_OTHER, "/login"));
+    let api = client.get(format!("{neighbour_base}/api/v1/status")).header(COOKIE, &cookie).send().await.unwrap();
+    assert_eq!(api.status(), StatusCode::UNAUTHORIZED);
+    let home_page = client.get(format!("{home_base}/")).header(COOKIE, &cookie).send().await.unwrap();
+    assert_eq!(home_page.status(), StatusCode::OK, "and it still works at home");
+
+    // Ten wrong passwords: the first five are only refused, then each locks the login longer,
+    // and the next attempt (even with the right password) is told to wait.
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        statuses.push(try_password(&client, &home_base, "wrong-password").await.unwrap().status());
+    }
+    assert!(statuses[..6].iter().all(|s| *s == StatusCode::UNAUTHORIZED), "{statuses:?}");
+    assert!(statuses.contains(&StatusCode::TOO_MANY_REQUESTS), "{statuses:?}");
+    let next = try_password(&client, &home_base, PASSWORD).await.unwrap();
+    assert_eq!(next.status(), StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = next.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(wait >= 1, "{wait}");
+    assert!(set_cookie(&next, "machinomy_session").is_none(), "no session while locked out");
+    let page = next.text().await.unwrap();
+    assert!(page.contains("Too many wrong passwords. Try again in"), "{page}");
+
+    assert!(home.stop().await.unwrap().success());
+    assert!(neighbour.stop().await.unwrap().success());
+}

@@ -97,6 +97,14 @@ pub(crate) struct PairedPage {
     pub(crate) next_steps: Vec<String>,
 }
 
+/// An event a device sent.
+#[derive(Clone, Debug)]
+pub(crate) struct EventRow {
+    pub(crate) at: When,
+    pub(crate) name: String,
+    pub(crate) payload: String,
+}
+
 /// The command form as typed.
 #[derive(Clone, Debug, Deserialize)]
 pub(crate) struct CommandForm {
@@ -131,6 +139,8 @@ pub(crate) struct DevicePage {
     pub(crate) profile: Option<String>,
     pub(crate) public_key: Option<String>,
     pub(crate) added: When,
+    /// Its latest events, newest first.
+    pub(crate) events: Vec<EventRow>,
     pub(crate) form: CommandForm,
     pub(crate) errors: CommandErrors,
 }
@@ -232,6 +242,12 @@ async fn device_page<B: Backend>(
         profile: device.profile.clone(),
         public_key: device.public_key.map(|k| k.to_hex()),
         added: When::new(device.added_at, &frame.zone),
+        events: device
+            .recent_events
+            .iter()
+            .rev()
+            .map(|e| EventRow { at: When::new(e.at, &frame.zone), name: e.name.clone(), payload: e.payload.clone() })
+            .collect(),
         form,
         errors,
     })

@@ -895,6 +895,7 @@ async fn devices_show_state_and_availability_and_take_commands() {
         .contains("door: <strong>closed</strong>");
     let page = browser.get("/devices/fridge").await.expect(StatusCode::OK);
     page.contains("<code>0f0f0f0f").contains("action=\"/devices/fridge/command\"");
+    page.contains("<td>door_opened</td><td><code>{&#34;seconds&#34;:12}</code></td>");
     let csrf = page.field("csrf");
     browser
         .post("/devices/fridge/command", &[("csrf", &csrf), ("name", "defrost"), ("payload", r#"{"minutes": 5}"#)])

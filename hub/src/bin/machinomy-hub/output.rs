@@ -744,6 +744,7 @@ mod tests {
             last_seen: Some(Timestamp::from_civil(2026, 11, 24)),
             state,
             added_at: Timestamp::from_civil(2026, 11, 1),
+            recent_events: Vec::new(),
         }
     }
 
