@@ -892,7 +892,7 @@ impl Backend for MemoryBackend {
             let now = s.now;
             let plugin = s.plugins.iter_mut().find(|p| p.view.name == name).ok_or_else(|| no_plugin(&name))?;
             check_module(&upload.wasm)?;
-            let mut asks_for = manifest.grants.widening(&plugin.manifest.grants);
+            let mut asks_for = manifest.grants.widening(&plugin.manifest.grants, &s.status.currency);
             asks_for.extend(manifest.limits.widening(&plugin.manifest.limits));
             if asks_for.is_empty() {
                 plugin.apply(manifest, upload.wasm, now);

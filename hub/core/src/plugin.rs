@@ -9,7 +9,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::amount::Amount;
+use crate::amount::{Amount, Currency};
 use crate::budget::Period;
 
 /// Longest MQTT topic or filter a plugin may use, in bytes.
@@ -290,9 +290,10 @@ impl Grants {
         self.call.iter().find(|c| c.service == service).map(|c| c.max_price)
     }
 
-    /// What `self` (a new version's grants) asks for beyond `approved`, one line each; empty
-    /// when the new grants are the same or narrower.
-    pub fn widening(&self, approved: &Grants) -> Vec<String> {
+    /// What `self` (a new version's grants) asks for beyond `approved`, one line each, amounts
+    /// in `currency`'s units; empty when the new grants are the same or narrower.
+    pub fn widening(&self, approved: &Grants, currency: &Currency) -> Vec<String> {
+        let money = |amount: Amount| currency.format(amount);
         let mut wider = Vec::new();
         for filter in &self.subscribe {
             if !approved.may_subscribe(filter) {
@@ -318,9 +319,13 @@ impl Grants {
         for call in &self.call {
             match approved.call_limit(&call.service) {
                 Some(max) if max >= call.max_price => {}
-                Some(max) => wider
-                    .push(format!("pay up to {} base units per call of {} (was {max})", call.max_price, call.service)),
-                None => wider.push(format!("buy {} at up to {} base units per call", call.service, call.max_price)),
+                Some(max) => wider.push(format!(
+                    "pay up to {} per call of {} (was {})",
+                    money(call.max_price),
+                    call.service,
+                    money(max)
+                )),
+                None => wider.push(format!("buy {} at up to {} per call", call.service, money(call.max_price))),
             }
         }
         for sell in &self.sell {
@@ -332,20 +337,23 @@ impl Grants {
             (Some(new), Some(old)) => {
                 if new.limit > old.limit || new.period != old.period {
                     wider.push(format!(
-                        "a budget of {} base units per {} (was {} per {})",
-                        new.limit,
+                        "a budget of {} per {} (was {} per {})",
+                        money(new.limit),
                         period_name(new.period),
-                        old.limit,
+                        money(old.limit),
                         period_name(old.period)
                     ));
                 }
                 if new.auto_approve > old.auto_approve {
-                    wider
-                        .push(format!("auto-approve up to {} base units (was {})", new.auto_approve, old.auto_approve));
+                    wider.push(format!(
+                        "auto-approve up to {} (was {})",
+                        money(new.auto_approve),
+                        money(old.auto_approve)
+                    ));
                 }
             }
             (Some(new), None) => {
-                wider.push(format!("a budget of {} base units per {}", new.limit, period_name(new.period)))
+                wider.push(format!("a budget of {} per {}", money(new.limit), period_name(new.period)))
             }
             (None, _) => {}
         }
@@ -634,17 +642,18 @@ mod tests {
             ..Grants::default()
         };
         let narrower = Grants { subscribe: vec!["machinomy/fridge/state".into()], ..old.clone() };
-        assert!(narrower.widening(&old).is_empty());
+        let eur = Currency::new("EUR", 2).unwrap();
+        assert!(narrower.widening(&old, &eur).is_empty());
         let wider = Grants {
             subscribe: vec!["machinomy/+/state".into()],
             call: vec![CallGrant { service: "grocery".into(), max_price: Amount::from_base_units(11) }],
             invoice: true,
             ..old.clone()
         };
-        let lines = wider.widening(&old);
+        let lines = wider.widening(&old, &eur);
         assert_eq!(
             lines,
-            ["subscribe to machinomy/+/state", "invoice peers", "pay up to 11 base units per call of grocery (was 10)"]
+            ["subscribe to machinomy/+/state", "invoice peers", "pay up to 0.11 EUR per call of grocery (was 0.1 EUR)"]
         );
         let bigger = Grants {
             budget: Some(BudgetGrant {
@@ -655,8 +664,8 @@ mod tests {
             ..old.clone()
         };
         assert_eq!(
-            bigger.widening(&old),
-            ["a budget of 200 base units per day (was 100 per day)", "auto-approve up to 5 base units (was 0)"]
+            bigger.widening(&old, &eur),
+            ["a budget of 2 EUR per day (was 1 EUR per day)", "auto-approve up to 0.05 EUR (was 0 EUR)"]
         );
     }
 

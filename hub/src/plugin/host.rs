@@ -246,7 +246,7 @@ impl Host {
         let manifest = parse_manifest(&package.manifest, &self.settings.ceiling)?;
         let name = manifest.name.clone();
         let current = self.slots.get(&name).ok_or_else(|| PluginError::Unknown(name.clone()))?.record.manifest.clone();
-        let mut asks_for = manifest.grants.widening(&current.grants);
+        let mut asks_for = manifest.grants.widening(&current.grants, self.payments.currency());
         asks_for.extend(manifest.limits.widening(&current.limits));
         let (wasm_hash, compiled_hash, pre) = self.accept_module(&manifest, &package.wasm)?;
         if !asks_for.is_empty() {
