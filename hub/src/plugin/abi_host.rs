@@ -90,6 +90,11 @@ pub(crate) struct Session {
     pub(crate) recent: VecDeque<RecentLine>,
     /// Calls refused for being outside the grants, since the plugin started.
     pub(crate) refused: u64,
+    /// Money orders of the current event: the host sends them once the event's storage writes
+    /// are durable, so a crash never leaves money moved that the plugin's storage forgot.
+    pub(crate) outbox: Vec<MoneyRequest>,
+    /// Whether the current event wrote to storage.
+    pub(crate) stored: bool,
 }
 
 impl Session {
@@ -116,6 +121,8 @@ impl Session {
             open_calls: HashMap::new(),
             recent: VecDeque::new(),
             refused: 0,
+            outbox: Vec::new(),
+            stored: false,
         }
     }
 
@@ -230,15 +237,21 @@ fn parse_amount(text: &str) -> Option<Amount> {
     text.parse::<u128>().ok().map(Amount::from_base_units)
 }
 
+/// The most money orders one event may make.
+pub(crate) const ORDERS_PER_EVENT: usize = 32;
+
+/// Holds a money order for the host to send when the event ends (see [`Session::outbox`]).
 fn queue(state: &mut HostState, order: Order) -> i64 {
-    let Some(money) = state.session.ctx.money.clone() else { return i64::from(abi::ERR_UNAVAILABLE) };
-    let id = state.session.request_id();
-    let request = MoneyRequest { plugin: state.session.name.clone(), request: id, order };
-    match money.try_send(request) {
-        Ok(()) => id as i64,
-        Err(mpsc::error::TrySendError::Full(_)) => i64::from(abi::ERR_BUSY),
-        Err(mpsc::error::TrySendError::Closed(_)) => i64::from(abi::ERR_UNAVAILABLE),
+    let session = &mut state.session;
+    match &session.ctx.money {
+        None => return i64::from(abi::ERR_UNAVAILABLE),
+        Some(money) if money.is_closed() => return i64::from(abi::ERR_UNAVAILABLE),
+        Some(_) if session.outbox.len() >= ORDERS_PER_EVENT => return i64::from(abi::ERR_BUSY),
+        Some(_) => {}
     }
+    let id = session.request_id();
+    session.outbox.push(MoneyRequest { plugin: session.name.clone(), request: id, order });
+    id as i64
 }
 
 /// Registers every import on `linker`.
@@ -428,6 +441,7 @@ pub(crate) fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             }
             match store.plugin_kv_set(&session.name, key, value) {
                 Ok(()) => {
+                    session.stored = true;
                     session.kv_used = used;
                     Ok(0)
                 }
@@ -452,6 +466,7 @@ pub(crate) fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let Some(store) = session.ctx.store.as_ref() else { return Ok(abi::ERR_UNAVAILABLE) };
             match store.plugin_kv_delete(&session.name, key) {
                 Ok(Some(freed)) => {
+                    session.stored = true;
                     session.kv_used = session.kv_used.saturating_sub((key.len() + freed) as u64);
                     Ok(0)
                 }

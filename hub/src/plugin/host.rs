@@ -15,7 +15,7 @@ use tracing::{info, warn};
 use wasmtime::{InstancePre, Module};
 
 use super::abi_host::{HostContext, HostState, Session};
-use super::money::Outcome;
+use super::money::{MoneyRequest, Outcome};
 use super::runtime::{Fault, Instance, Runtime};
 use super::{
     Command, Installed, Overrides, Package, PendingView, PluginError, PluginSettings, PluginView, RecentView,
@@ -91,6 +91,11 @@ pub(crate) struct Host {
     /// Soonest first.
     timers: BinaryHeap<Reverse<DueTimer>>,
     next_epoch: u64,
+    /// Money orders of finished events, sent by [`Host::release_orders`] once the storage
+    /// writes made before them are durable.
+    held_orders: Vec<MoneyRequest>,
+    /// Whether an event wrote to storage since the last commit.
+    unsynced_storage: bool,
 }
 
 impl Host {
@@ -112,6 +117,8 @@ impl Host {
             slots: BTreeMap::new(),
             timers: BinaryHeap::new(),
             next_epoch: 1,
+            held_orders: Vec::new(),
+            unsynced_storage: false,
         }
     }
 
@@ -404,9 +411,38 @@ impl Host {
         let Some(instance) = slot.instance.as_mut() else { return };
         slot.events += 1;
         let result = event(instance);
+        // What the event ordered stands even when it then faulted: the plugin was given ids.
+        let session = instance.session_mut();
+        self.held_orders.append(&mut session.outbox);
+        self.unsynced_storage |= std::mem::take(&mut session.stored);
         self.schedule_new_timers(name);
         if let Err(fault) = result {
             self.fault(name, fault);
+        }
+    }
+
+    /// Sends the held money orders, after making the storage writes that came before them
+    /// durable: an invoice or a payment never goes out while a crash could still undo what the
+    /// plugin stored about it. Waits for room in the money task's queue (back-pressure on the
+    /// plugins, never on the rest of the hub).
+    pub(crate) async fn release_orders(&mut self) {
+        if std::mem::take(&mut self.unsynced_storage)
+            && let Err(e) = self.store.commit().await
+        {
+            // The hub is stopping (or its disk failed): nothing more may move money.
+            warn!(error = %e, orders = self.held_orders.len(), "plugin storage could not be made durable; held money orders dropped");
+            self.held_orders.clear();
+            return;
+        }
+        let Some(money) = self.ctx.money.clone() else {
+            self.held_orders.clear();
+            return;
+        };
+        for order in self.held_orders.drain(..) {
+            if money.send(order).await.is_err() {
+                warn!("the plugins' money task has stopped; held money orders dropped");
+                break;
+            }
         }
     }
 
@@ -710,6 +746,7 @@ pub(crate) fn run(
         let _ = ready.send(Ok(()));
         loop {
             let next_timer = host.fire_timers();
+            host.release_orders().await;
             let sleep = async {
                 match next_timer {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -732,6 +769,7 @@ pub(crate) fn run(
                 }
                 () = sleep => {}
             }
+            host.release_orders().await;
             host.persist_quarantines().await;
         }
         host.shut_down();

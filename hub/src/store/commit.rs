@@ -100,7 +100,32 @@ impl GroupCommit {
 /// reaches sled (a crash mid-way is completed by the replay).
 pub(super) fn apply(books: &sled::Tree, batch: &[Entry]) -> sled::Result<()> {
     for (key, value) in batch {
-        books.insert(key.as_slice(), value.as_slice())?;
+        // Plugin storage is written to its tree when the plugin writes; the log keeps it
+        // only for a replay.
+        if key.first() != Some(&super::PLUGIN_KV_LOGGED) {
+            books.insert(key.as_slice(), value.as_slice())?;
+        }
+    }
+    Ok(())
+}
+
+/// Applies one batch found in the log at open: the books' entries, and plugin-storage writes
+/// that may not have reached their tree before a crash.
+pub(super) fn replay(books: &sled::Tree, plugin_kv: &sled::Tree, batch: &[Entry]) -> sled::Result<()> {
+    for (key, value) in batch {
+        match key.split_first() {
+            Some((&super::PLUGIN_KV_LOGGED, id)) => match value.split_first() {
+                Some((1, stored)) => {
+                    plugin_kv.insert(id, stored)?;
+                }
+                _ => {
+                    plugin_kv.remove(id)?;
+                }
+            },
+            _ => {
+                books.insert(key.as_slice(), value.as_slice())?;
+            }
+        }
     }
     Ok(())
 }

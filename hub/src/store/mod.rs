@@ -43,6 +43,8 @@ const SETTLEMENT: u8 = b'l';
 const DEVICE: u8 = b'd';
 const SPEND_REF: u8 = b'q';
 const PLUGIN: u8 = b'g';
+/// Marks a plugin-storage write in the write-ahead log; no key of the books starts with it.
+pub(super) const PLUGIN_KV_LOGGED: u8 = 0xfe;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -227,8 +229,9 @@ pub struct Store {
 #[derive(Debug)]
 struct Inner {
     books: sled::Tree,
-    /// Plugins' key-value storage: not money, so written directly rather than through the
-    /// write-ahead log (sled flushes it within a second).
+    /// Plugins' key-value storage. Written here directly (a plugin reads its own writes at
+    /// once) and logged in the write-ahead log for durability: the log's copy is only replayed
+    /// on open, never applied at run time.
     plugin_kv: sled::Tree,
     commit: GroupCommit,
     /// Orders spending rows within one second. It starts at a random point in each process:
@@ -291,7 +294,7 @@ impl Store {
         let (mut wal, unapplied) = wal::Wal::open(&wal_path).map_err(io)?;
         if !unapplied.is_empty() {
             for batch in &unapplied {
-                commit::apply(&books, batch)?;
+                commit::replay(&books, &plugin_kv, batch)?;
             }
             commit::checkpoint(&db, &mut wal).map_err(StoreError::Io)?;
         }
@@ -457,14 +460,31 @@ impl Store {
         Ok(self.inner.plugin_kv.get(plugin_kv_key(plugin, key))?.map(|v| v.to_vec()))
     }
 
+    /// Stores a plugin's value: visible at once, durable at the next [`Store::commit`].
     pub fn plugin_kv_set(&self, plugin: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        self.inner.plugin_kv.insert(plugin_kv_key(plugin, key), value)?;
-        Ok(())
+        let id = plugin_kv_key(plugin, key);
+        self.inner.plugin_kv.insert(&id, value)?;
+        self.log_plugin_kv(id, Some(value))
     }
 
-    /// Deletes a key; returns the length of the value it held.
+    /// Deletes a key; returns the length of the value it held. Durable at the next commit.
     pub fn plugin_kv_delete(&self, plugin: &str, key: &[u8]) -> Result<Option<usize>, StoreError> {
-        Ok(self.inner.plugin_kv.remove(plugin_kv_key(plugin, key))?.map(|v| v.len()))
+        let id = plugin_kv_key(plugin, key);
+        let old = self.inner.plugin_kv.remove(&id)?.map(|v| v.len());
+        self.log_plugin_kv(id, None)?;
+        Ok(old)
+    }
+
+    /// Logs a plugin-storage write: `marker ‖ key` → `1 ‖ value`, or `0` for a deletion.
+    fn log_plugin_kv(&self, id: Vec<u8>, value: Option<&[u8]>) -> Result<(), StoreError> {
+        let mut logged = Vec::with_capacity(id.len() + 1);
+        logged.push(PLUGIN_KV_LOGGED);
+        logged.extend_from_slice(&id);
+        let value = match value {
+            Some(value) => [&[1u8][..], value].concat(),
+            None => vec![0],
+        };
+        self.inner.commit.write(vec![(logged, value)])
     }
 
     /// Bytes of keys and values a plugin stores.
@@ -482,7 +502,8 @@ impl Store {
         let prefix = plugin_kv_key(plugin, b"");
         for item in self.inner.plugin_kv.scan_prefix(&prefix) {
             let (key, _) = item?;
-            self.inner.plugin_kv.remove(key)?;
+            self.inner.plugin_kv.remove(&key)?;
+            self.log_plugin_kv(key.to_vec(), None)?;
         }
         Ok(())
     }

@@ -235,6 +235,39 @@ async fn batches_left_in_the_log_are_replayed_on_open() {
 }
 
 #[tokio::test]
+async fn plugin_storage_is_logged_when_written_and_replayed_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        store.plugin_kv_set("meter", b"billed", b"1200").unwrap();
+        store.plugin_kv_set("meter", b"gone", b"x").unwrap();
+        assert_eq!(store.plugin_kv_delete("meter", b"gone").unwrap(), Some(1));
+        // Visible at once, before any commit: a plugin reads its own writes.
+        assert_eq!(store.plugin_kv_get("meter", b"billed").unwrap(), Some(b"1200".to_vec()));
+        store.commit().await.unwrap();
+        // The commit made them durable in the log, not only in sled's memory.
+        let (_, logged) = wal::Wal::open(&dir.path().join(WAL_FILE)).unwrap();
+        let entries: Vec<&(Vec<u8>, Vec<u8>)> = logged.iter().flatten().collect();
+        assert!(entries.iter().any(|(k, v)| k.ends_with(b"meter\0billed") && v == b"\x011200"), "{entries:?}");
+        assert!(entries.iter().any(|(k, v)| k.ends_with(b"meter\0gone") && v == b"\x00"), "{entries:?}");
+        store.close().await.unwrap();
+    }
+    // As if the hub died after syncing the log but before sled persisted the plugin's writes.
+    {
+        let (mut wal, _) = wal::Wal::open(&dir.path().join(WAL_FILE)).unwrap();
+        let logged = |key: &[u8]| [&[PLUGIN_KV_LOGGED][..], b"meter\0", key].concat();
+        wal.append(&[(logged(b"billed"), b"\x011500".to_vec()), (logged(b"new"), b"\x01y".to_vec())]);
+        wal.append(&[(logged(b"new"), vec![0])]);
+        wal.sync().unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.plugin_kv_get("meter", b"billed").unwrap(), Some(b"1500".to_vec()));
+    assert_eq!(store.plugin_kv_get("meter", b"new").unwrap(), None, "deleted again in a later batch");
+    assert_eq!(store.plugin_kv_usage("meter").unwrap(), 10);
+    assert!(store.budgets().unwrap().is_empty(), "nothing of the plugin's reached the books");
+}
+
+#[tokio::test]
 async fn writes_become_visible_once_committed() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
