@@ -32,7 +32,8 @@ async fn setup(channels: usize, per_channel: usize) -> Setup {
     let me = SigningKey::from_bytes(&[2; 32]);
     let store = Store::open(dir.path()).expect("store");
     let ledger = Arc::new(CreditLedger::new(PublicKey::from(me.verifying_key()), Currency::usd(), Amount::MAX, 0));
-    let settings = PaymentSettings { approval_ttl_secs: 60, max_pending_approvals: 10 };
+    let settings =
+        PaymentSettings { approval_ttl_secs: 60, max_pending_approvals: 10, time_zone: jiff::tz::TimeZone::UTC };
     let books = Payments::open(store, me, ledger, settings, &[]).await.expect("books");
     let sender = SigningKey::from_bytes(&[1; 32]);
     let mut promises = Vec::new();

@@ -1,7 +1,7 @@
 //! The hub as the web layer's [`Backend`]: maps the books into API views and hub errors into
 //! HTTP-shaped ones.
 
-use machinomy_core::{Approval, Budget, ChannelId, DeviceId, Timestamp, Verdict, spending};
+use machinomy_core::{Approval, Budget, ChannelId, DeviceId, Subject, Timestamp, Verdict, spending};
 use machinomy_web::backend::PluginUpload;
 use machinomy_web::model::{
     BudgetView, CallBody, CallResult, ChannelView, DailySpendingView, DeviceEventView, DeviceView, HubStatus,
@@ -23,7 +23,9 @@ impl From<PaymentError> for BackendError {
     fn from(e: PaymentError) -> Self {
         use machinomy_core::ChannelError;
         match &e {
-            PaymentError::UnknownChannel(_) | PaymentError::UnknownApproval(_) => BackendError::NotFound(e.to_string()),
+            PaymentError::UnknownChannel(_) | PaymentError::UnknownApproval(_) | PaymentError::UnknownBudget(_) => {
+                BackendError::NotFound(e.to_string())
+            }
             PaymentError::Approval(_)
             | PaymentError::NotPayable(_)
             | PaymentError::ConfigManaged(_)
@@ -62,11 +64,12 @@ impl Hub {
     async fn budget_view(&self, budget: Budget) -> Result<BudgetView, PaymentError> {
         let now = now();
         let spent_this_period = self.payments().spent_this_period(&budget, now).await?;
+        let (period_start, period_end) = self.payments().period_bounds(budget.period, now);
         Ok(BudgetView {
             currency: self.payments().currency().clone(),
             spent_this_period,
-            period_start: budget.period.start(now),
-            period_end: budget.period.end(now),
+            period_start,
+            period_end,
             budget,
         })
     }
@@ -132,8 +135,21 @@ impl Backend for Hub {
     }
 
     async fn set_budget(&self, budget: Budget) -> Result<BudgetView, BackendError> {
+        // Invoices are counted against `peer:<their key>`: any other name would never apply.
+        if let Subject::Peer(key) = &budget.subject
+            && key.parse::<machinomy_core::PublicKey>().is_err()
+        {
+            return Err(BackendError::Invalid(format!(
+                "{}: a peer is named by its public key (64 hex characters, as `machinomy-hub peer list` shows)",
+                budget.subject
+            )));
+        }
         self.payments().set_budget(budget.clone()).await?;
         Ok(self.budget_view(budget).await?)
+    }
+
+    async fn remove_budget(&self, subject: Subject) -> Result<Budget, BackendError> {
+        Ok(self.payments().remove_budget(&subject).await?)
     }
 
     async fn approvals(&self, pending_only: bool) -> Result<Vec<Approval>, BackendError> {
@@ -272,7 +288,10 @@ impl Backend for Hub {
     }
 
     async fn remove_device(&self, id: DeviceId) -> Result<DeviceView, BackendError> {
-        Ok(device_view(self.bridge_or_unavailable()?.remove(&id, now()).await?))
+        let device = self.bridge_or_unavailable()?.remove(&id, now()).await?;
+        // What it asked for and the owner has not yet approved would pay for a stranger.
+        self.payments().deny_pending_of(&Subject::Device(id.to_string()), "the device was unpaired", now()).await?;
+        Ok(device_view(device))
     }
 
     async fn send_command(&self, id: DeviceId, name: String, payload: serde_json::Value) -> Result<(), BackendError> {

@@ -67,6 +67,7 @@ impl Hub {
         let settings = PaymentSettings {
             approval_ttl_secs: config.hub.approval_ttl_secs,
             max_pending_approvals: config.hub.max_pending_approvals,
+            time_zone: config.hub.time_zone.clone(),
         };
         let payments = Payments::open(store, data_dir.identity().clone(), ledger, settings, &config.budgets).await?;
         let devices = Arc::new(DeviceStates::default());

@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use machinomy_core::{
     Acceptance, Amount, Approval, ApprovalError, Budget, ChannelError, ChannelId, ChannelTerms, Currency, Decision,
-    DenyReason, Direction, Promise, PromiseError, PublicKey, ReceiverChannel, SenderChannel, SigningKey, SpendOutcome,
-    SpendRequest, SpendingEntry, StreamVerifier, Subject, Tick, Timestamp, Verdict, committed_since, evaluate,
+    DenyReason, Direction, Period, Promise, PromiseError, PublicKey, ReceiverChannel, SenderChannel, SigningKey,
+    SpendOutcome, SpendRequest, SpendingEntry, StreamVerifier, Subject, Tick, Timestamp, Verdict, committed_since,
+    evaluate,
 };
 use serde::Serialize;
 use tokio::sync::broadcast;
@@ -36,6 +37,8 @@ pub enum PaymentError {
     UnknownChannel(ChannelId),
     #[error("no approval {0} is known here")]
     UnknownApproval(u64),
+    #[error("{0} has no budget")]
+    UnknownBudget(Subject),
     #[error("this hub is the {held} of channel {id}, not the {wanted}")]
     WrongSide { id: ChannelId, held: &'static str, wanted: &'static str },
     #[error("approval {0} is not an approved spend waiting to be paid")]
@@ -86,6 +89,8 @@ pub enum HubEvent {
 pub struct PaymentSettings {
     pub approval_ttl_secs: u64,
     pub max_pending_approvals: usize,
+    /// The home's clock: budget periods begin at its midnights.
+    pub time_zone: jiff::tz::TimeZone,
 }
 
 /// Who an incoming payment was for, for the spending ledger.
@@ -601,6 +606,12 @@ impl Payments {
             if let (Err(_), Some(granted)) = (&result, granted) {
                 state.granted.insert(approval_id, granted);
             }
+            // Paid for less than asked: the cached total counted the asked amount.
+            if let (Ok(_), Some(paid)) = (&result, &approval)
+                && paid.committed_amount() != paid.request.amount
+            {
+                state.committed.remove(&paid.request.subject);
+            }
         }
         result
     }
@@ -633,7 +644,7 @@ impl Payments {
                 approval: meta.approval,
             };
             if let Some(approval) = approval.as_mut() {
-                approval.outcome = Some(SpendOutcome::Paid { at: now, channel: Some(id) });
+                approval.outcome = Some(SpendOutcome::Paid { at: now, channel: Some(id), amount: Some(amount) });
             }
             let next = ChannelRecord::Sender(next);
             let mut writes = vec![Write::Progress(&next)];
@@ -749,23 +760,51 @@ impl Payments {
         Ok(())
     }
 
+    /// Removes `subject`'s budget: from now on it may spend nothing (its requests are denied).
+    /// What it already spent stays in the books.
+    pub async fn remove_budget(&self, subject: &Subject) -> Result<Budget, PaymentError> {
+        if self.inner.config_budgets.contains(subject) {
+            return Err(PaymentError::ConfigManaged(subject.clone()));
+        }
+        let mut state = self.inner.spend.lock().await;
+        let budget = self.inner.store.budget(subject)?.ok_or_else(|| PaymentError::UnknownBudget(subject.clone()))?;
+        self.inner.store.write(&[Write::RemoveBudget(subject)])?;
+        self.inner.store.commit().await?;
+        state.committed.remove(subject);
+        Ok(budget)
+    }
+
     /// The committed total for `budget`'s subject this period, from the cache or the store.
     /// On a miss, first commits: decisions written by earlier requests (under this lock) may
     /// still be on their way to the store, and must be counted.
     async fn committed(&self, state: &mut SpendState, budget: &Budget, now: Timestamp) -> Result<Amount, PaymentError> {
-        let start = budget.period.start(now);
+        let start = self.period_start(budget.period, now);
         if let Some((cached_start, total)) = state.committed.get(&budget.subject)
             && *cached_start == start
         {
             return Ok(*total);
         }
         self.inner.store.commit().await?;
-        let since = budget.period.start(now);
+        let since = start;
         let mut approvals = self.inner.store.approvals_created_since(since)?;
         approvals.extend(state.granted.values().cloned());
         let total = committed_since(&approvals, &budget.subject, since).map_err(|_| PaymentError::Overflow)?;
         state.committed.insert(budget.subject.clone(), (start, total));
         Ok(total)
+    }
+
+    /// When the budget period containing `now` began and when it ends, on the home's clock.
+    pub fn period_bounds(&self, period: Period, now: Timestamp) -> (Timestamp, Timestamp) {
+        let zone = self.zone();
+        (period.start(now, &zone), period.end(now, &zone))
+    }
+
+    fn period_start(&self, period: Period, now: Timestamp) -> Timestamp {
+        period.start(now, &self.zone())
+    }
+
+    fn zone(&self) -> impl Fn(Timestamp) -> i32 + '_ {
+        |at| machinomy_web::zone_offset(&self.inner.settings.time_zone, at)
     }
 
     /// What `subject` has committed to spend in the budget period containing `now`.
@@ -807,7 +846,7 @@ impl Payments {
         if approval.counts_against_budget()
             && let Some(budget) = &budget
         {
-            let start = budget.period.start(approval.request.created_at);
+            let start = self.period_start(budget.period, approval.request.created_at);
             state.add_committed(&approval.request.subject, start, approval.request.amount);
         }
         drop(state);
@@ -860,6 +899,30 @@ impl Payments {
         result?;
         self.emit(HubEvent::ApprovalDecided { approval: approval.clone() });
         Ok(approval)
+    }
+
+    /// Denies every pending request of `subject` (a device that was unpaired, a plugin that was
+    /// removed): nobody is left to be paid for. Returns them.
+    pub async fn deny_pending_of(
+        &self,
+        subject: &Subject,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<Vec<Approval>, PaymentError> {
+        let ids: Vec<u64> = {
+            let state = self.inner.spend.lock().await;
+            state.pending.values().filter(|a| &a.request.subject == subject).map(|a| a.id).collect()
+        };
+        let mut denied = Vec::with_capacity(ids.len());
+        for id in ids {
+            match self.decide(id, Verdict::Deny { reason: reason.to_owned() }, "hub", now).await {
+                Ok(approval) => denied.push(approval),
+                // Decided or expired meanwhile: nothing left to deny.
+                Err(PaymentError::Approval(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(denied)
     }
 
     /// Expires pending requests whose time has come; returns them.

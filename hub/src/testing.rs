@@ -60,7 +60,8 @@ impl InProcessHub {
         let me = PublicKey::from(key.verifying_key());
         let store = Store::open(dir)?;
         let ledger = Arc::new(CreditLedger::new(me, Currency::usd(), max_credit, 60));
-        let settings = PaymentSettings { approval_ttl_secs: 600, max_pending_approvals: 100 };
+        let settings =
+            PaymentSettings { approval_ttl_secs: 600, max_pending_approvals: 100, time_zone: jiff::tz::TimeZone::UTC };
         let payments = Payments::open(store, key.clone(), ledger, settings, budgets).await?;
         let devices = Arc::new(DeviceStates::default());
         let market =

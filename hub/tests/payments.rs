@@ -27,7 +27,8 @@ fn public(seed: u8) -> PublicKey {
 async fn books(dir: &Path, seed: u8, budgets: &[Budget]) -> Payments {
     let store = Store::open(dir).unwrap();
     let ledger = Arc::new(CreditLedger::new(public(seed), Currency::usd(), Amount::from_base_units(1_000_000), 60));
-    let settings = PaymentSettings { approval_ttl_secs: 600, max_pending_approvals: 3 };
+    let settings =
+        PaymentSettings { approval_ttl_secs: 600, max_pending_approvals: 3, time_zone: jiff::tz::TimeZone::UTC };
     Payments::open(store, key(seed), ledger, settings, budgets).await.unwrap()
 }
 
@@ -322,6 +323,33 @@ async fn budgets_approve_small_spends_queue_big_ones_and_never_overrun_without_t
 }
 
 #[tokio::test]
+async fn a_day_budget_starts_again_at_the_homes_midnight() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let ledger = Arc::new(CreditLedger::new(public(1), Currency::usd(), Amount::from_base_units(1_000_000), 60));
+    let pacific = jiff::tz::TimeZone::fixed(jiff::tz::offset(-8));
+    let settings = PaymentSettings { approval_ttl_secs: 600, max_pending_approvals: 3, time_zone: pacific };
+    let books = Payments::open(store, key(1), ledger, settings, &[fridge_budget()]).await.unwrap();
+    // 2026-11-24 07:00 UTC is 23:00 on the 23rd in the home; its midnight is 08:00 UTC.
+    let home_midnight = Timestamp::from_civil(2026, 11, 24).saturating_add_secs(8 * 3_600);
+    let late_evening = Timestamp(home_midnight.secs() - 3_600);
+    let at = |amount, when| SpendRequest { created_at: when, ..request(amount, "device:fridge") };
+    for _ in 0..5 {
+        let approval = books.request_spend(at(20, late_evening), late_evening).await.unwrap();
+        assert!(matches!(approval.state, ApprovalState::Approved { .. }));
+    }
+    let before_midnight = Timestamp(home_midnight.secs() - 1);
+    assert!(books.request_spend(at(1, before_midnight), before_midnight).await.unwrap().is_pending());
+    // The same UTC day, but a new day at home: the budget has room again.
+    let after_midnight = home_midnight.saturating_add_secs(60);
+    let approval = books.request_spend(at(20, after_midnight), after_midnight).await.unwrap();
+    assert!(matches!(approval.state, ApprovalState::Approved { ref by, .. } if by == "budget"));
+    assert_eq!(books.spent_this_period(&fridge_budget(), after_midnight).await.unwrap(), Amount::from_base_units(20));
+    let next_midnight = home_midnight.saturating_add_secs(86_400);
+    assert_eq!(books.period_bounds(Period::Day, after_midnight), (home_midnight, next_midnight));
+}
+
+#[tokio::test]
 async fn the_pending_queue_is_bounded_and_pending_requests_expire() {
     let dir = tempfile::tempdir().unwrap();
     let books = books(dir.path(), 1, &[fridge_budget()]).await;
@@ -420,4 +448,27 @@ async fn a_budget_approval_is_durable_with_its_payment_and_an_unpaid_one_moves_n
     assert!(matches!(after[0].outcome, Some(SpendOutcome::Paid { .. })));
     assert!(matches!(sender.approval(unpaid.id, NOW).await, Err(PaymentError::UnknownApproval(_))));
     assert_eq!(sender.spent_this_period(&budget, NOW).await.unwrap(), Amount::from_base_units(30));
+}
+
+#[tokio::test]
+async fn a_spend_paid_for_less_than_asked_takes_only_what_it_paid_from_the_budget() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let budget = fridge_budget();
+    let receiver = books(b.path(), 2, &[]).await;
+    {
+        let sender = books(a.path(), 1, std::slice::from_ref(&budget)).await;
+        let channel = open_pair(&sender, &receiver, 1000).await;
+        // Up to 20 asked (the most the buyer would pay); the seller's price was 8.
+        let approval = sender.request_spend(request(20, "device:fridge"), NOW).await.unwrap();
+        assert_eq!(sender.spent_this_period(&budget, NOW).await.unwrap(), Amount::from_base_units(20));
+        sender.pay(channel, Amount::from_base_units(8), &outgoing(Some(approval.id)), NOW).await.unwrap();
+        assert_eq!(sender.spent_this_period(&budget, NOW).await.unwrap(), Amount::from_base_units(8));
+        let paid = sender.approval(approval.id, NOW).await.unwrap();
+        assert!(
+            matches!(paid.outcome, Some(SpendOutcome::Paid { amount: Some(a), .. }) if a == Amount::from_base_units(8))
+        );
+        sender.store().close().await.unwrap();
+    }
+    let sender = books(a.path(), 1, std::slice::from_ref(&budget)).await;
+    assert_eq!(sender.spent_this_period(&budget, NOW).await.unwrap(), Amount::from_base_units(8));
 }

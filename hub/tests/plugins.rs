@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use machinomy_core::plugin::{Ceiling, PluginState};
-use machinomy_core::{Amount, Budget, Period, PublicKey, SigningKey, Subject, Verdict};
+use machinomy_core::{Amount, ApprovalState, Budget, Period, PublicKey, SigningKey, Subject, Verdict};
 use machinomy_hub::plugin::{
     Installed, Overrides, Package, PluginDeps, PluginError, PluginSettings, PluginTasks, PluginView, Plugins,
 };
@@ -294,6 +294,23 @@ async fn a_spend_over_the_plugins_budget_waits_for_the_owner_and_a_denial_reache
     .await;
     let budget: Vec<Budget> = h.hub().payments.budgets().unwrap();
     assert!(budget.iter().any(|b| b.subject == Subject::Plugin("spender".into()) && b.period == Period::Day));
+
+    // Started again, it asks again; removed, its waiting spend is denied and its budget goes.
+    h.plugins.set_enabled("spender", false).await.unwrap();
+    h.plugins.set_enabled("spender", true).await.unwrap();
+    let waiting = eventually("the second spend to wait", async || {
+        let approvals = h.hub().payments.approvals(true, machinomy_hub::now()).await.unwrap();
+        approvals.into_iter().find(|a| a.request.subject == Subject::Plugin("spender".into()))
+    })
+    .await;
+    h.plugins.remove("spender").await.unwrap();
+    let denied = h.hub().payments.approval(waiting.id, machinomy_hub::now()).await.unwrap();
+    assert!(
+        matches!(&denied.state, ApprovalState::Denied { reason, .. } if reason == "the plugin was removed"),
+        "{denied:?}"
+    );
+    let budgets: Vec<Budget> = h.hub().payments.budgets().unwrap();
+    assert!(budgets.iter().all(|b| b.subject != Subject::Plugin("spender".into())), "{budgets:?}");
     h.stop().await;
 }
 

@@ -853,6 +853,10 @@ impl Api {
         self.request(reqwest::Method::PUT, path)
     }
 
+    pub fn delete(&self, path: &str) -> reqwest::RequestBuilder {
+        self.request(reqwest::Method::DELETE, path)
+    }
+
     /// GETs `path` and parses a successful JSON answer.
     pub async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         let response = self.get(path).send().await.with_context(|| format!("GET {path}"))?;

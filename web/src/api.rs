@@ -9,6 +9,7 @@
 //! | POST   | `/api/v1/channels/{id}/close`     | [`ChannelView`] in its new state         |
 //! | GET    | `/api/v1/budgets`                 | `[BudgetView]`                           |
 //! | PUT    | `/api/v1/budgets`                 | [`BudgetView`]; body: a core `Budget`    |
+//! | DELETE | `/api/v1/budgets/{subject}`       | the core `Budget` removed (`device:fridge`); 404 if none |
 //! | GET    | `/api/v1/approvals?state=`        | `[Approval]`, `pending` (default) or `all` |
 //! | GET    | `/api/v1/approvals/{id}`          | `Approval`                               |
 //! | POST   | `/api/v1/approvals/{id}/approve`  | `Approval`; no body                      |
@@ -56,7 +57,7 @@ use axum::handler::Handler;
 use axum::http::{HeaderValue, Method, Uri, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, http::StatusCode};
 use jiff::tz::TimeZone;
 use machinomy_core::{Approval, ChannelId, DeviceId, GroupBy, PublicKey, Timestamp, Verdict};
@@ -98,6 +99,7 @@ pub(crate) fn router_with_clock<B: Backend>(backend: Arc<B>, auth: AdminAuth, cl
         .route("/api/v1/channels/{id}", get(channel::<B>))
         .route("/api/v1/channels/{id}/close", post(close_channel::<B>))
         .route("/api/v1/budgets", get(budgets::<B>).put(set_budget::<B>))
+        .route("/api/v1/budgets/{subject}", delete(remove_budget::<B>))
         .route("/api/v1/approvals", get(approvals::<B>))
         .route("/api/v1/approvals/{id}", get(approval::<B>))
         .route("/api/v1/approvals/{id}/approve", post(approve::<B>))
@@ -143,8 +145,11 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-async fn not_found(method: Method, uri: Uri) -> ApiError {
-    ApiError::not_found(format!("there is no {method} {} in this hub's API", uri.path()))
+async fn not_found(method: Method, uri: Uri) -> Response {
+    if uri.path().starts_with("/api/") {
+        return ApiError::not_found(format!("there is no {method} {} in this hub's API", uri.path())).into_response();
+    }
+    crate::ui::not_found_page(uri.path()).into_response()
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
@@ -200,6 +205,14 @@ async fn set_budget<B: Backend>(
 ) -> Result<Json<BudgetView>, ApiError> {
     // `Budget` deserializes through `Budget::new`, so a threshold above the limit never gets here.
     Ok(Json(backend.set_budget(budget).await?))
+}
+
+async fn remove_budget<B: Backend>(
+    State(backend): State<Arc<B>>,
+    ApiPath(subject): ApiPath<String>,
+) -> Result<Json<machinomy_core::Budget>, ApiError> {
+    let subject = subject.parse::<machinomy_core::Subject>().map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok(Json(backend.remove_budget(subject).await?))
 }
 
 #[derive(Debug, Default, Deserialize)]

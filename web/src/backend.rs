@@ -4,7 +4,7 @@
 use std::future::Future;
 
 use jiff::tz::TimeZone;
-use machinomy_core::{Approval, Budget, ChannelId, DeviceId, SpendingEntry, Timestamp, Verdict};
+use machinomy_core::{Approval, Budget, ChannelId, DeviceId, SpendingEntry, Subject, Timestamp, Verdict};
 use tokio::sync::broadcast;
 
 use crate::model::{
@@ -62,6 +62,8 @@ pub trait Backend: Send + Sync + 'static {
     fn budgets(&self) -> impl Future<Output = Result<Vec<BudgetView>, BackendError>> + Send;
     /// Creates or replaces the budget of `budget.subject`.
     fn set_budget(&self, budget: Budget) -> impl Future<Output = Result<BudgetView, BackendError>> + Send;
+    /// Removes `subject`'s budget (it may spend nothing after); the answer is the budget removed.
+    fn remove_budget(&self, subject: Subject) -> impl Future<Output = Result<Budget, BackendError>> + Send;
 
     /// Approvals, newest first; only pending ones when `pending_only`.
     fn approvals(&self, pending_only: bool) -> impl Future<Output = Result<Vec<Approval>, BackendError>> + Send;

@@ -40,7 +40,7 @@ use tokio::sync::broadcast;
 use machinomy_core::wire::Receipt;
 use machinomy_core::{
     Amount, Approval, Budget, ChannelId, ChannelStatus, Currency, DeviceId, LedgerId, Period, PublicKey, ReportRow,
-    Signature, SigningKey, SpendRequest, SpendingEntry, Subject, Timestamp, Verdict,
+    Signature, SigningKey, SpendRequest, SpendingEntry, Subject, Timestamp, Utc, Verdict,
 };
 
 use machinomy_core::plugin::{Ceiling, Manifest};
@@ -209,7 +209,7 @@ fn offer(service: &str, seller: PublicKey, price: u128, description: &str, expir
 }
 
 fn budget_view(budget: Budget, now: Timestamp, spent: Amount) -> BudgetView {
-    let (start, end) = (budget.period.start(now), budget.period.end(now));
+    let (start, end) = (budget.period.start(now, &Utc), budget.period.end(now, &Utc));
     BudgetView { budget, currency: Currency::usd(), spent_this_period: spent, period_start: start, period_end: end }
 }
 
@@ -309,6 +309,12 @@ impl MemoryBackend {
                 by: "admin-token".to_owned(),
                 at: Timestamp(now.secs() - 7_000),
             };
+            // The grocer charged less than the most the fridge would pay.
+            approved.outcome = Some(machinomy_core::SpendOutcome::Paid {
+                at: Timestamp(now.secs() - 6_990),
+                channel: None,
+                amount: Some(Amount::from_base_units(800)),
+            });
             let pending = Approval::new(
                 PENDING_APPROVAL,
                 request("device:fridge", "grocer", 4_000, "weekly groceries", Timestamp(now.secs() - 60)),
@@ -643,6 +649,14 @@ impl Backend for MemoryBackend {
 
     async fn budgets(&self) -> Result<Vec<BudgetView>, BackendError> {
         self.call(|s| Ok(s.budgets.clone()))
+    }
+
+    async fn remove_budget(&self, subject: Subject) -> Result<Budget, BackendError> {
+        self.call(|s| {
+            let at = s.budgets.iter().position(|b| b.budget.subject == subject);
+            let at = at.ok_or_else(|| BackendError::NotFound(format!("{subject} has no budget")))?;
+            Ok(s.budgets.remove(at).budget)
+        })
     }
 
     async fn set_budget(&self, budget: Budget) -> Result<BudgetView, BackendError> {

@@ -41,12 +41,14 @@ pub enum SpendOutcome {
     Paid {
         at: Timestamp,
         channel: Option<ChannelId>,
+        /// What the payment moved, which may be less than asked (a service's price under the
+        /// most the buyer would pay): the budget counts this. Absent in approvals stored before
+        /// it was recorded.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        amount: Option<Amount>,
     },
     /// Nothing was paid (no route, no capacity …); the amount no longer counts against the budget.
-    Failed {
-        at: Timestamp,
-        reason: String,
-    },
+    Failed { at: Timestamp, reason: String },
 }
 
 /// The principal recorded when the budget itself decided (under the auto-approve threshold,
@@ -101,6 +103,18 @@ impl Approval {
             && !matches!(self.outcome, Some(SpendOutcome::Failed { .. }))
     }
 
+    /// What this request takes from its budget: what its payment moved once paid, else the
+    /// amount asked; nothing unless it [counts](Self::counts_against_budget).
+    pub fn committed_amount(&self) -> Amount {
+        if !self.counts_against_budget() {
+            return Amount::ZERO;
+        }
+        match &self.outcome {
+            Some(SpendOutcome::Paid { amount: Some(paid), .. }) => *paid,
+            _ => self.request.amount,
+        }
+    }
+
     pub fn is_pending(&self) -> bool {
         self.state == ApprovalState::Pending
     }
@@ -139,7 +153,7 @@ pub fn committed_since<'a>(
     approvals
         .into_iter()
         .filter(|a| &a.request.subject == subject && a.request.created_at >= since && a.counts_against_budget())
-        .try_fold(Amount::ZERO, |sum, a| sum.checked_add(a.request.amount))
+        .try_fold(Amount::ZERO, |sum, a| sum.checked_add(a.committed_amount()))
 }
 
 #[cfg(test)]
@@ -289,8 +303,13 @@ mod tests {
         assert!(!approval.counts_against_budget());
         approval.decide(Verdict::Approve, "owner", Timestamp(1_100)).unwrap();
         assert!(approval.counts_against_budget());
-        approval.outcome = Some(SpendOutcome::Paid { at: Timestamp(1_101), channel: None });
+        approval.outcome = Some(SpendOutcome::Paid { at: Timestamp(1_101), channel: None, amount: None });
         assert!(approval.counts_against_budget());
+        assert_eq!(approval.committed_amount(), approval.request.amount);
+        // Paid for less than asked: the budget counts what moved.
+        let less = Amount::from_base_units(approval.request.amount.base_units() / 2);
+        approval.outcome = Some(SpendOutcome::Paid { at: Timestamp(1_101), channel: None, amount: Some(less) });
+        assert_eq!(approval.committed_amount(), less);
         approval.outcome = Some(SpendOutcome::Failed { at: Timestamp(1_101), reason: "no route".into() });
         assert!(!approval.counts_against_budget());
         let mut expired = pending();
@@ -334,7 +353,7 @@ mod tests {
 
     #[test]
     fn outcomes_serialize_with_an_outcome_tag() {
-        let paid = SpendOutcome::Paid { at: Timestamp(5), channel: Some(ChannelId::from_bytes([1; 32])) };
+        let paid = SpendOutcome::Paid { at: Timestamp(5), channel: Some(ChannelId::from_bytes([1; 32])), amount: None };
         let json = serde_json::to_string(&paid).unwrap();
         assert!(json.starts_with(r#"{"outcome":"paid","at":5"#), "{json}");
         assert_eq!(serde_json::from_str::<SpendOutcome>(&json).unwrap(), paid);

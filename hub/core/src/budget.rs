@@ -10,7 +10,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::amount::Amount;
-use crate::time::{SECONDS_PER_DAY, Timestamp};
+use crate::time::{Timestamp, UtcOffset, civil_from_days, days_from_civil, local_midnight};
 
 /// Why a subject, period or request field could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -89,7 +89,8 @@ impl<'de> Deserialize<'de> for Subject {
     }
 }
 
-/// How often a budget starts again. Periods start at midnight UTC; weeks on Monday.
+/// How often a budget starts again: at midnight on the home's clock (the zone the caller
+/// passes in); weeks on Monday, months on the first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Period {
@@ -99,38 +100,35 @@ pub enum Period {
 }
 
 impl Period {
-    /// When the period containing `now` began.
-    pub fn start(self, now: Timestamp) -> Timestamp {
-        let day = now.day_number();
-        match self {
-            Period::Day => Timestamp(day * SECONDS_PER_DAY),
-            // 1970-01-01 was a Thursday: three days after a Monday. The epoch's first days
-            // belong to a week that began before any timestamp, so it starts at the epoch.
-            Period::Week => Timestamp(day.saturating_sub((day + 3) % 7) * SECONDS_PER_DAY),
-            Period::Month => {
-                let (year, month, _) = now.civil_date();
-                Timestamp::from_civil(year, month, 1)
-            }
-        }
+    /// When the period containing `now` began, on the clock `zone`.
+    pub fn start(self, now: Timestamp, zone: &dyn UtcOffset) -> Timestamp {
+        // A clock set back past midnight could put that midnight after `now`.
+        local_midnight(self.first_day(now.local_day_number(zone)), zone).min(now)
     }
 
-    /// When the period containing `now` ends (the next one's start).
-    pub fn end(self, now: Timestamp) -> Timestamp {
-        let start = self.start(now);
-        match self {
-            Period::Day => start.saturating_add_secs(SECONDS_PER_DAY),
-            // From the week's real Monday, which `start` clamps at the epoch.
-            Period::Week => {
-                let day = now.day_number();
-                Timestamp((day + 7 - (day + 3) % 7).saturating_mul(SECONDS_PER_DAY))
-            }
+    /// When the period containing `now` ends (the next one's start), on the clock `zone`.
+    pub fn end(self, now: Timestamp, zone: &dyn UtcOffset) -> Timestamp {
+        let first = self.first_day(now.local_day_number(zone));
+        let next = match self {
+            Period::Day => first + 1,
+            Period::Week => first + 7,
             Period::Month => {
-                let (year, month, _) = start.civil_date();
-                if month == 12 {
-                    Timestamp::from_civil(year + 1, 1, 1)
-                } else {
-                    Timestamp::from_civil(year, month + 1, 1)
-                }
+                let (year, month, _) = civil_from_days(first);
+                if month == 12 { days_from_civil(year + 1, 1, 1) } else { days_from_civil(year, month + 1, 1) }
+            }
+        };
+        local_midnight(next, zone).max(now.saturating_add_secs(1))
+    }
+
+    /// The first day (days since the epoch) of the period containing `day`.
+    fn first_day(self, day: i64) -> i64 {
+        match self {
+            Period::Day => day,
+            // 1970-01-01 was a Thursday: three days after a Monday.
+            Period::Week => day - (day + 3).rem_euclid(7),
+            Period::Month => {
+                let (year, month, _) = civil_from_days(day);
+                days_from_civil(year, month, 1)
             }
         }
     }
@@ -268,6 +266,7 @@ pub fn evaluate(
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 mod tests {
     use super::*;
+    use crate::time::{SECONDS_PER_DAY, Utc};
 
     fn units(n: u128) -> Amount {
         Amount::from_base_units(n)
@@ -350,11 +349,11 @@ mod tests {
     #[test]
     fn a_day_runs_from_midnight_to_midnight_utc() {
         let noon = at(2026, 11, 24).saturating_add_secs(12 * 3_600);
-        assert_eq!(Period::Day.start(noon), at(2026, 11, 24));
-        assert_eq!(Period::Day.end(noon), at(2026, 11, 25));
-        assert_eq!(Period::Day.start(at(2026, 11, 24)), at(2026, 11, 24));
+        assert_eq!(Period::Day.start(noon, &Utc), at(2026, 11, 24));
+        assert_eq!(Period::Day.end(noon, &Utc), at(2026, 11, 25));
+        assert_eq!(Period::Day.start(at(2026, 11, 24), &Utc), at(2026, 11, 24));
         let last_second = Timestamp(at(2026, 11, 25).secs() - 1);
-        assert_eq!(Period::Day.start(last_second), at(2026, 11, 24));
+        assert_eq!(Period::Day.start(last_second, &Utc), at(2026, 11, 24));
     }
 
     #[test]
@@ -362,14 +361,14 @@ mod tests {
         // 2026-11-23 is a Monday, 2026-11-29 a Sunday.
         for day in 23..=29 {
             let t = at(2026, 11, day).saturating_add_secs(3_600);
-            assert_eq!(Period::Week.start(t), at(2026, 11, 23), "day {day}");
-            assert_eq!(Period::Week.end(t), at(2026, 11, 30), "day {day}");
+            assert_eq!(Period::Week.start(t, &Utc), at(2026, 11, 23), "day {day}");
+            assert_eq!(Period::Week.end(t, &Utc), at(2026, 11, 30), "day {day}");
         }
-        assert_eq!(Period::Week.start(at(2026, 11, 30)), at(2026, 11, 30));
+        assert_eq!(Period::Week.start(at(2026, 11, 30), &Utc), at(2026, 11, 30));
         let sunday_night = Timestamp(at(2026, 11, 30).0 - 1);
-        assert_eq!(Period::Week.start(sunday_night), at(2026, 11, 23));
+        assert_eq!(Period::Week.start(sunday_night, &Utc), at(2026, 11, 23));
         // Across a month and a year.
-        assert_eq!(Period::Week.start(at(2026, 1, 1)), at(2025, 12, 29));
+        assert_eq!(Period::Week.start(at(2026, 1, 1), &Utc), at(2025, 12, 29));
     }
 
     #[test]
@@ -377,35 +376,83 @@ mod tests {
         // 1970-01-01 was a Thursday; its week began on Monday 1969-12-29, before any Timestamp.
         for secs in [0, 1, SECONDS_PER_DAY, 3 * SECONDS_PER_DAY + 5] {
             let t = Timestamp(secs);
-            assert_eq!(Period::Week.start(t), Timestamp(0), "{secs}");
-            assert_eq!(Period::Week.end(t), Timestamp(4 * SECONDS_PER_DAY), "{secs}");
+            assert_eq!(Period::Week.start(t, &Utc), Timestamp(0), "{secs}");
+            assert_eq!(Period::Week.end(t, &Utc), Timestamp(4 * SECONDS_PER_DAY), "{secs}");
         }
-        assert_eq!(Period::Week.start(Timestamp(4 * SECONDS_PER_DAY)), Timestamp(4 * SECONDS_PER_DAY));
+        assert_eq!(Period::Week.start(Timestamp(4 * SECONDS_PER_DAY), &Utc), Timestamp(4 * SECONDS_PER_DAY));
     }
 
     #[test]
     fn a_month_runs_from_the_first_to_the_first() {
         let mid = at(2026, 11, 24).saturating_add_secs(99);
-        assert_eq!(Period::Month.start(mid), at(2026, 11, 1));
-        assert_eq!(Period::Month.end(mid), at(2026, 12, 1));
-        assert_eq!(Period::Month.start(at(2026, 12, 31)), at(2026, 12, 1));
-        assert_eq!(Period::Month.end(at(2026, 12, 31)), at(2027, 1, 1));
+        assert_eq!(Period::Month.start(mid, &Utc), at(2026, 11, 1));
+        assert_eq!(Period::Month.end(mid, &Utc), at(2026, 12, 1));
+        assert_eq!(Period::Month.start(at(2026, 12, 31), &Utc), at(2026, 12, 1));
+        assert_eq!(Period::Month.end(at(2026, 12, 31), &Utc), at(2027, 1, 1));
         // A leap February has 29 days, a common one 28.
-        assert_eq!(Period::Month.start(at(2024, 2, 29)), at(2024, 2, 1));
-        assert_eq!(Period::Month.end(at(2024, 2, 29)), at(2024, 3, 1));
+        assert_eq!(Period::Month.start(at(2024, 2, 29), &Utc), at(2024, 2, 1));
+        assert_eq!(Period::Month.end(at(2024, 2, 29), &Utc), at(2024, 3, 1));
         assert_eq!(at(2024, 3, 1).0 - at(2024, 2, 1).0, 29 * SECONDS_PER_DAY);
-        assert_eq!(Period::Month.end(at(2026, 2, 10)).0 - Period::Month.start(at(2026, 2, 10)).0, 28 * SECONDS_PER_DAY);
-        assert_eq!(Period::Month.end(at(2000, 2, 10)).0 - Period::Month.start(at(2000, 2, 10)).0, 29 * SECONDS_PER_DAY);
-        assert_eq!(Period::Month.end(at(2100, 2, 10)).0 - Period::Month.start(at(2100, 2, 10)).0, 28 * SECONDS_PER_DAY);
+        assert_eq!(
+            Period::Month.end(at(2026, 2, 10), &Utc).0 - Period::Month.start(at(2026, 2, 10), &Utc).0,
+            28 * SECONDS_PER_DAY
+        );
+        assert_eq!(
+            Period::Month.end(at(2000, 2, 10), &Utc).0 - Period::Month.start(at(2000, 2, 10), &Utc).0,
+            29 * SECONDS_PER_DAY
+        );
+        assert_eq!(
+            Period::Month.end(at(2100, 2, 10), &Utc).0 - Period::Month.start(at(2100, 2, 10), &Utc).0,
+            28 * SECONDS_PER_DAY
+        );
     }
 
     #[test]
     fn periods_at_the_end_of_time_do_not_panic() {
+        let zones: [&dyn UtcOffset; 3] = [&Utc, &|_| 14 * 3_600, &|_| -12 * 3_600];
         for period in [Period::Day, Period::Week, Period::Month] {
-            let start = period.start(Timestamp(u64::MAX));
-            let end = period.end(Timestamp(u64::MAX));
-            assert!(start <= end, "{period}");
+            for zone in zones {
+                for now in [Timestamp(0), Timestamp(u64::MAX)] {
+                    let (start, end) = (period.start(now, zone), period.end(now, zone));
+                    assert!(start <= now && now <= end, "{period} {now:?}");
+                }
+            }
         }
+    }
+
+    /// Los Angeles in November 2026: eight hours behind UTC (PST).
+    fn pacific(_at: Timestamp) -> i32 {
+        -8 * 3_600
+    }
+
+    #[test]
+    fn periods_begin_at_the_homes_midnight() {
+        let eight_hours = 8 * 3_600;
+        // 2026-11-24 07:00 UTC is still the 23rd in Los Angeles; 09:00 UTC is the 24th there.
+        let late_on_the_23rd = at(2026, 11, 24).saturating_add_secs(7 * 3_600);
+        let early_on_the_24th = at(2026, 11, 24).saturating_add_secs(9 * 3_600);
+        assert_eq!(Period::Day.start(late_on_the_23rd, &pacific), at(2026, 11, 23).saturating_add_secs(eight_hours));
+        assert_eq!(Period::Day.end(late_on_the_23rd, &pacific), at(2026, 11, 24).saturating_add_secs(eight_hours));
+        assert_eq!(Period::Day.start(early_on_the_24th, &pacific), at(2026, 11, 24).saturating_add_secs(eight_hours));
+        // Monday 2026-11-30 02:00 UTC is Sunday evening in Los Angeles: the week of the 23rd.
+        let sunday_evening = at(2026, 11, 30).saturating_add_secs(2 * 3_600);
+        assert_eq!(Period::Week.start(sunday_evening, &Utc), at(2026, 11, 30));
+        assert_eq!(Period::Week.start(sunday_evening, &pacific), at(2026, 11, 23).saturating_add_secs(eight_hours));
+        // 2026-12-01 03:00 UTC is still November there.
+        let november_night = at(2026, 12, 1).saturating_add_secs(3 * 3_600);
+        assert_eq!(Period::Month.start(november_night, &pacific), at(2026, 11, 1).saturating_add_secs(eight_hours));
+        assert_eq!(Period::Month.end(november_night, &pacific), at(2026, 12, 1).saturating_add_secs(eight_hours));
+    }
+
+    #[test]
+    fn a_day_that_changes_the_clock_starts_at_its_own_midnight() {
+        // Berlin on 2026-03-29: midnight is still winter time (+1), the evening summer time (+2).
+        let spring_forward = at(2026, 3, 29).saturating_add_secs(3_600);
+        let berlin = move |at: Timestamp| if at < spring_forward { 3_600 } else { 7_200 };
+        let evening = at(2026, 3, 29).saturating_add_secs(20 * 3_600);
+        assert_eq!(Period::Day.start(evening, &berlin), Timestamp(at(2026, 3, 29).secs() - 3_600));
+        // The next midnight is summer time: the day had 23 hours.
+        assert_eq!(Period::Day.end(evening, &berlin), Timestamp(at(2026, 3, 30).secs() - 7_200));
     }
 
     // ---- budgets ----

@@ -64,6 +64,17 @@ pub fn day_string(day: i64) -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
+/// The instant the clock `zone` reads midnight at the start of `day` (days since the epoch),
+/// clamped to the epoch. Where the clock skips midnight, an instant next to the jump.
+pub fn local_midnight(day: i64, zone: &dyn UtcOffset) -> Timestamp {
+    let local = day.saturating_mul(SECONDS_PER_DAY as i64);
+    let at = |secs: i64| Timestamp(u64::try_from(secs).unwrap_or(0));
+    // The offset at midnight is not known before midnight is: guess it from the offset at the
+    // same reading taken as UTC, then correct once (offsets change at most twice a year, by hours).
+    let guess = local.saturating_sub(i64::from(zone.offset_secs(at(local))));
+    at(local.saturating_sub(i64::from(zone.offset_secs(at(guess)))))
+}
+
 /// A home's clock: how far it runs ahead of UTC at an instant, in seconds (negative: behind).
 /// The hub passes its time zone's rules in; the core reads no zone database.
 pub trait UtcOffset {
@@ -89,7 +100,7 @@ impl<F: Fn(Timestamp) -> i32> UtcOffset for F {
 
 // Howard Hinnant's days-from-civil and its inverse (public domain algorithms); proleptic
 // Gregorian calendar, exact for every date a hub will see.
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+pub(crate) fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
     let y = if month <= 2 { year - 1 } else { year };
     let era = if y >= 0 { y } else { y - 399 } / 400;
     let yoe = y - era * 400;
@@ -99,7 +110,7 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
+pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
     let doe = z - era * 146_097;

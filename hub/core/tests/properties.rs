@@ -9,8 +9,8 @@ use machinomy_core::spending::spent_since;
 use machinomy_core::{
     Amount, AmountError, Approval, ApprovalState, BUDGET_PRINCIPAL, Budget, ChannelId, ChannelStatus, ChannelTerms,
     Decision, Direction, HashChain, LedgerId, Period, Promise, PromiseBody, PublicKey, ReceiverChannel, SenderChannel,
-    SigningKey, SpendOutcome, SpendRequest, SpendingEntry, StreamTerms, Subject, Timestamp, Verdict, committed_since,
-    evaluate,
+    SigningKey, SpendOutcome, SpendRequest, SpendingEntry, StreamTerms, Subject, Timestamp, Utc, Verdict,
+    committed_since, evaluate,
 };
 use proptest::prelude::*;
 
@@ -383,7 +383,7 @@ proptest! {
         let mut now = Timestamp(start);
         for (id, ask) in asks.iter().enumerate() {
             now = now.saturating_add_secs(ask.gap_secs);
-            let committed = committed_since(&approvals, &subject, period.start(now)).unwrap();
+            let committed = committed_since(&approvals, &subject, period.start(now, &Utc)).unwrap();
             let request = SpendRequest {
                 subject: subject.clone(),
                 payee: "grocer".into(),
@@ -421,7 +421,7 @@ proptest! {
                     approval.outcome = Some(SpendOutcome::Failed { at: now, reason: "no route".into() });
                     prop_assert!(!approval.counts_against_budget());
                 } else {
-                    approval.outcome = Some(SpendOutcome::Paid { at: now, channel: None });
+                    approval.outcome = Some(SpendOutcome::Paid { at: now, channel: None, amount: None });
                     entries.push(SpendingEntry {
                         at: approval.request.created_at,
                         direction: Direction::Out,
@@ -442,7 +442,7 @@ proptest! {
         for approval in approvals.iter().filter(|a| a.counts_against_budget()) {
             match &approval.state {
                 ApprovalState::Approved { by, .. } if by == BUDGET_PRINCIPAL => {
-                    *auto_by_period.entry(period.start(approval.request.created_at)).or_default() += approval.request.amount.base_units();
+                    *auto_by_period.entry(period.start(approval.request.created_at, &Utc)).or_default() += approval.request.amount.base_units();
                 }
                 _ => owner_total += approval.request.amount.base_units(),
             }
@@ -455,26 +455,32 @@ proptest! {
         prop_assert_eq!(paid, auto_by_period.values().sum::<u128>() + owner_total);
     }
 
-    /// A period contains the instant it is asked about and lasts one day, one week or one month.
+    /// A period contains the instant it is asked about and lasts one day, one week or one month
+    /// of the home's clock, from its midnight (a fixed offset here, -12:00 to +14:00).
     #[test]
-    fn periods_contain_their_instant(secs in 0u64..253_402_300_799, period in period()) {
+    fn periods_contain_their_instant(secs in 0u64..253_402_300_799, period in period(), quarter_hours in -48i32..=56) {
+        let offset = quarter_hours * 900;
+        let zone = move |_: Timestamp| offset;
         let now = Timestamp(secs);
-        let (start, end) = (period.start(now), period.end(now));
+        let (start, end) = (period.start(now, &zone), period.end(now, &zone));
         prop_assert!(start <= now && now < end, "{:?} {:?} {:?}", start, now, end);
-        prop_assert_eq!(start.secs() % 86_400, 0);
+        // Clamped at the epoch, the first period is cut short.
+        let from_the_epoch = start == Timestamp(0);
+        prop_assert!((start.secs() as i64 + i64::from(offset)) % 86_400 == 0 || from_the_epoch);
+        prop_assert_eq!((end.secs() as i64 + i64::from(offset)) % 86_400, 0);
         let days = (end.secs() - start.secs()) / 86_400;
         match period {
-            Period::Day => prop_assert_eq!(days, 1),
-            Period::Week => prop_assert!(days == 7 || start == Timestamp(0)),
-            Period::Month => prop_assert!((28..=31).contains(&days)),
+            Period::Day => prop_assert!(days == 1 || from_the_epoch),
+            Period::Week => prop_assert!(days == 7 || from_the_epoch),
+            Period::Month => prop_assert!((28..=31).contains(&days) || from_the_epoch),
         }
-        prop_assert_eq!(period.start(start), start);
-        prop_assert_eq!(period.start(Timestamp(end.secs() - 1)), start);
+        prop_assert_eq!(period.start(start, &zone), start);
+        prop_assert_eq!(period.start(Timestamp(end.secs() - 1), &zone), start);
     }
 
     #[test]
     fn periods_never_panic(secs in any::<u64>(), period in period()) {
-        prop_assert!(period.start(Timestamp(secs)) <= period.end(Timestamp(secs)));
+        prop_assert!(period.start(Timestamp(secs), &Utc) <= period.end(Timestamp(secs), &Utc));
     }
 }
 
@@ -549,7 +555,7 @@ fn approval() -> impl Strategy<Value = Approval> {
     );
     let outcome = prop::option::of(prop_oneof![
         (timestamp(), prop::option::of(any::<[u8; 32]>().prop_map(ChannelId::from_bytes)))
-            .prop_map(|(at, channel)| SpendOutcome::Paid { at, channel }),
+            .prop_map(|(at, channel)| SpendOutcome::Paid { at, channel, amount: None }),
         (timestamp(), ".{0,40}").prop_map(|(at, reason)| SpendOutcome::Failed { at, reason }),
     ]);
     (any::<u64>(), request, timestamp(), state, outcome)

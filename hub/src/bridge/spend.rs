@@ -193,6 +193,18 @@ impl Worker {
             return;
         }
         let answer = match &approval.state {
+            // Unpaired while it waited: the owner's approval must not pay for a stranger.
+            ApprovalState::Approved { .. } if self.bridge.registry().get(&device).is_none() => {
+                const UNPAIRED: &str = "the device was unpaired";
+                if let Err(e) = self.payments.spend_failed(approval.id, UNPAIRED, now()).await {
+                    warn!(id = approval.id, error = %e, "could not release an unpaired device's spend");
+                }
+                SpendResultMessage {
+                    status: SpendStatus::Failed,
+                    reason: Some(UNPAIRED.to_owned()),
+                    ..result_of(&approval)
+                }
+            }
             ApprovalState::Approved { .. } => {
                 let target = match approval.request.payee.strip_prefix(SERVICE_PREFIX) {
                     Some(service) => SpendTarget::Service(service.to_owned()),

@@ -39,7 +39,8 @@ impl HostDispatch {
             Amount::MAX,
             0,
         ));
-        let settings = PaymentSettings { approval_ttl_secs: 60, max_pending_approvals: 10 };
+        let settings =
+            PaymentSettings { approval_ttl_secs: 60, max_pending_approvals: 10, time_zone: jiff::tz::TimeZone::UTC };
         let payments = Payments::open(books.clone(), key, ledger, settings, &[])
             .await
             .map_err(|e| PluginError::Runtime(e.to_string()))?;

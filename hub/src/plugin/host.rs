@@ -25,7 +25,7 @@ use crate::bridge::BridgeEvent;
 use crate::hub::now;
 use crate::market::{ProvidedAnswer, ServiceProvider, SoldService};
 use crate::net::BoxFuture;
-use crate::payments::Payments;
+use crate::payments::{PaymentError, Payments};
 use crate::store::{PendingUpgrade, PluginRecord, Store, Write};
 use machinomy_core::wire::{ErrorCode, WireError};
 
@@ -217,6 +217,18 @@ impl Host {
         self.payments.set_budget(budget).await.map_err(|e| PluginError::Budget(e.to_string()))
     }
 
+    /// A removed plugin's budget and waiting spends go with it: a later plugin of the same name
+    /// is asked about anew, and nobody pays for one that is gone.
+    async fn drop_budget(&self, name: &str) -> Result<(), PluginError> {
+        let subject = Subject::Plugin(name.to_owned());
+        let budget = |e: PaymentError| PluginError::Budget(e.to_string());
+        self.payments.deny_pending_of(&subject, "the plugin was removed", now()).await.map_err(budget)?;
+        match self.payments.remove_budget(&subject).await {
+            Ok(_) | Err(PaymentError::UnknownBudget(_) | PaymentError::ConfigManaged(_)) => Ok(()),
+            Err(e) => Err(budget(e)),
+        }
+    }
+
     pub(crate) async fn install(&mut self, package: Package, overrides: Overrides) -> Result<Installed, PluginError> {
         let manifest = parse_manifest(&package.manifest, &self.settings.ceiling)?;
         if self.slots.contains_key(&manifest.name) {
@@ -349,6 +361,7 @@ impl Host {
         self.slots.remove(name);
         self.sync_offers();
         self.store.plugin_kv_clear(name)?;
+        self.drop_budget(name).await?;
         let dir = self.plugin_dir(name);
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             warn!(plugin = %name, error = %e, "could not delete the plugin's files");

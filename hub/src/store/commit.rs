@@ -103,8 +103,18 @@ pub(super) fn apply(books: &sled::Tree, batch: &[Entry]) -> sled::Result<()> {
         // Plugin storage is written to its tree when the plugin writes; the log keeps it
         // only for a replay.
         if key.first() != Some(&super::PLUGIN_KV_LOGGED) {
-            books.insert(key.as_slice(), value.as_slice())?;
+            apply_entry(books, key, value)?;
         }
+    }
+    Ok(())
+}
+
+/// One entry of the books: an empty value deletes its key.
+fn apply_entry(books: &sled::Tree, key: &[u8], value: &[u8]) -> sled::Result<()> {
+    if value.is_empty() {
+        books.remove(key)?;
+    } else {
+        books.insert(key, value)?;
     }
     Ok(())
 }
@@ -122,9 +132,7 @@ pub(super) fn replay(books: &sled::Tree, plugin_kv: &sled::Tree, batch: &[Entry]
                     plugin_kv.remove(id)?;
                 }
             },
-            _ => {
-                books.insert(key.as_slice(), value.as_slice())?;
-            }
+            _ => apply_entry(books, key, value)?,
         }
     }
     Ok(())

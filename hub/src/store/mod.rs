@@ -148,6 +148,8 @@ pub enum Write<'a> {
     /// Only what a payment changes (the promise, the stream position): the hot path.
     Progress(&'a ChannelRecord),
     Budget(&'a Budget),
+    /// Deletes a subject's budget: it may spend nothing from then on.
+    RemoveBudget(&'a Subject),
     Approval(&'a Approval),
     Spending(&'a SpendingEntry),
     Settlement(&'a Settlement),
@@ -318,6 +320,8 @@ impl Store {
                 }
                 Write::Progress(record) => (key(PROGRESS, record.id().as_bytes()), encode_progress(record)),
                 Write::Budget(budget) => (key(BUDGET, budget.subject.to_string().as_bytes()), encode(budget)?),
+                // No record encodes to nothing: an empty value is a deletion (see `commit::apply`).
+                Write::RemoveBudget(subject) => (key(BUDGET, subject.to_string().as_bytes()), Vec::new()),
                 Write::Approval(approval) => (key(APPROVAL, &approval.id.to_be_bytes()), encode(approval)?),
                 Write::Spending(entry) => {
                     let seq = self.inner.spending_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

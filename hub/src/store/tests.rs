@@ -230,8 +230,38 @@ async fn batches_left_in_the_log_are_replayed_on_open() {
         wal.sync().unwrap();
     }
     let store = Store::open(dir.path()).unwrap();
-    assert_eq!(store.budgets().unwrap(), vec![budget]);
+    assert_eq!(store.budgets().unwrap(), vec![budget.clone()]);
     assert_eq!(std::fs::metadata(dir.path().join(WAL_FILE)).unwrap().len(), 0, "replayed then checkpointed");
+    store.close().await.unwrap();
+    drop(store);
+    // A removal left in the log is replayed too.
+    {
+        let (mut wal, _) = wal::Wal::open(&dir.path().join(WAL_FILE)).unwrap();
+        wal.append(&[(key_bytes(BUDGET, b"device:oven"), Vec::new())]);
+        wal.sync().unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert!(store.budgets().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_removed_budget_is_gone_for_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let oven = Subject::Device("oven".into());
+    let budget =
+        Budget::new(oven.clone(), Period::Day, Amount::from_base_units(9), Amount::from_base_units(1)).unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        store.write(&[Write::Budget(&budget)]).unwrap();
+        store.commit().await.unwrap();
+        assert_eq!(store.budget(&oven).unwrap(), Some(budget));
+        store.write(&[Write::RemoveBudget(&oven)]).unwrap();
+        store.commit().await.unwrap();
+        assert_eq!(store.budget(&oven).unwrap(), None);
+        store.close().await.unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert!(store.budgets().unwrap().is_empty());
 }
 
 #[tokio::test]

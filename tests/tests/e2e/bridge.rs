@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use machinomy_core::{
-    Amount, DeviceId, PublicKey, SigningKey, SpendRequestMessage, SpendResultMessage, SpendStatus, SpendTarget,
+    Amount, Approval, ApprovalState, DeviceId, PublicKey, SigningKey, SpendRequestMessage, SpendResultMessage,
+    SpendStatus, SpendTarget,
 };
 use machinomy_tests::mosquitto::{MqttClient, loopback_options, try_connect_to};
 use machinomy_tests::{TestHub, random_key, wait_for};
@@ -207,6 +208,26 @@ async fn a_paired_device_reports_takes_commands_and_pays_inside_its_budget() {
     wait_for("the fridge offline", DEADLINE, async || Ok((!device(&home, "fridge").await.online).then_some(())))
         .await
         .unwrap();
+
+    // Unpaired while a request waits: the request is denied, and approving it pays nothing.
+    let mut fridge = connect(port, &paired, false).await;
+    let request = spend("fridge", &key, "r6", 3000, payee_key);
+    fridge.publish("machinomy/fridge/spend/request", QoS::AtLeastOnce, false, request).await.unwrap();
+    let pending: SpendResultMessage =
+        serde_json::from_value(next_on(&mut fridge, "machinomy/fridge/spend/result").await).unwrap();
+    assert_eq!(pending.status, SpendStatus::Pending, "{pending:?}");
+    let approval = pending.approval.unwrap();
+    let removed = home.api().unwrap().delete("/api/v1/devices/fridge").send().await.unwrap();
+    assert!(removed.status().is_success());
+    let denied: Approval = home.api().unwrap().get_json(&format!("/api/v1/approvals/{approval}")).await.unwrap();
+    assert!(
+        matches!(&denied.state, ApprovalState::Denied { reason, .. } if reason == "the device was unpaired"),
+        "{denied:?}"
+    );
+    let approve = home.api().unwrap().post(&format!("/api/v1/approvals/{approval}/approve")).send().await.unwrap();
+    assert_eq!(approve.status(), 409);
+    let spent: SpendingReport = home.api().unwrap().get_json("/api/v1/spending").await.unwrap();
+    assert_eq!(spent.total_paid, Amount::from_base_units(4500), "{spent:?}");
 
     assert!(home.stop().await.unwrap().success());
     assert!(payee.stop().await.unwrap().success());

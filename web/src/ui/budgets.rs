@@ -4,13 +4,13 @@
 use askama::Template;
 use axum::extract::{RawQuery, State};
 use axum::response::Response;
-use machinomy_core::{Budget, Currency, Period, Subject};
+use machinomy_core::{AmountError, Budget, Currency, Period, Subject};
 use serde::Deserialize;
 
 use crate::backend::{Backend, BackendError};
 
 use super::session::SessionInfo;
-use super::view::{BudgetRow, Layout};
+use super::view::{BudgetRow, Layout, money};
 use super::{Frame, Owner, PageError, SessionForm, Ui, done, invalid, render};
 
 /// The budget form as typed, with what is wrong beside each field.
@@ -102,13 +102,17 @@ pub(crate) async fn page<B: Backend>(
 /// The form read into a budget, or what is wrong with each field.
 fn read(form: &BudgetForm, currency: &Currency) -> Result<Budget, BudgetErrors> {
     let mut errors = BudgetErrors::default();
-    let subject = form.subject.trim().parse::<Subject>().map_err(|e| errors.subject = Some(format!("{e}."))).ok();
+    let subject = match form.subject.trim() {
+        "" => {
+            errors.subject = Some("Whose budget: device:<id>, plugin:<name> or peer:<key>.".into());
+            None
+        }
+        text => text.parse::<Subject>().map_err(|e| errors.subject = Some(format!("{e}."))).ok(),
+    };
     let period = form.period.parse::<Period>().map_err(|_| errors.period = Some("Day, week or month.".into())).ok();
     let amount = |text: &str, slot: &mut Option<String>| {
-        currency
-            .parse(text.trim())
-            .map_err(|e| *slot = Some(format!("An amount in {}, such as 2.50: {e}.", currency.code())))
-            .ok()
+        let text = text.trim();
+        currency.parse(text).map_err(|e| *slot = Some(amount_problem(text, &e, currency))).ok()
     };
     let limit = amount(&form.limit, &mut errors.limit);
     let auto_approve = amount(&form.auto_approve, &mut errors.auto_approve);
@@ -125,6 +129,18 @@ fn read(form: &BudgetForm, currency: &Currency) -> Result<Budget, BudgetErrors> 
     }
 }
 
+/// What is wrong with an amount typed into the form, in the owner's words.
+fn amount_problem(text: &str, error: &AmountError, currency: &Currency) -> String {
+    let code = currency.code();
+    match error {
+        AmountError::Empty => format!("Enter an amount in {code}, such as 2.50."),
+        _ if text.starts_with('-') => "An amount cannot be negative.".to_owned(),
+        AmountError::TooPrecise { decimals, .. } => format!("{code} has at most {decimals} decimal places."),
+        AmountError::Overflow => "That is more than this hub can count.".to_owned(),
+        _ => format!("An amount in {code}, such as 2.50 (digits, at most one '.')."),
+    }
+}
+
 pub(crate) async fn set<B: Backend>(
     State(ui): State<Ui<B>>,
     SessionForm { owner, form }: SessionForm<BudgetForm>,
@@ -137,9 +153,9 @@ pub(crate) async fn set<B: Backend>(
                 Ok(view) => {
                     let text = format!(
                         "{subject} may spend {} per {}, and is asked about anything over {}.",
-                        currency.format(view.budget.limit),
+                        money(&currency, view.budget.limit),
                         view.budget.period,
-                        currency.format(view.budget.auto_approve)
+                        money(&currency, view.budget.auto_approve)
                     );
                     return Ok(done(&ui.sessions, &owner, true, text, "/budgets"));
                 }

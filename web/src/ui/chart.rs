@@ -163,7 +163,9 @@ pub(crate) fn draw(daily: &DailySpending, currency: &Currency) -> Chart {
         }
     }
 
-    let grid = (0..=STEPS)
+    // Nothing paid: only the zero line, not a scale of single base units.
+    let grid_lines = if max == 0 { 0 } else { STEPS };
+    let grid = (0..=grid_lines)
         .map(|i| GridLine {
             y: at(baseline - plot_h * f64::from(i) / f64::from(STEPS)),
             label: money(currency, Amount::from_base_units(step.saturating_mul(u128::from(i)))),
@@ -242,20 +244,20 @@ mod tests {
         let chart = draw(&daily, &Currency::usd());
         assert_eq!(chart.bars.len(), 3, "no bar for a day with nothing");
         let (fridge, weather) = (&chart.bars[0], &chart.bars[2]);
-        assert_eq!(fridge.title, "device:fridge on 2026-11-01: 3 USD");
-        assert_eq!(weather.title, "plugin:weather on 2026-11-01: 1 USD");
+        assert_eq!(fridge.title, "device:fridge on 2026-11-01: 3.00 USD");
+        assert_eq!(weather.title, "plugin:weather on 2026-11-01: 1.00 USD");
         // Stacked: the weather bar sits on the fridge's, and together they reach the top gridline.
         assert_eq!(
             weather.y.parse::<f64>().unwrap() + weather.height.parse::<f64>().unwrap(),
             fridge.y.parse::<f64>().unwrap()
         );
         assert_eq!(weather.y, chart.grid[4].y);
-        assert_eq!(chart.grid[4].label, "4 USD");
-        assert_eq!(chart.grid[0].label, "0 USD");
+        assert_eq!(chart.grid[4].label, "4.00 USD");
+        assert_eq!(chart.grid[0].label, "0.00 USD");
         assert_eq!(chart.legend[0].name, "device:fridge");
-        assert_eq!(chart.legend[0].total, "4 USD");
+        assert_eq!(chart.legend[0].total, "4.00 USD");
         assert_ne!(chart.legend[0].fill, chart.legend[1].fill);
-        assert!(chart.summary.contains("the most, 4 USD, on 2026-11-01"), "{}", chart.summary);
+        assert!(chart.summary.contains("the most, 4.00 USD, on 2026-11-01"), "{}", chart.summary);
         assert_eq!(chart.days.iter().map(|d| d.text.as_str()).collect::<Vec<_>>(), ["11-01", "11-02", "11-03"]);
     }
 
@@ -275,6 +277,8 @@ mod tests {
         let chart = draw(&DailySpending { days: days(30), subjects: Vec::new() }, &Currency::usd());
         assert!(chart.bars.is_empty());
         assert_eq!(chart.summary, "Nothing was paid in this period.");
+        assert_eq!(chart.grid.len(), 1, "only the zero line");
+        assert_eq!(chart.grid[0].label, "0.00 USD");
         assert!(chart.days.len() <= MAX_LABELS, "{} labels", chart.days.len());
         let one_unit =
             draw(&DailySpending { days: days(1), subjects: vec![series("device:fridge", &[1])] }, &Currency::usd());

@@ -11,6 +11,7 @@
 //! | POST   | `/logout`                     | ends the session, 303 to `/login`                  |
 //! | GET    | `/`                           | the dashboard                                      |
 //! | GET    | `/approvals`                  | pending spends with approve/deny forms, recent decisions |
+//! | GET    | `/approvals/{id}`             | 303 to that approval on `/approvals`               |
 //! | POST   | `/approvals/{id}/approve`     | approves, 303 back with a message                  |
 //! | POST   | `/approvals/{id}/deny`        | denies with an optional `reason`, 303 back         |
 //! | GET    | `/spending?from=&through=&by=`| the report for a period, the daily chart, CSV link |
@@ -36,6 +37,9 @@
 //! before a password is set) and anything else is refused with 403. Every form posted from a
 //! session carries the session's CSRF token (`csrf`); the login and setup forms, which have no
 //! session yet, carry a double-submit token (`form_token`, also in a `SameSite=Strict` cookie).
+//! A form's address opened with GET is sent to the page the form is on; an address with no
+//! page gets an HTML 404 (under `/api/` a JSON one).
+//!
 //! A form without the right token, or one the browser says came from another site (`Origin`,
 //! `Sec-Fetch-Site`), is refused with 403 before anything is read from it. Bad values are shown
 //! beside their field with a 422, and nothing changes.
@@ -100,6 +104,7 @@ pub(crate) fn routes<B: Backend>(backend: Arc<B>, sessions: Arc<Sessions>) -> Ro
     Router::new()
         .route("/", get(home::dashboard::<B>))
         .route("/approvals", get(home::approvals::<B>))
+        .route("/approvals/{id}", get(approval_on_its_page))
         .route("/approvals/{id}/approve", post(home::approve::<B>))
         .route("/approvals/{id}/deny", post(home::deny::<B>))
         .route("/spending", get(spending::page::<B>))
@@ -109,6 +114,7 @@ pub(crate) fn routes<B: Backend>(backend: Arc<B>, sessions: Arc<Sessions>) -> Ro
         .route("/devices/{id}/command", post(devices::command::<B>))
         .route("/devices/{id}/remove", post(devices::remove::<B>))
         .route("/channels", get(network::channels::<B>))
+        .route("/channels/{id}", get(|| async { Redirect::to("/channels") }))
         .route("/channels/{id}/close", post(network::close_channel::<B>))
         .route("/services", get(network::services::<B>))
         .route("/peers", get(network::peers::<B>))
@@ -126,11 +132,38 @@ pub(crate) fn routes<B: Backend>(backend: Arc<B>, sessions: Arc<Sessions>) -> Ro
         .route("/setup", get(account::setup_form::<B>).post(account::setup::<B>))
         .route("/login", get(account::login_form::<B>).post(account::login::<B>))
         .route("/logout", post(account::logout::<B>))
+        .method_not_allowed_fallback(form_address)
         .route_layer(middleware::from_fn(same_origin_changes))
         .route_layer(middleware::map_response(page_headers))
         .route("/static/ui.css", get(stylesheet))
         .route("/static/live.js", get(live_script))
         .with_state(Ui { backend, sessions })
+}
+
+/// An approval's number, as the approvals page shows it (`#12`): that page, at its entry.
+async fn approval_on_its_page(axum::extract::Path(id): axum::extract::Path<String>) -> Response {
+    match id.parse::<u64>() {
+        Ok(id) => Redirect::to(&format!("/approvals#approval-{id}")).into_response(),
+        Err(_) => not_found_page(&format!("/approvals/{id}")).into_response(),
+    }
+}
+
+/// A form's address opened directly (reloaded after a refused form, typed, bookmarked): the
+/// page the form is on, one step up the path; any other method is refused.
+async fn form_address(method: Method, uri: axum::http::Uri) -> Response {
+    if method == Method::GET || method == Method::HEAD {
+        let page = match uri.path().rsplit_once('/') {
+            Some((parent, _)) if !parent.is_empty() => parent,
+            _ => "/",
+        };
+        return Redirect::to(page).into_response();
+    }
+    PageError::new(StatusCode::METHOD_NOT_ALLOWED, format!("{} does not take {method}", uri.path())).into_response()
+}
+
+/// The page for an address that has none.
+pub(crate) fn not_found_page(path: &str) -> PageError {
+    PageError::new(StatusCode::NOT_FOUND, format!("There is no page at {path}."))
 }
 
 /// Whether the browser says a request came from another site: `Sec-Fetch-Site` (every current

@@ -239,7 +239,7 @@ mod tests {
         assert_eq!(progress, 25);
         assert_eq!(settles.iso, "1970-01-01T00:35:00+00:00");
         assert_eq!((row.role, row.status, row.used_percent), ("pays", "closing", 25));
-        assert_eq!(row.spent, "2.5 USD");
+        assert_eq!(row.spent, "2.50 USD");
         let late = ChannelRow::new(&channel(closing), Timestamp(9_999), &TimeZone::UTC);
         assert_eq!(late.settling.unwrap().0, 100);
         let open = ChannelRow::new(&channel(ChannelStatus::Open), Timestamp(2_025), &TimeZone::UTC);

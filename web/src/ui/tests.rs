@@ -457,8 +457,39 @@ async fn the_approvals_page_lists_pending_spends_with_forms_and_recent_decisions
         .contains(&format!("action=\"/approvals/{PENDING_APPROVAL}/deny\""))
         .contains(&format!("<input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">"))
         .contains(&format!("<td>{APPROVED_APPROVAL}</td>"))
-        .contains("approved by admin-token");
+        .contains("approved by admin-token<br><span class=\"outcome\">paid 0.0000008 USD</span>");
     assert_eq!(csrf.len(), 64);
+}
+
+#[tokio::test]
+async fn addresses_without_a_page_answer_with_a_page_and_form_addresses_lead_to_their_form() {
+    let hub = Hub::set_up();
+    let mut browser = hub.signed_in().await;
+    let missing = browser.get("/nonexistent").await.expect(StatusCode::NOT_FOUND);
+    assert!(missing.header(header::CONTENT_TYPE).starts_with("text/html"));
+    missing.contains("There is no page at /nonexistent.").contains("Back to the dashboard");
+    browser.get("/static/nope.css").await.expect(StatusCode::NOT_FOUND).contains("There is no page");
+    // Under /api/ an unknown address stays JSON.
+    let api = browser.get("/api/v1/nothing").await.expect(StatusCode::NOT_FOUND);
+    assert!(api.header(header::CONTENT_TYPE).starts_with("application/json"));
+    // An approval's number leads to it on the approvals page.
+    browser.get("/approvals/9").await.redirects_to("/approvals#approval-9");
+    browser.get("/approvals/nine").await.expect(StatusCode::NOT_FOUND);
+    browser.get("/channels/abc").await.redirects_to("/channels");
+    // A form's address opened directly (a reload after a refused form): the form's page.
+    for (form, page) in [
+        ("/devices/fridge/command", "/devices/fridge"),
+        ("/devices/fridge/remove", "/devices/fridge"),
+        ("/plugins/solar/upgrade", "/plugins/solar"),
+        ("/plugins/solar/enable", "/plugins/solar"),
+        ("/approvals/7/approve", "/approvals/7"),
+        ("/logout", "/"),
+    ] {
+        browser.get(form).await.redirects_to(page);
+    }
+    let csrf = browser.csrf().await;
+    let wrong = browser.send(Request::delete("/budgets").header("x-csrf-token", csrf).body(Body::empty()).unwrap());
+    wrong.await.expect(StatusCode::METHOD_NOT_ALLOWED).contains("/budgets does not take DELETE");
 }
 
 #[tokio::test]
@@ -737,7 +768,7 @@ async fn the_spending_page_reports_the_month_with_a_chart_and_a_csv_link() {
         .contains("value=\"2026-11-30\"")
         .contains("<option value=\"subject\" selected>")
         .contains("<span class=\"kind\">device</span> fridge</td>")
-        .contains("<td class=\"num\">1.5 USD</td>")
+        .contains("<td class=\"num\">1.50 USD</td>")
         .contains("href=\"/api/v1/spending.csv?group_by=subject&#38;from=2026-11-01&#38;to=2026-12-01\"")
         .contains("<svg viewBox=\"0 0 760 260\" role=\"img\"")
         .contains("<title>device:fridge on 2026-11-24: 0.0000009 USD</title>")
@@ -827,7 +858,7 @@ async fn budgets_are_listed_edited_and_set_in_units() {
     browser
         .get("/budgets")
         .await
-        .contains("plugin:weather may spend 20 USD per week, and is asked about anything over 2.5 USD.")
+        .contains("plugin:weather may spend 20.00 USD per week, and is asked about anything over 2.50 USD.")
         .contains("<td>plugin:weather</td>");
     let set = hub
         .backend
@@ -865,6 +896,19 @@ async fn a_bad_budget_form_shows_each_error_beside_its_field_and_changes_nothing
         .await
         .expect(StatusCode::UNPROCESSABLE_ENTITY)
         .contains("id=\"auto_approve-error\"");
+    // Each amount's problem in the owner's words.
+    for (limit, said) in [
+        ("-5", "An amount cannot be negative."),
+        ("", "Enter an amount in USD, such as 2.50."),
+        ("0.0000000001", "USD has at most 9 decimal places."),
+        ("1".repeat(40).as_str(), "That is more than this hub can count."),
+    ] {
+        let form =
+            [("csrf", csrf.as_str()), ("subject", ""), ("period", "day"), ("limit", limit), ("auto_approve", "0")];
+        let page = browser.post("/budgets", &form).await.expect(StatusCode::UNPROCESSABLE_ENTITY);
+        page.contains(&format!("id=\"limit-error\">{said}</span>"))
+            .contains("id=\"subject-error\">Whose budget: device:&#60;id&#62;");
+    }
     // A budget from hub.toml: the hub refuses, and says so beside the subject.
     hub.backend.fail_next(BackendError::Conflict("device:fridge is set in hub.toml; change it there".to_owned()));
     let managed = [
@@ -960,7 +1004,7 @@ async fn channels_show_capacity_and_a_closing_ones_settlement_progress() {
     let hub = Hub::set_up();
     let mut browser = hub.signed_in().await;
     let page = browser.get("/channels").await.expect(StatusCode::OK);
-    page.contains("10 USD").contains("8.5 USD").contains("<progress max=\"100\" value=\"15\">").contains("settled");
+    page.contains("10.00 USD").contains("8.50 USD").contains("<progress max=\"100\" value=\"15\">").contains("settled");
     let csrf = page.field("csrf");
     let open = "1".repeat(64);
     browser.post(&format!("/channels/{open}/close"), &[("csrf", &csrf)]).await.redirects_to("/channels");

@@ -5,7 +5,9 @@
 
 use askama::Template;
 use jiff::tz::TimeZone;
-use machinomy_core::{Amount, Approval, ApprovalState, Currency, Direction, SpendingEntry, Subject, Timestamp};
+use machinomy_core::{
+    Amount, Approval, ApprovalState, Currency, Direction, SpendOutcome, SpendingEntry, Subject, Timestamp,
+};
 
 use crate::model::{BudgetView, DeviceView};
 
@@ -42,9 +44,17 @@ pub(crate) fn from_jiff(at: jiff::Timestamp) -> Timestamp {
     Timestamp(u64::try_from(at.as_second()).unwrap_or(0))
 }
 
-/// `1.5 USD`: never raw base units.
+/// `1.50 USD`, `0.000004 USD`: never raw base units, and cents shown as people write money
+/// (where the currency has them).
 pub(crate) fn money(currency: &Currency, amount: Amount) -> String {
-    currency.format(amount)
+    let text = amount.format_decimal(currency.decimals());
+    let shown = usize::from(currency.decimals().min(2));
+    let missing = match text.split_once('.') {
+        Some((_, fraction)) => shown.saturating_sub(fraction.len()),
+        None => shown,
+    };
+    let point = if missing == shown && shown > 0 { "." } else { "" };
+    format!("{text}{point}{} {}", "0".repeat(missing), currency.code())
 }
 
 /// A public key or other long id, shortened for a table cell: `02a1b2c3…e4f5`.
@@ -155,6 +165,10 @@ pub(crate) struct DecidedRow {
     pub(crate) by: String,
     pub(crate) at: When,
     pub(crate) reason: String,
+    /// What became of an approved spend's payment: paid (how much), failed (why), or empty
+    /// while it is on its way.
+    pub(crate) outcome: String,
+    pub(crate) payment_failed: bool,
 }
 
 impl DecidedRow {
@@ -177,6 +191,13 @@ impl DecidedRow {
             by,
             at: When::new(at, zone),
             reason,
+            outcome: match &approval.outcome {
+                None => String::new(),
+                Some(SpendOutcome::Paid { amount: Some(amount), .. }) => format!("paid {}", money(currency, *amount)),
+                Some(SpendOutcome::Paid { amount: None, .. }) => "paid".to_owned(),
+                Some(SpendOutcome::Failed { reason, .. }) => format!("not paid: {reason}"),
+            },
+            payment_failed: matches!(approval.outcome, Some(SpendOutcome::Failed { .. })),
         }
     }
 }
@@ -302,8 +323,17 @@ mod tests {
 
     #[test]
     fn amounts_are_in_units_with_the_code() {
-        assert_eq!(money(&Currency::usd(), Amount::from_base_units(1_500_000_000)), "1.5 USD");
-        assert_eq!(money(&Currency::usd(), Amount::from_base_units(4_000)), "0.000004 USD");
+        let usd = Currency::usd();
+        assert_eq!(money(&usd, Amount::from_base_units(1_500_000_000)), "1.50 USD");
+        assert_eq!(money(&usd, Amount::from_base_units(20_000_000_000)), "20.00 USD");
+        assert_eq!(money(&usd, Amount::ZERO), "0.00 USD");
+        assert_eq!(money(&usd, Amount::from_base_units(1_250_000_000)), "1.25 USD");
+        assert_eq!(money(&usd, Amount::from_base_units(4_000)), "0.000004 USD");
+        let whole = Currency::new("JPY", 0).unwrap();
+        assert_eq!(money(&whole, Amount::from_base_units(150)), "150 JPY");
+        let tenths = Currency::new("XTN", 1).unwrap();
+        assert_eq!(money(&tenths, Amount::from_base_units(15)), "1.5 XTN");
+        assert_eq!(money(&tenths, Amount::from_base_units(10)), "1.0 XTN");
     }
 
     #[test]

@@ -651,7 +651,8 @@ async fn spending(args: &SpendingArgs, client: &Client, json: bool) -> Result<()
     let (from, to) = day_range(args)?;
     for (name, day) in [("from", from), ("to", to)] {
         if let Some(day) = day {
-            query.push_str(&format!("&{name}={}", day.secs()));
+            // As a date: the hub reads it as that day's midnight in the home's time zone.
+            query.push_str(&format!("&{name}={}", day.date_string()));
         }
     }
     if args.csv {
@@ -663,7 +664,7 @@ async fn spending(args: &SpendingArgs, client: &Client, json: bool) -> Result<()
     output::show(json, &report, || output::spending(&report))
 }
 
-/// `--from` and `--to` as midnights UTC, `--from` before `--to`.
+/// `--from` and `--to` as days that exist (held as their midnights UTC), `--from` before `--to`.
 fn day_range(args: &SpendingArgs) -> Result<(Option<Timestamp>, Option<Timestamp>)> {
     let from = args.from.as_deref().map(|day| parse_day("--from", day)).transpose()?;
     let to = args.to.as_deref().map(|day| parse_day("--to", day)).transpose()?;

@@ -255,11 +255,10 @@ pub(crate) fn approval(a: &Approval, currency: &Currency) -> String {
     );
     match &a.outcome {
         None => {}
-        Some(SpendOutcome::Paid { at, channel: Some(channel) }) => {
-            let _ = writeln!(out, "outcome    paid at {} on channel {channel}", when(*at));
-        }
-        Some(SpendOutcome::Paid { at, channel: None }) => {
-            let _ = writeln!(out, "outcome    paid at {}", when(*at));
+        Some(SpendOutcome::Paid { at, channel, amount }) => {
+            let paid = amount.map(|amount| format!(" {}", currency.format(amount))).unwrap_or_default();
+            let on = channel.map(|channel| format!(" on channel {channel}")).unwrap_or_default();
+            let _ = writeln!(out, "outcome    paid{paid} at {}{on}", when(*at));
         }
         Some(SpendOutcome::Failed { at, reason }) => {
             let _ = writeln!(out, "outcome    failed at {}: {}", when(*at), clean(reason));
@@ -832,7 +831,7 @@ mod tests {
         let at = Timestamp::from_civil(2026, 11, 24);
         approval.outcome = Some(machinomy_core::SpendOutcome::Failed { at, reason: "unreachable".to_owned() });
         assert!(approval_state(&approval).ends_with(", payment failed"), "{}", approval_state(&approval));
-        approval.outcome = Some(machinomy_core::SpendOutcome::Paid { at, channel: None });
+        approval.outcome = Some(machinomy_core::SpendOutcome::Paid { at, channel: None, amount: None });
         assert!(approval_state(&approval).ends_with(", paid"), "{}", approval_state(&approval));
     }
 
