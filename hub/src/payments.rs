@@ -7,10 +7,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 
 use machinomy_core::{
-    Acceptance, Amount, Approval, ApprovalError, Budget, ChannelError, ChannelId, ChannelTerms, Currency, Decision,
-    DenyReason, Direction, Period, Promise, PromiseError, PublicKey, ReceiverChannel, SenderChannel, SigningKey,
-    SpendOutcome, SpendRequest, SpendingEntry, StreamVerifier, Subject, Tick, Timestamp, Verdict, committed_since,
-    evaluate,
+    Acceptance, Amount, Approval, ApprovalError, ApprovalState, Budget, ChannelError, ChannelId, ChannelTerms,
+    Currency, Decision, DenyReason, Direction, Period, Promise, PromiseError, PublicKey, ReceiverChannel,
+    SenderChannel, SigningKey, SpendOutcome, SpendRequest, SpendingEntry, StreamVerifier, Subject, Tick, Timestamp,
+    Verdict, committed_since, evaluate,
 };
 use serde::Serialize;
 use tokio::sync::broadcast;
@@ -199,9 +199,25 @@ impl Payments {
     ) -> Result<Payments, PaymentError> {
         let channels =
             store.channels()?.into_iter().map(|record| (record.id(), Arc::new(Mutex::new(record)))).collect();
-        let pending = store.approvals()?.into_iter().filter(Approval::is_pending).map(|a| (a.id, a)).collect();
+        let approvals = store.approvals()?;
+        // Approved but never paid: the hub stopped between the decision and the payment (a
+        // payment is written in the same batch as its outcome). Nothing will pay them now, so
+        // they stop holding their budget.
+        let unpaid: Vec<Approval> = approvals
+            .iter()
+            .filter(|a| a.outcome.is_none())
+            .filter_map(|a| match a.state {
+                ApprovalState::Approved { at, .. } => {
+                    let reason = "the hub stopped before paying it".to_owned();
+                    Some(Approval { outcome: Some(SpendOutcome::Failed { at, reason }), ..a.clone() })
+                }
+                _ => None,
+            })
+            .collect();
+        let pending = approvals.into_iter().filter(Approval::is_pending).map(|a| (a.id, a)).collect();
         let next_approval_id = store.next_approval_id()?;
-        let writes: Vec<Write<'_>> = budgets.iter().map(Write::Budget).collect();
+        let mut writes: Vec<Write<'_>> = budgets.iter().map(Write::Budget).collect();
+        writes.extend(unpaid.iter().map(Write::Approval));
         if !writes.is_empty() {
             store.write(&writes)?;
             store.commit().await?;

@@ -382,9 +382,14 @@ async fn decisions_and_pending_requests_survive_a_restart() {
     assert_eq!(books.budgets().unwrap(), vec![fridge_budget()]);
     let all = books.approvals(false, NOW).await.unwrap();
     assert_eq!(all.len(), 2);
+    let decided = all.iter().find(|a| a.id == approved.id).unwrap();
+    assert!(matches!(decided.state, ApprovalState::Approved { ref by, .. } if by == "owner"));
+    // Approved but not paid when the hub stopped: nothing pays it now, so it holds no budget.
     assert!(
-        matches!(all.iter().find(|a| a.id == approved.id).unwrap().state, ApprovalState::Approved { ref by, .. } if by == "owner")
+        matches!(&decided.outcome, Some(SpendOutcome::Failed { reason, .. }) if reason == "the hub stopped before paying it"),
+        "{decided:?}"
     );
+    assert_eq!(books.spent_this_period(&fridge_budget(), NOW).await.unwrap(), Amount::ZERO);
     let still_pending = books.approvals(true, NOW).await.unwrap();
     assert_eq!(still_pending.iter().map(|a| a.id).collect::<Vec<_>>(), vec![pending.id]);
     let next = books.request_spend(request(1, "device:fridge"), NOW).await.unwrap();

@@ -28,7 +28,8 @@ pub const TOPIC_ROOT: &str = "machinomy";
 pub const MAX_PAYLOAD: usize = 64 * 1024;
 /// Domain tag of the bytes a device signs for a spend request.
 pub const SPEND_REQUEST_DOMAIN: &[u8] = b"machinomy-spend-request-v1";
-const MAX_REQUEST_ID: usize = 64;
+/// The longest spend request id, in bytes.
+pub const MAX_REQUEST_ID: usize = 64;
 const MAX_MEMO: usize = 256;
 const MAX_BODY: usize = 16 * 1024;
 
@@ -357,6 +358,9 @@ pub struct SpendResultMessage {
 pub struct ErrorMessage {
     pub topic: String,
     pub error: String,
+    /// The refused spend request's id, when it could be read, so the device knows which one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 #[cfg(test)]

@@ -175,7 +175,7 @@ pub(super) async fn relay_reports(
             BleReport::Error { error, .. } => {
                 warn!(%device, %error, "a BLE device sent what its profile cannot read");
                 if let Some(mqtt) = mqtt {
-                    mqtt.publish_error(&device, &format!("ble:{device}"), &error).await;
+                    mqtt.publish_error(&device, &format!("ble:{device}"), &error, None).await;
                 }
             }
         }

@@ -56,8 +56,8 @@ impl Publisher {
     }
 
     /// Tells a device, on its `error` topic, what the hub could not accept from `topic`.
-    pub(super) async fn publish_error(&self, id: &DeviceId, topic: &str, error: &str) {
-        let _ = self.publish(TopicKind::Error.topic(id), error_payload(topic, error), false).await;
+    pub(super) async fn publish_error(&self, id: &DeviceId, topic: &str, error: &str, request_id: Option<&str>) {
+        let _ = self.publish(TopicKind::Error.topic(id), error_payload(topic, error, request_id), false).await;
     }
 
     /// Clears what the hub published for a removed device (its Home Assistant entities).
@@ -74,8 +74,10 @@ impl Publisher {
     }
 }
 
-fn error_payload(topic: &str, error: &str) -> Vec<u8> {
-    serde_json::to_vec(&ErrorMessage { topic: topic.to_owned(), error: error.to_owned() }).unwrap_or_default()
+fn error_payload(topic: &str, error: &str, request_id: Option<&str>) -> Vec<u8> {
+    let message =
+        ErrorMessage { topic: topic.to_owned(), error: error.to_owned(), request_id: request_id.map(str::to_owned) };
+    serde_json::to_vec(&message).unwrap_or_default()
 }
 
 pub(super) struct Client {
@@ -261,7 +263,7 @@ impl Client {
     /// Tells a device, on its `error` topic, what the hub could not accept.
     fn refuse(&self, id: &DeviceId, topic: &str, error: &str) {
         debug!(device = %id, topic, error, "refused a device message");
-        self.publisher.try_publish(TopicKind::Error.topic(id), error_payload(topic, error), false);
+        self.publisher.try_publish(TopicKind::Error.topic(id), error_payload(topic, error, None), false);
     }
 
     /// Announces a device's state fields to Home Assistant, once per field.

@@ -83,14 +83,25 @@ impl Worker {
 
     async fn request(&self, device: DeviceId, payload: Vec<u8>) {
         let topic = TopicKind::SpendRequest.topic(&device);
-        let verified = match self.verify(&device, &payload) {
-            Ok(verified) => verified,
-            Err(error) => return self.refuse(&device, &topic, &error).await,
+        let message = match SpendRequestMessage::parse(&payload) {
+            Ok(message) => message,
+            Err(error) => return self.refuse(&device, &topic, &error.to_string(), None).await,
         };
-        let key = (device.clone(), verified.request_id.clone());
+        let id = message.request_id.clone();
+        let verified = match self.verify(&device, message) {
+            Ok(verified) => verified,
+            Err(error) => {
+                // Echoed only when it is an id a device could have meant.
+                let readable = !id.is_empty()
+                    && id.len() <= machinomy_core::device::MAX_REQUEST_ID
+                    && !id.chars().any(char::is_control);
+                return self.refuse(&device, &topic, &error, readable.then_some(id.as_str())).await;
+            }
+        };
+        let key = (device.clone(), id.clone());
         let fresh = self.in_flight.lock().map(|mut set| set.insert(key.clone())).unwrap_or(false);
         if !fresh {
-            return self.refuse(&device, &topic, &format!("request {} is already being handled", key.1)).await;
+            return self.refuse(&device, &topic, &format!("request {id} is already being handled"), Some(&id)).await;
         }
         let result = self.decide_and_pay(&device, verified).await;
         if let Ok(mut set) = self.in_flight.lock() {
@@ -98,17 +109,16 @@ impl Worker {
         }
         match result {
             Ok(answer) => self.answer(&device, &answer).await,
-            Err(error) => self.refuse(&device, &topic, &error).await,
+            Err(error) => self.refuse(&device, &topic, &error, Some(&id)).await,
         }
     }
 
-    fn verify(&self, device: &DeviceId, payload: &[u8]) -> Result<VerifiedSpendRequest, String> {
+    fn verify(&self, device: &DeviceId, message: SpendRequestMessage) -> Result<VerifiedSpendRequest, String> {
         let key = self
             .bridge
             .registry()
             .spend_key(device)
             .ok_or_else(|| format!("device {device} registered no key, so it cannot spend"))?;
-        let message = SpendRequestMessage::parse(payload).map_err(|e| e.to_string())?;
         message.verify(device, &key).map_err(|e| e.to_string())
     }
 
@@ -158,9 +168,10 @@ impl Worker {
     /// Pays an approved spend and says how it went.
     async fn pay(&self, approval: &Approval, target: &SpendTarget, body: String) -> SpendResultMessage {
         let outcome = match target {
+            // The memo as the device wrote it: which device paid is this home's business (the
+            // ledger keeps it as the subject), not the payee's.
             SpendTarget::Payee(payee) => {
-                let memo = format!("{} ({})", approval.request.memo, approval.request.subject);
-                self.market.pay_with_approval(payee, &memo, approval).await.map(|_| None)
+                self.market.pay_with_approval(payee, &approval.request.memo, approval).await.map(|_| None)
             }
             SpendTarget::Service(service) => self
                 .market
@@ -228,9 +239,9 @@ impl Worker {
         }
     }
 
-    async fn refuse(&self, device: &DeviceId, topic: &str, error: &str) {
+    async fn refuse(&self, device: &DeviceId, topic: &str, error: &str, request_id: Option<&str>) {
         if let Some(mqtt) = &self.bridge.inner.mqtt {
-            mqtt.publish_error(device, topic, error).await;
+            mqtt.publish_error(device, topic, error, request_id).await;
         }
     }
 }

@@ -168,6 +168,7 @@ async fn a_paired_device_reports_takes_commands_and_pays_inside_its_budget() {
         .unwrap();
     let replay = next_on(&mut fridge, "machinomy/fridge/error").await;
     assert!(replay["error"].as_str().unwrap().contains("used already"), "{replay}");
+    assert_eq!(replay["request_id"], "r1", "the device is told which request was refused");
     let mut forged: Value = serde_json::from_slice(&spend("fridge", &key, "r3", 1500, payee_key)).unwrap();
     forged["amount"] = json!("1000");
     fridge
@@ -195,6 +196,7 @@ async fn a_paired_device_reports_takes_commands_and_pays_inside_its_budget() {
     fridge.publish("machinomy/fridge/spend/request", QoS::AtLeastOnce, false, to_self).await.unwrap();
     let refused = next_on(&mut fridge, "machinomy/fridge/error").await;
     assert!(refused["error"].as_str().unwrap().contains("this hub itself"), "{refused}");
+    assert_eq!(refused["request_id"], "r5");
     assert!(paired.next_steps.iter().any(|step| step.contains("client id \"fridge\"")), "{:?}", paired.next_steps);
 
     // Both hubs' books agree: 4500 base units went from the fridge to the grocer.

@@ -99,7 +99,7 @@ async fn usage_errors_exit_non_zero() {
         (vec!["budget", "set", "device:tv"], "not provided: --period <PERIOD>, --limit <LIMIT>"),
         (vec!["spending", "--by", "colour"], "colour"),
         (vec!["approvals", "approve"], "the following required arguments were not provided: <ID>"),
-        (vec!["budget"], "`budget` needs a subcommand: list, set"),
+        (vec!["budget"], "`budget` needs a subcommand: list, set, remove"),
         (vec!["channel"], "`channel` needs a subcommand: list, show, close"),
         (set("-5", "1"), "--limit: amount \"-5\" is not a plain decimal number"),
         (set("1", "-0.5"), "--auto-approve: amount \"-0.5\" is not a plain decimal number"),
@@ -195,6 +195,18 @@ async fn text_from_devices_and_peers_is_escaped_and_a_closing_channel_says_when_
     let out = hub.cli(&args).await.unwrap();
     assert_eq!(out.status.code(), Some(2), "{out}");
     assert!(out.error_line().unwrap().ends_with("machinomy-hub: --auto-approve 2 USD is above --limit 1 USD"), "{out}");
+
+    // A budget set here can be removed; the one from hub.toml and one that is not there cannot.
+    let args = ["budget", "set", "device:lamp", "--period", "week", "--limit", "3", "--auto-approve", "1"];
+    hub.cli(&args).await.unwrap().ok().unwrap();
+    let removed = hub.cli(&["budget", "remove", "device:lamp"]).await.unwrap();
+    assert!(removed.ok().unwrap().starts_with("removed the budget of device:lamp"), "{removed}");
+    let listed = hub.cli(&["budget", "list"]).await.unwrap();
+    assert!(!listed.ok().unwrap().contains("device:lamp"), "{listed}");
+    let again = hub.cli(&["budget", "remove", "device:lamp"]).await.unwrap();
+    assert!(again.error_line().unwrap().contains("device:lamp has no budget"), "{again}");
+    let managed = hub.cli(&["budget", "remove", "device:tv"]).await.unwrap();
+    assert!(managed.error_line().unwrap().contains("set in the config file"), "{managed}");
 
     let id = approval.to_string();
     let reason = "no\u{1b}[31m\u{202e}way";

@@ -121,6 +121,7 @@ fn api_routes() -> Vec<(Method, String)> {
         (Method::POST, format!("/api/v1/channels/{}/close", hex(OPEN_CHANNEL))),
         (Method::GET, "/api/v1/budgets".to_owned()),
         (Method::PUT, "/api/v1/budgets".to_owned()),
+        (Method::DELETE, "/api/v1/budgets/device:fridge".to_owned()),
         (Method::GET, "/api/v1/approvals".to_owned()),
         (Method::GET, format!("/api/v1/approvals/{PENDING_APPROVAL}")),
         (Method::POST, format!("/api/v1/approvals/{PENDING_APPROVAL}/approve")),
@@ -345,6 +346,16 @@ async fn putting_a_budget_creates_it() {
         assert_eq!(budget.budget.period, Period::Month);
         assert_eq!(budget.budget.auto_approve, Amount::ZERO);
     });
+}
+
+#[tokio::test]
+async fn deleting_a_budget_removes_it_once() {
+    let h = harness();
+    let removed = h.delete("/api/v1/budgets/device:fridge").await.expect(StatusCode::OK).json();
+    assert_eq!((removed["subject"].as_str(), removed["limit"].as_str()), (Some("device:fridge"), Some("5000")));
+    h.backend.with_state(|s| assert!(s.budgets.is_empty()));
+    h.delete("/api/v1/budgets/device:fridge").await.expect_error(StatusCode::NOT_FOUND, "device:fridge has no budget");
+    h.delete("/api/v1/budgets/fridge").await.expect_error(StatusCode::BAD_REQUEST, "fridge");
 }
 
 #[tokio::test]

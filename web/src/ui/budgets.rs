@@ -171,6 +171,29 @@ pub(crate) async fn set<B: Backend>(
     Ok(invalid(&budgets_page(&ui, &owner, form, errors).await?))
 }
 
+#[derive(Clone, Debug, Default, Deserialize)]
+pub(crate) struct RemoveForm {
+    #[serde(default)]
+    subject: String,
+}
+
+/// Removes a budget; the answer is a message on the budgets page either way.
+pub(crate) async fn remove<B: Backend>(
+    State(ui): State<Ui<B>>,
+    SessionForm { owner, form }: SessionForm<RemoveForm>,
+) -> Result<Response, PageError> {
+    let Ok(subject) = form.subject.parse::<Subject>() else {
+        let text = format!("{:?} is not a budget's subject.", form.subject);
+        return Ok(done(&ui.sessions, &owner, false, text, "/budgets"));
+    };
+    let (ok, text) = match ui.backend.remove_budget(subject.clone()).await {
+        Ok(_) => (true, format!("Removed the budget of {subject}: it may spend nothing until it has one again.")),
+        Err(BackendError::NotFound(m) | BackendError::Conflict(m)) => (false, m),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(done(&ui.sessions, &owner, ok, text, "/budgets"))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 mod tests {

@@ -17,6 +17,7 @@
 //! | GET    | `/spending?from=&through=&by=`| the report for a period, the daily chart, CSV link |
 //! | GET    | `/budgets`                    | budgets with their spend, and the form to set one  |
 //! | POST   | `/budgets`                    | sets a budget (`subject`, `period`, `limit`, `auto_approve` in units) |
+//! | POST   | `/budgets/remove`             | removes the budget of `subject`                    |
 //! | GET    | `/devices`                    | the registry, and the form to pair a device        |
 //! | POST   | `/devices`                    | pairs a device; its credentials are shown once     |
 //! | GET    | `/devices/{id}`               | one device: state, availability, command form      |
@@ -109,6 +110,7 @@ pub(crate) fn routes<B: Backend>(backend: Arc<B>, sessions: Arc<Sessions>) -> Ro
         .route("/approvals/{id}/deny", post(home::deny::<B>))
         .route("/spending", get(spending::page::<B>))
         .route("/budgets", get(budgets::page::<B>).post(budgets::set::<B>))
+        .route("/budgets/remove", post(budgets::remove::<B>))
         .route("/devices", get(devices::list::<B>).post(devices::pair::<B>))
         .route("/devices/{id}", get(devices::show::<B>))
         .route("/devices/{id}/command", post(devices::command::<B>))

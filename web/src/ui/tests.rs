@@ -865,6 +865,24 @@ async fn budgets_are_listed_edited_and_set_in_units() {
         .with_state(|s| s.budgets.iter().find(|b| b.budget.subject.to_string() == "plugin:weather").cloned());
     let set = set.unwrap().budget;
     assert_eq!((set.limit.base_units(), set.auto_approve.base_units()), (20_000_000_000, 2_500_000_000));
+
+    // Each budget has a button that removes it; a second removal says there is none.
+    let page = browser.get("/budgets").await;
+    page.contains("<form method=\"post\" action=\"/budgets/remove\" class=\"inline\">")
+        .contains("name=\"subject\" value=\"plugin:weather\"");
+    let remove = [("csrf", csrf.as_str()), ("subject", "plugin:weather")];
+    browser.post("/budgets/remove", &remove).await.redirects_to("/budgets");
+    browser
+        .get("/budgets")
+        .await
+        .contains("Removed the budget of plugin:weather: it may spend nothing until it has one again.")
+        .lacks("<td>plugin:weather</td>");
+    browser.post("/budgets/remove", &remove).await.redirects_to("/budgets");
+    browser.get("/budgets").await.contains("plugin:weather has no budget");
+    let forged = [("csrf", "0".repeat(64)), ("subject", "device:fridge".to_owned())];
+    let forged: Vec<(&str, &str)> = forged.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    browser.post("/budgets/remove", &forged).await.expect(StatusCode::FORBIDDEN);
+    assert_eq!(hub.backend.with_state(|s| s.budgets.len()), 1, "the fridge's budget stays");
 }
 
 #[tokio::test]

@@ -195,6 +195,11 @@ enum BudgetCommand {
         #[arg(long, allow_negative_numbers = true)]
         auto_approve: String,
     },
+    /// Remove a budget: its subject may spend nothing until it has one again
+    Remove {
+        /// device:<id>, plugin:<name> or peer:<id>
+        subject: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -381,6 +386,9 @@ fn check(command: &Command) -> Result<()> {
     match command {
         Command::Channel(ChannelCommand::Show { id } | ChannelCommand::Close { id }) => {
             channel_id(id)?;
+        }
+        Command::Budget(BudgetCommand::Remove { subject }) => {
+            parse_subject(subject)?;
         }
         Command::Budget(BudgetCommand::Set { subject, limit, auto_approve, .. }) => {
             parse_subject(subject)?;
@@ -612,6 +620,11 @@ async fn admin(command: &Command, client: &Client, json: bool) -> Result<()> {
             let budget = budget_from_args(&status.currency, subject, *period, limit, auto_approve)?;
             let view: BudgetView = client.put("/api/v1/budgets", &budget).await?;
             output::show(json, &view, || output::budgets(std::slice::from_ref(&view)))
+        }
+        Command::Budget(BudgetCommand::Remove { subject }) => {
+            let subject = parse_subject(subject)?;
+            let removed: Budget = client.delete(&format!("/api/v1/budgets/{subject}")).await?;
+            output::show(json, &removed, || output::budget_removed(&removed.subject))
         }
         Command::Approvals(ApprovalCommand::List { all }) => {
             let state = if *all { "all" } else { "pending" };

@@ -194,6 +194,10 @@ pub(crate) fn budgets(budgets: &[BudgetView]) -> String {
     out
 }
 
+pub(crate) fn budget_removed(subject: &machinomy_core::Subject) -> String {
+    format!("removed the budget of {}: it may spend nothing until it has one again\n", clean(&subject.to_string()))
+}
+
 fn approval_state(a: &Approval) -> String {
     match &a.state {
         ApprovalState::Pending => format!("pending, expires {}", when(a.expires_at)),
