@@ -3,7 +3,9 @@
 
 Every import must come from module `machinomy` with a name and signature the ABI lists;
 every export the ABI names must have its signature; `memory`, `machinomy_abi_version` and
-`machinomy_alloc` must be there. Exits non-zero, naming each problem, if a module does not.
+`machinomy_alloc` must be there. When `machinomy_abi_version`'s body is a constant (as the SDK's
+is), the version it returns must be the ABI's; otherwise only the hub can tell, at install.
+Exits non-zero, naming each problem, if a module does not pass.
 
 Usage: check-wasm.py [--abi sdk/src/abi.rs] plugin.wasm...
 """
@@ -47,6 +49,14 @@ def abi_tables(abi_rs):
     return imports, exports
 
 
+def abi_version(abi_rs):
+    """The ABI_VERSION constant of abi.rs."""
+    found = re.search(r"pub const ABI_VERSION: i32 = (\d+);", Path(abi_rs).read_text(encoding="utf-8"))
+    if not found:
+        raise SystemExit(f"{abi_rs}: found no ABI_VERSION")
+    return int(found.group(1))
+
+
 class Reader:
     def __init__(self, data):
         self.data, self.pos = data, 0
@@ -65,6 +75,17 @@ class Reader:
             if not b & 0x80:
                 return result
 
+    def s32(self):
+        result, shift = 0, 0
+        while True:
+            b = self.byte()
+            result |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                if b & 0x40:
+                    result -= 1 << shift
+                return result
+
     def name(self):
         n = self.u32()
         s = self.data[self.pos : self.pos + n].decode("utf-8")
@@ -79,7 +100,8 @@ class Reader:
 
 
 def read_module(path):
-    """(imports [(module, name, kind, sig)], exports {name: (kind, sig)})."""
+    """(imports [(module, name, kind, sig)], exports {name: (kind, sig)}, the constant
+    machinomy_abi_version returns or None when its body is not just `i32.const N`)."""
     data = Path(path).read_bytes()
     if data[:8] != b"\0asm\x01\0\0\0":
         raise ValueError("not a wasm module (version 1)")
@@ -87,6 +109,8 @@ def read_module(path):
     r.pos = 8
     types, func_types, imports, exports = [], [], [], {}
     imported_funcs = 0
+    version_index = None
+    version = None
     while r.pos < len(data):
         section, size = r.byte(), r.u32()
         end = r.pos + size
@@ -125,10 +149,28 @@ def read_module(path):
                     local = index - imported_funcs
                     sig = func_types[local] if local >= 0 else None
                     exports[name] = ("func", sig)
+                    if name == "machinomy_abi_version" and local >= 0:
+                        version_index = local
                 else:
                     exports[name] = ({1: "table", 2: "memory", 3: "global"}.get(kind, "?"), None)
+        elif section == 10 and version_index is not None:  # code
+            for i in range(r.u32()):
+                body_size = r.u32()
+                body_end = r.pos + body_size
+                if i == version_index:
+                    version = constant_body(data[r.pos : body_end])
+                r.pos = body_end
         r.pos = end
-    return imports, exports
+    return imports, exports, version
+
+
+def constant_body(body):
+    """N when a function body is exactly `i32.const N` `end` with no locals, else None."""
+    r = Reader(body)
+    if r.u32() != 0 or r.byte() != 0x41:  # no local declarations; i32.const
+        return None
+    n = r.s32()
+    return n if r.pos == len(body) - 1 and body[-1] == 0x0B else None
 
 
 def fmt(sig):
@@ -136,9 +178,9 @@ def fmt(sig):
     return f"({', '.join(params)})" + (f" -> {results[0]}" if results else "")
 
 
-def check(path, abi_imports, abi_exports):
+def check(path, abi_imports, abi_exports, abi_v):
     problems = []
-    imports, exports = read_module(path)
+    imports, exports, version = read_module(path)
     for module, name, kind, sig in imports:
         if module != "machinomy":
             problems.append(f"imports {module}.{name}: only module machinomy is provided")
@@ -147,8 +189,12 @@ def check(path, abi_imports, abi_exports):
         elif kind != "func" or sig != abi_imports[name]:
             problems.append(f"imports machinomy.{name} as {fmt(sig) if sig else kind}; the ABI says {fmt(abi_imports[name])}")
     for name in REQUIRED_EXPORTS:
-        if name not in exports:
+        if name == "machinomy_abi_version" and name not in exports:
+            problems.append(f"does not export {name} (did the plugin call `machinomy_sdk::export_plugin!`?)")
+        elif name not in exports:
             problems.append(f"does not export {name}")
+    if version is not None and version != abi_v:
+        problems.append(f"machinomy_abi_version returns {version}; this ABI is v{abi_v}, so the hub refuses it")
     if exports.get("memory", ("memory", None))[0] != "memory":
         problems.append("exports memory, but not as a memory")
     for name, (kind, sig) in exports.items():
@@ -161,7 +207,7 @@ def check(path, abi_imports, abi_exports):
         elif kind != "func" or sig != wanted:
             problems.append(f"exports {name} as {fmt(sig) if sig else kind}; the ABI says {fmt(wanted)}")
     used = sorted(name for module, name, _, _ in imports if module == "machinomy")
-    return problems, used, sorted(n for n in exports if n in abi_exports)
+    return problems, used, sorted(n for n in exports if n in abi_exports), version
 
 
 def main(argv):
@@ -172,18 +218,24 @@ def main(argv):
         print(__doc__, file=sys.stderr)
         return 2
     abi_imports, abi_exports = abi_tables(abi_rs)
+    abi_v = abi_version(abi_rs)
     failed = False
     for path in argv:
         try:
-            problems, used, exported = check(path, abi_imports, abi_exports)
+            problems, used, exported, version = check(path, abi_imports, abi_exports, abi_v)
         except (ValueError, IndexError, UnicodeDecodeError) as e:
-            problems, used, exported = [f"unreadable: {e}"], [], []
+            problems, used, exported, version = [f"unreadable: {e}"], [], [], None
         if problems:
             failed = True
             for problem in problems:
                 print(f"check-wasm: {path}: {problem}", file=sys.stderr)
+            continue
+        if version is None:
+            # Only running the function tells; the hub does that at install.
+            verdict = f"ABI v{abi_v} imports and exports ok (the hub checks the version machinomy_abi_version returns at install)"
         else:
-            print(f"check-wasm: {Path(path).name}: ABI v1 ok; imports {', '.join(used)}; exports {', '.join(exported)}")
+            verdict = f"ABI v{abi_v} ok (machinomy_abi_version returns {version})"
+        print(f"check-wasm: {Path(path).name}: {verdict}; imports {', '.join(used)}; exports {', '.join(exported)}")
     return 1 if failed else 0
 
 

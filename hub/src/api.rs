@@ -15,7 +15,7 @@ use crate::bridge::{BridgeError, Device};
 use crate::hub::{Hub, now};
 use crate::market::MarketError;
 use crate::payments::PaymentError;
-use crate::plugin::{Installed, Package, PluginError, Plugins};
+use crate::plugin::{Installed, Package, PluginError, Plugins, Upgraded};
 use crate::store::ChannelRecord;
 use crate::store::DeviceKind;
 
@@ -320,7 +320,12 @@ impl Backend for Hub {
         Ok(done)
     }
 
-    async fn upgrade_plugin(&self, name: String, upload: PluginUpload) -> Result<PluginInstalled, BackendError> {
+    async fn upgrade_plugin(
+        &self,
+        name: String,
+        upload: PluginUpload,
+        config: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<PluginInstalled, BackendError> {
         let plugins = self.plugins_or_unavailable()?;
         // The host upgrades whichever plugin the manifest names: it must be the one asked for.
         if let Some(found) = manifest_name(&upload.manifest)
@@ -330,7 +335,7 @@ impl Backend for Hub {
         }
         // A manifest whose name that quick look cannot read is refused by the host's strict parse.
         let package = Package { manifest: upload.manifest, wasm: upload.wasm };
-        let done = installed(plugins.upgrade(package).await?);
+        let done = upgraded(plugins.upgrade(package, config.into_iter().collect()).await?);
         self.tell_pages(LiveEvent::Plugin { name });
         Ok(done)
     }
@@ -408,7 +413,21 @@ fn installed(installed: Installed) -> PluginInstalled {
         Installed::Ready(view) => (InstallStatus::Ready, view),
         Installed::AwaitingApproval(view) => (InstallStatus::AwaitingApproval, view),
     };
-    PluginInstalled { status, plugin: plugin_view(plugin) }
+    PluginInstalled::install(status, plugin_view(plugin))
+}
+
+fn upgraded(upgraded: Upgraded) -> PluginInstalled {
+    let mut answer = installed(upgraded.installed);
+    // The version asked for: the one running now, or the one waiting for approval.
+    let new_version = match (&answer.status, &answer.plugin.pending_upgrade) {
+        (InstallStatus::AwaitingApproval, Some(pending)) => &pending.version,
+        _ => &answer.plugin.version,
+    };
+    answer.downgrade =
+        machinomy_core::plugin::compare_versions(new_version, &upgraded.from_version) == std::cmp::Ordering::Less;
+    answer.previous_version = Some(upgraded.from_version);
+    answer.replaced_upgrade = upgraded.replaced;
+    answer
 }
 
 fn plugin_view(view: crate::plugin::PluginView) -> PluginView {

@@ -17,6 +17,11 @@ use machinomy_sdk::abi;
 
 /// Every test module's imports, allocator and ABI version; `$body` adds the entry points.
 fn module(memory_pages: u32, body: &str) -> Vec<u8> {
+    module_speaking(abi::ABI_VERSION, memory_pages, body)
+}
+
+/// [`module`], its `machinomy_abi_version` returning `abi_version`.
+fn module_speaking(abi_version: i32, memory_pages: u32, body: &str) -> Vec<u8> {
     let text = format!(
         r#"(module
   (import "machinomy" "log" (func $log (param i32 i32 i32)))
@@ -26,9 +31,10 @@ fn module(memory_pages: u32, body: &str) -> Vec<u8> {
   (import "machinomy" "kv_get" (func $kv_get (param i32 i32 i32 i32) (result i32)))
   (import "machinomy" "kv_set" (func $kv_set (param i32 i32 i32 i32) (result i32)))
   (import "machinomy" "spend" (func $spend (param i32 i32 i32 i32 i32 i32) (result i64)))
+  (import "machinomy" "call_service" (func $call_service (param i32 i32 i32 i32 i32 i32) (result i64)))
   (memory (export "memory") {memory_pages})
   ;; Scratch for the host's arguments: one buffer from 32 KiB, reused by every event.
-  (func (export "machinomy_abi_version") (result i32) i32.const 1)
+  (func (export "machinomy_abi_version") (result i32) i32.const {abi_version})
   (func (export "machinomy_alloc") (param $n i32) (result i32)
     (if (result i32) (i32.le_u (local.get $n) (i32.const 16384)) (then i32.const 32768) (else i32.const 0)))
   ;; Stores an i32 under the one-byte key at address 200 ("r").
@@ -96,8 +102,14 @@ impl Harness {
 
     /// Stops everything and starts again on the same data.
     async fn restart(&mut self) {
+        self.restart_after(|_| {}).await;
+    }
+
+    /// Stops everything, lets `meanwhile` change the data dir, and starts again on it.
+    async fn restart_after(&mut self, meanwhile: impl FnOnce(&Path)) {
         self.tasks.take().unwrap().shutdown().await;
         self.hub.take().unwrap().stop().await;
+        meanwhile(self.dir.path());
         let (hub, plugins, tasks) = Self::open(self.dir.path(), SigningKey::from_bytes(&[9; 32])).await;
         self.hub = Some(hub);
         self.plugins = plugins;
@@ -398,6 +410,12 @@ async fn modules_and_manifests_that_cannot_run_are_refused_at_install_and_leave_
     )
     .unwrap();
     refuse(package("wasi", "", wasi), "may only import from \"machinomy\"").await;
+    let no_version = wat::parse_str(
+        r#"(module (memory (export "memory") 1) (func (export "machinomy_alloc") (param i32) (result i32) i32.const 0))"#,
+    )
+    .unwrap();
+    refuse(package("noversion", "", no_version), "(did the plugin call `machinomy_sdk::export_plugin!`?)").await;
+    refuse(package("abi2", "", module_speaking(2, 1, "")), "it speaks plugin ABI 2; this hub speaks 1").await;
     let no_alloc = wat::parse_str(
         r#"(module (memory (export "memory") 1) (func (export "machinomy_abi_version") (result i32) i32.const 1))"#,
     )
@@ -437,15 +455,21 @@ async fn an_upgrade_asking_for_more_waits_for_the_owner_while_the_old_version_ru
     };
     h.install(v("1.0.0", "[grants]\nsubscribe = [\"machinomy/+/state\"]")).await;
     // Narrower: applied at once.
-    let Installed::Ready(view) =
-        h.plugins.upgrade(v("1.1.0", "[grants]\nsubscribe = [\"machinomy/fridge/state\"]")).await.unwrap()
+    let Installed::Ready(view) = h
+        .plugins
+        .upgrade(v("1.1.0", "[grants]\nsubscribe = [\"machinomy/fridge/state\"]"), Overrides::new())
+        .await
+        .unwrap()
+        .installed
     else {
         panic!("a narrower upgrade waits")
     };
     assert_eq!(view.version, "1.1.0");
     // Wider than what is approved now (1.1.0's grants): waits.
     let wider = "[grants]\nsubscribe = [\"machinomy/+/state\"]\npublish = [\"machinomy/fridge/cmd/#\"]";
-    let Installed::AwaitingApproval(view) = h.plugins.upgrade(v("2.0.0", wider)).await.unwrap() else {
+    let Installed::AwaitingApproval(view) =
+        h.plugins.upgrade(v("2.0.0", wider), Overrides::new()).await.unwrap().installed
+    else {
         panic!("a wider upgrade was applied without the owner")
     };
     assert_eq!(view.version, "1.1.0");
@@ -458,7 +482,7 @@ async fn an_upgrade_asking_for_more_waits_for_the_owner_while_the_old_version_ru
     assert!(approved.grants.may_publish("machinomy/fridge/cmd/open"));
     assert!(matches!(h.plugins.approve("up").await, Err(PluginError::NothingToApprove(_))));
     let wrong = Package { manifest: manifest("other", ""), wasm: counter() };
-    assert!(matches!(h.plugins.upgrade(wrong).await, Err(PluginError::Unknown(_))));
+    assert!(matches!(h.plugins.upgrade(wrong, Overrides::new()).await, Err(PluginError::Unknown(_))));
     h.stop().await;
 }
 
@@ -556,4 +580,164 @@ async fn a_plugin_sells_a_service_that_a_peer_buys() {
     assert!(buyer.market.call("echo", b"ping".to_vec(), &Subject::Device("tester".into())).await.is_err());
     buyer.stop().await;
     seller.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_speaking_another_abi_is_refused_at_upgrade_and_one_installed_before_is_quarantined() {
+    let mut h = Harness::start().await;
+    h.install(package("legacy", "", counter())).await;
+    h.install(package("steady", "", counter())).await;
+
+    // Refused at upgrade with the install's words; the running version stays.
+    let newer = Package { manifest: manifest("steady", "").replace("1.0.0", "1.1.0"), wasm: module_speaking(2, 1, "") };
+    let error = h.plugins.upgrade(newer, Overrides::new()).await.expect_err("an ABI 2 upgrade");
+    assert!(error.to_string().contains("it speaks plugin ABI 2; this hub speaks 1"), "{error}");
+    let steady = h.show("steady").await;
+    assert_eq!((steady.version.as_str(), steady.running), ("1.0.0", true));
+
+    // One installed before the hub checked at install: its module is swapped for an ABI 2 one.
+    h.restart_after(|dir| {
+        for entry in std::fs::read_dir(dir.join("plugins/legacy")).unwrap() {
+            let path = entry.unwrap().path();
+            match path.extension().and_then(|e| e.to_str()) {
+                Some("wasm") => std::fs::write(&path, module_speaking(2, 1, "")).unwrap(),
+                _ => std::fs::remove_file(&path).unwrap(),
+            }
+        }
+    })
+    .await;
+    let reason = quarantined(&h, "legacy").await;
+    assert!(reason.contains("it speaks plugin ABI 2; this hub speaks 1"), "{reason}");
+    assert!(!h.show("legacy").await.running, "never reported as running");
+    // Enabling it cannot make it run: it is quarantined again at once, with the same reason.
+    let view = h.plugins.set_enabled("legacy", true).await.unwrap();
+    assert!(!view.running, "{view:?}");
+    assert!(matches!(&view.state, PluginState::Quarantined { reason } if reason.contains("plugin ABI 2")), "{view:?}");
+    assert!(h.show("steady").await.running);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugins_log_and_refusals_survive_quarantine_disable_and_enable() {
+    let h = Harness::start().await;
+    // Logs, is refused twice, calls spend with a bad payee, and traps on every timer.
+    let moody = module(
+        1,
+        &format!(
+            r#"
+  (data (i32.const 300) "machinomy/door/#")
+  (data (i32.const 400) "hello from moody")
+  (data (i32.const 500) "weather.forecast")
+  (data (i32.const 520) "99999999")
+  (data (i32.const 540) "zz")
+  (data (i32.const 550) "10")
+  (func (export "on_start")
+    (call $log (i32.const {info}) (i32.const 400) (i32.const 16))
+    (drop (call $subscribe (i32.const 300) (i32.const 16)))
+    (drop (call $call_service (i32.const 500) (i32.const 16) (i32.const 0) (i32.const 0) (i32.const 520) (i32.const 8)))
+    (drop (call $spend (i32.const 540) (i32.const 2) (i32.const 550) (i32.const 2) (i32.const 0) (i32.const 0)))
+    (drop (call $set_timer (i64.const 10) (i32.const 1))))
+  (func (export "on_timer") (param i64) unreachable)
+"#,
+            info = abi::LOG_INFO
+        ),
+    );
+    let grants = "[grants]\n[[grants.call]]\nservice = \"weather.forecast\"\nmax_price = \"2000\"\n\
+                  [grants.budget]\nperiod = \"day\"\nlimit = \"100000\"\nauto_approve = \"100\"";
+    h.install(package("moody", grants, moody)).await;
+    quarantined(&h, "moody").await;
+    let before = h.show("moody").await;
+    let texts = |view: &PluginView| view.recent.iter().map(|l| l.text.clone()).collect::<Vec<_>>();
+    let logged = texts(&before);
+    assert_eq!(before.refused, 2, "{logged:?}");
+    assert!(logged.contains(&"hello from moody".to_owned()), "{logged:?}");
+    assert!(logged.contains(&"subscribe to machinomy/door/#".to_owned()), "{logged:?}");
+    // Amounts in the hub's currency, as everywhere else the owner reads them.
+    let buy = "buy weather.forecast at up to 0.099999999 USD (granted up to 0.000002 USD)";
+    assert!(logged.contains(&buy.to_owned()), "{logged:?}");
+    // Which argument was invalid, which the ABI's ERR_INVALID cannot say.
+    assert!(logged.iter().any(|l| l.starts_with("spend: the payee is not a peer's public key")), "{logged:?}");
+    assert_eq!(before.recent.iter().filter(|l| l.level == "fault").count(), 3, "{logged:?}");
+
+    let disabled = h.plugins.set_enabled("moody", false).await.unwrap();
+    assert_eq!((disabled.refused, disabled.recent.clone()), (2, before.recent.clone()));
+    let enabled = h.plugins.set_enabled("moody", true).await.unwrap();
+    assert!(enabled.refused >= 2, "{enabled:?}");
+    assert!(enabled.recent.starts_with(&before.recent), "the log goes on: {:?}", texts(&enabled));
+    assert!(enabled.recent.len() > before.recent.len(), "the new run logs too");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_may_go_back_names_a_waiting_upgrade_it_replaces_and_keeps_the_owners_config() {
+    let h = Harness::start().await;
+    let v = |version: &str, grants: &str, wasm: Vec<u8>| Package {
+        manifest: format!("name = \"up\"\nversion = \"{version}\"\n{grants}\n[config]\na = 0\nb = 0\n"),
+        wasm,
+    };
+    let set = |key: &str, value: i64| Overrides::from([(key.to_owned(), serde_json::json!(value))]);
+    let Installed::Ready(_) = h.plugins.install(v("0.3.0", "", counter()), set("a", 1)).await.unwrap() else {
+        panic!("not ready")
+    };
+
+    // Back to an older version: allowed, and the answer says from which.
+    let back = h.plugins.upgrade(v("0.1.0", "", counter()), set("b", 2)).await.unwrap();
+    assert_eq!((back.from_version.as_str(), back.replaced.clone()), ("0.3.0", None));
+    let Installed::Ready(view) = back.installed else { panic!("a downgrade asking for nothing more waits") };
+    assert_eq!(view.version, "0.1.0");
+    assert_eq!(serde_json::Value::Object(view.config), serde_json::json!({"a": 1, "b": 2}), "config carries over");
+
+    // One asking for more waits; the next upgrade replaces it and says so, leaving no files of it.
+    let wider = "[grants]\nsubscribe = [\"machinomy/fridge/state\"]";
+    let waiting = h.plugins.upgrade(v("0.4.0", wider, module(2, "")), Overrides::new()).await.unwrap();
+    assert!(matches!(waiting.installed, Installed::AwaitingApproval(_)));
+    let replacing = h.plugins.upgrade(v("0.2.0", "", counter()), Overrides::new()).await.unwrap();
+    assert_eq!(replacing.replaced.as_deref(), Some("0.4.0"));
+    let Installed::Ready(view) = replacing.installed else { panic!("not ready") };
+    assert_eq!((view.version.as_str(), view.pending_upgrade), ("0.2.0", None));
+    let modules: Vec<PathBuf> = std::fs::read_dir(h.dir.path().join("plugins/up"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
+        .collect();
+    assert_eq!(modules.len(), 1, "{modules:?}");
+    h.stop().await;
+}
+
+/// `plugins/check-wasm.py` on a module; (exit code, stdout, stderr).
+fn check_wasm(dir: &Path, file: &str, wasm: &[u8]) -> (i32, String, String) {
+    let path = dir.join(file);
+    std::fs::write(&path, wasm).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/check-wasm.py");
+    let out = std::process::Command::new("python3").arg(script).arg(&path).output().expect("python3");
+    let text = |bytes: Vec<u8>| String::from_utf8(bytes).unwrap();
+    (out.status.code().unwrap_or(-1), text(out.stdout), text(out.stderr))
+}
+
+#[test]
+fn check_wasm_says_which_abi_version_a_module_returns_and_when_only_the_hub_can_tell() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out, _) = check_wasm(dir.path(), "one.wasm", &module(1, ""));
+    assert_eq!(code, 0);
+    assert!(out.contains("one.wasm: ABI v1 ok (machinomy_abi_version returns 1)"), "{out}");
+
+    let (code, _, err) = check_wasm(dir.path(), "two.wasm", &module_speaking(2, 1, ""));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("machinomy_abi_version returns 2; this ABI is v1"), "{err}");
+
+    // A version computed at run time: the signature is all a reader of the file can check.
+    let computed = wat::parse_str(
+        r#"(module (memory (export "memory") 1)
+           (func (export "machinomy_abi_version") (result i32) (i32.add (i32.const 1) (i32.const 1)))
+           (func (export "machinomy_alloc") (param i32) (result i32) i32.const 0))"#,
+    )
+    .unwrap();
+    let (code, out, _) = check_wasm(dir.path(), "computed.wasm", &computed);
+    assert_eq!(code, 0);
+    assert!(out.contains("the hub checks the version machinomy_abi_version returns at install"), "{out}");
+    assert!(!out.contains("ABI v1 ok"), "{out}");
+
+    let bare = wat::parse_str(r#"(module (memory (export "memory") 1))"#).unwrap();
+    let (_, _, err) = check_wasm(dir.path(), "bare.wasm", &bare);
+    assert!(err.contains("does not export machinomy_abi_version (did the plugin call"), "{err}");
 }

@@ -286,9 +286,33 @@ fn with<R>(f: impl FnOnce(&mut State) -> R) -> R {
 }
 
 /// Clears everything: config, grants, devices, kv, timers, requests, messages, logs, failures;
-/// the clock back at [`START_MS`].
+/// the clock back at [`START_MS`]. From the first `reset` on, a panic is logged as the SDK logs
+/// it on the hub (see [`logs`]).
 pub fn reset() {
+    record_panics();
     with(|s| *s = State::new());
+}
+
+/// Makes a panic log its message and place at [`Level::Error`] in the panicking thread's mock
+/// log, as the SDK does on the hub before the panic traps the plugin, so a test that catches it
+/// (`std::panic::catch_unwind`) can check what the owner would read. The panic is then reported
+/// as before (the test harness prints it).
+fn record_panics() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let message = crate::plugin::panic_line(&info.to_string());
+            // A panic inside the mock itself (state borrowed) or during thread exit logs nothing
+            // rather than panicking again.
+            let _ = STATE.try_with(|state| {
+                if let Ok(mut state) = state.try_borrow_mut() {
+                    state.logs.push(LogLine { level: Level::Error, message });
+                }
+            });
+            previous(info);
+        }));
+    });
 }
 
 /// Loads a plugin's `plugin.toml` as the hub would (strictly: unknown keys and bad values are an
@@ -461,7 +485,9 @@ pub fn subscriptions() -> Vec<String> {
     with(|s| s.subscriptions.clone())
 }
 
-/// Every log line since the last [`reset`] or [`take_logs`].
+/// Every log line since the last [`reset`] or [`take_logs`]: the plugin's own, a panic's
+/// message (at `Error`, as on the hub), and the mock's word on an argument it found invalid (at
+/// `Debug`, starting `host: `), which the ABI's [`Error::Invalid`] cannot carry.
 pub fn logs() -> Vec<LogLine> {
     with(|s| s.logs.clone())
 }
@@ -598,6 +624,40 @@ pub(crate) mod host {
             return Err(abi::ERR_TOO_LARGE);
         }
         text(bytes).map(str::to_string)
+    }
+
+    /// Logs which argument of `call` was invalid (at `Debug`, so counts of the plugin's own
+    /// warnings and errors stay as they are), then gives the code back.
+    fn explain(s: &mut State, call: &str, why: impl FnOnce() -> String, code: i32) -> i32 {
+        if code == abi::ERR_INVALID {
+            let message = format!("host: {call}: {}", why());
+            eprintln!("plugin debug: {message}");
+            s.logs.push(LogLine { level: Level::Debug, message });
+        }
+        code
+    }
+
+    fn shown(bytes: &[u8]) -> String {
+        format!("{:?}", String::from_utf8_lossy(bytes))
+    }
+
+    /// The (peer, amount, memo) of `spend`, `invoice` and `stream_tick`, each refusal explained.
+    fn peer_amount_memo(
+        s: &mut State,
+        call: &str,
+        role: &str,
+        (peer_bytes, amount_bytes, memo_bytes): (&[u8], &[u8], &[u8]),
+    ) -> Result<(String, Amount, String), i32> {
+        let peer = peer(peer_bytes).map_err(|code| {
+            let why = || format!("the {role} {} is not a peer's public key (64 hex digits)", shown(peer_bytes));
+            explain(s, call, why, code)
+        })?;
+        let amount = positive(amount_bytes).map_err(|code| {
+            let why = || format!("the amount {} is not a decimal amount of base units above zero", shown(amount_bytes));
+            explain(s, call, why, code)
+        })?;
+        let memo = memo(memo_bytes).map_err(|code| explain(s, call, || "the memo is not UTF-8".to_string(), code))?;
+        Ok((peer.to_string(), amount, memo))
     }
 
     fn granted(allowed: bool) -> Result<(), i32> {
@@ -759,7 +819,7 @@ pub(crate) mod host {
     pub(crate) fn spend(payee: &[u8], amount_bytes: &[u8], memo_bytes: &[u8]) -> i64 {
         code64(with(|s| {
             injected(s, Import::Spend)?;
-            let (payee, amount, memo) = (peer(payee)?.to_string(), positive(amount_bytes)?, memo(memo_bytes)?);
+            let (payee, amount, memo) = peer_amount_memo(s, "spend", "payee", (payee, amount_bytes, memo_bytes))?;
             if let Some(grants) = s.grants() {
                 granted(grants.pay)?;
             }
@@ -770,8 +830,18 @@ pub(crate) mod host {
     pub(crate) fn call_service(service: &[u8], body: &[u8], max_price: &[u8]) -> i64 {
         code64(with(|s| {
             injected(s, Import::CallService)?;
-            let service = self::service(service)?.to_string();
-            let max_price = amount(max_price)?;
+            let name = service;
+            let service = self::service(name)
+                .map_err(|code| {
+                    let why = || format!("the service {} is not a service name", shown(name));
+                    explain(s, "call_service", why, code)
+                })?
+                .to_string();
+            let price = max_price;
+            let max_price = amount(price).map_err(|code| {
+                let why = || format!("the most it may cost, {}, is not a decimal amount of base units", shown(price));
+                explain(s, "call_service", why, code)
+            })?;
             if body.len() > abi::MAX_PAYLOAD {
                 return Err(abi::ERR_TOO_LARGE);
             }
@@ -786,7 +856,7 @@ pub(crate) mod host {
     pub(crate) fn invoice(peer_bytes: &[u8], amount_bytes: &[u8], memo_bytes: &[u8]) -> i64 {
         code64(with(|s| {
             injected(s, Import::Invoice)?;
-            let (peer, amount, memo) = (peer(peer_bytes)?.to_string(), positive(amount_bytes)?, memo(memo_bytes)?);
+            let (peer, amount, memo) = peer_amount_memo(s, "invoice", "payer", (peer_bytes, amount_bytes, memo_bytes))?;
             if let Some(grants) = s.grants() {
                 granted(grants.invoice)?;
             }
@@ -797,7 +867,7 @@ pub(crate) mod host {
     pub(crate) fn stream_tick(payee: &[u8], price: &[u8], memo_bytes: &[u8]) -> i64 {
         code64(with(|s| {
             injected(s, Import::StreamTick)?;
-            let (payee, price, memo) = (peer(payee)?.to_string(), positive(price)?, memo(memo_bytes)?);
+            let (payee, price, memo) = peer_amount_memo(s, "stream_tick", "payee", (payee, price, memo_bytes))?;
             if let Some(grants) = s.grants() {
                 granted(grants.pay)?;
             }
@@ -935,6 +1005,37 @@ mod tests {
         fail_next(Import::Invoice, Error::Busy);
         assert_eq!(money::invoice(&peer, Amount(1), ""), Err(Error::Busy));
         assert_eq!(money::invoice(&peer, Amount(1), "").unwrap(), RequestId(5));
+    }
+
+    #[test]
+    fn an_invalid_argument_is_named_in_the_log() {
+        reset();
+        assert_eq!(money::spend("zz", Amount(1), ""), Err(Error::Invalid));
+        assert!(logged(Level::Debug, r#"host: spend: the payee "zz" is not a peer's public key"#), "{:?}", logs());
+        assert_eq!(money::invoice(&"ab".repeat(32), Amount(0), ""), Err(Error::Invalid));
+        assert!(logged(Level::Debug, r#"host: invoice: the amount "0" is not"#), "{:?}", logs());
+        assert_eq!(money::call_service("no spaces", b"{}", Amount(1)), Err(Error::Invalid));
+        assert!(logged(Level::Debug, r#"host: call_service: the service "no spaces""#), "{:?}", logs());
+        assert!(!logs().iter().any(|l| l.level == Level::Warn || l.level == Level::Error));
+    }
+
+    #[test]
+    fn a_panic_is_logged_as_on_the_hub() {
+        #[derive(Default)]
+        struct Fragile;
+        impl Plugin for Fragile {
+            fn on_message(&mut self, topic: &str, _payload: &[u8]) {
+                panic!("no meter configured for {topic}");
+            }
+        }
+        reset();
+        let mut plugin = Fragile;
+        let fault = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| plugin.on_message("m/state", b"{}")));
+        assert!(fault.is_err());
+        let logs = logs();
+        assert_eq!(logs.len(), 1, "{logs:?}");
+        assert_eq!(logs[0].level, Level::Error);
+        assert!(logs[0].message.starts_with("panicked") && logs[0].message.contains("no meter configured for m/state"));
     }
 
     #[test]

@@ -196,8 +196,7 @@ impl EventLayout {
 
 /// A panic's report as one log line: `panicked at …` (the wording differs between Rust
 /// versions), its lines joined.
-#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
-fn panic_line(report: &str) -> String {
+pub(crate) fn panic_line(report: &str) -> String {
     let line = report.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ");
     if line.starts_with("panicked") {
         line

@@ -29,7 +29,7 @@
 //! | GET    | `/api/v1/plugins`                 | `[PluginView]`                           |
 //! | POST   | `/api/v1/plugins`                 | 201 [`PluginInstalled`]; body: [`NewPlugin`]; 409 if the name is taken |
 //! | GET    | `/api/v1/plugins/{name}`          | [`PluginView`]                           |
-//! | PUT    | `/api/v1/plugins/{name}`          | [`PluginInstalled`]; body: [`PluginUpgrade`] of the same plugin |
+//! | PUT    | `/api/v1/plugins/{name}`          | [`PluginInstalled`] (with the version before); body: [`PluginUpgrade`] of the same plugin |
 //! | DELETE | `/api/v1/plugins/{name}`          | 204                                      |
 //! | POST   | `/api/v1/plugins/{name}/approve`  | [`PluginView`]; applies the upgrade waiting for approval (409 if none) |
 //! | POST   | `/api/v1/plugins/{name}/enable`   | [`PluginView`]; also clears a quarantine |
@@ -438,7 +438,7 @@ async fn upgrade_plugin<B: Backend>(
 ) -> Result<Json<PluginInstalled>, ApiError> {
     check_plugin_name(&name)?;
     let upload = PluginUpload { wasm: decode_wasm(&upgrade.wasm)?, manifest: upgrade.manifest };
-    Ok(Json(backend.upgrade_plugin(name, upload).await?))
+    Ok(Json(backend.upgrade_plugin(name, upload, upgrade.config).await?))
 }
 
 async fn remove_plugin<B: Backend>(

@@ -129,11 +129,13 @@ pub trait Backend: Send + Sync + 'static {
         config: serde_json::Map<String, serde_json::Value>,
     ) -> impl Future<Output = Result<PluginInstalled, BackendError>> + Send;
     /// Replaces plugin `name` with a new version; its manifest must name the same plugin
-    /// (`Invalid` otherwise). One asking for more waits for [`Backend::approve_plugin`].
+    /// (`Invalid` otherwise). One asking for more waits for [`Backend::approve_plugin`]. The
+    /// owner's config overrides carry over, with `config` on top.
     fn upgrade_plugin(
         &self,
         name: String,
         upload: PluginUpload,
+        config: serde_json::Map<String, serde_json::Value>,
     ) -> impl Future<Output = Result<PluginInstalled, BackendError>> + Send;
     /// Applies the upgrade waiting for approval: `Conflict` when there is none.
     fn approve_plugin(&self, name: String) -> impl Future<Output = Result<PluginView, BackendError>> + Send;

@@ -427,6 +427,10 @@ pub struct PluginUpgrade {
     pub manifest: String,
     /// The module (`.wasm`), base64 (standard alphabet, padded).
     pub wasm: String,
+    /// Settings to change with the upgrade, on top of the owner's current overrides (which
+    /// carry over); applied when the new version is, so with an approval if it waits for one.
+    #[serde(default)]
+    pub config: serde_json::Map<String, serde_json::Value>,
 }
 
 /// What an install or an upgrade did.
@@ -445,4 +449,21 @@ pub enum InstallStatus {
 pub struct PluginInstalled {
     pub status: InstallStatus,
     pub plugin: PluginView,
+    /// For an upgrade: the version that ran before; `null` for an install.
+    #[serde(default)]
+    pub previous_version: Option<String>,
+    /// For an upgrade: whether its version is older than the one before (a rollback, allowed).
+    #[serde(default)]
+    pub downgrade: bool,
+    /// For an upgrade: the version of an upgrade that waited for approval, which this one
+    /// replaced.
+    #[serde(default)]
+    pub replaced_upgrade: Option<String>,
+}
+
+impl PluginInstalled {
+    /// The answer to an install.
+    pub fn install(status: InstallStatus, plugin: PluginView) -> PluginInstalled {
+        PluginInstalled { status, plugin, previous_version: None, downgrade: false, replaced_upgrade: None }
+    }
 }

@@ -890,11 +890,16 @@ impl Backend for MemoryBackend {
             };
             let view = plugin.view.clone();
             s.plugins.insert(at, plugin);
-            Ok(PluginInstalled { status: InstallStatus::Ready, plugin: view })
+            Ok(PluginInstalled::install(InstallStatus::Ready, view))
         })
     }
 
-    async fn upgrade_plugin(&self, name: String, upload: PluginUpload) -> Result<PluginInstalled, BackendError> {
+    async fn upgrade_plugin(
+        &self,
+        name: String,
+        upload: PluginUpload,
+        config: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<PluginInstalled, BackendError> {
         self.call(|s| {
             let manifest = plugin_manifest(&upload.manifest)?;
             if manifest.name != name {
@@ -906,16 +911,29 @@ impl Backend for MemoryBackend {
             let now = s.now;
             let plugin = s.plugins.iter_mut().find(|p| p.view.name == name).ok_or_else(|| no_plugin(&name))?;
             check_module(&upload.wasm)?;
+            let previous_version = Some(plugin.view.version.clone());
+            let downgrade = machinomy_core::plugin::compare_versions(&manifest.version, &plugin.view.version)
+                == std::cmp::Ordering::Less;
+            let replaced_upgrade = plugin.pending.take().map(|(pending, _)| pending.version);
+            // The double applies the new settings at once, also for an upgrade that waits.
+            plugin.overrides.extend(config);
+            let answer = |status, plugin: PluginView| PluginInstalled {
+                status,
+                plugin,
+                previous_version,
+                downgrade,
+                replaced_upgrade,
+            };
             let mut asks_for = manifest.grants.widening(&plugin.manifest.grants, &s.status.currency);
             asks_for.extend(manifest.limits.widening(&plugin.manifest.limits));
             if asks_for.is_empty() {
                 plugin.apply(manifest, upload.wasm, now);
-                return Ok(PluginInstalled { status: InstallStatus::Ready, plugin: plugin.view.clone() });
+                return Ok(answer(InstallStatus::Ready, plugin.view.clone()));
             }
             plugin.view.pending_upgrade = Some(PendingUpgrade { version: manifest.version.clone(), asks_for });
             plugin.view.updated_at = now;
             plugin.pending = Some((manifest, upload.wasm));
-            Ok(PluginInstalled { status: InstallStatus::AwaitingApproval, plugin: plugin.view.clone() })
+            Ok(answer(InstallStatus::AwaitingApproval, plugin.view.clone()))
         })
     }
 

@@ -558,10 +558,64 @@ impl FaultCounter {
     }
 }
 
+/// Orders two manifest versions the way people read them: dot-separated parts compared as
+/// numbers when both are numbers ("0.10.0" after "0.9.1"), else as text; a version with a
+/// pre-release or build suffix (`-rc1`, `+git`) comes before the same version without one.
+pub fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    let split = |v: &str| -> (String, Option<String>) {
+        match v.split_once(['-', '+']) {
+            Some((core, suffix)) => (core.to_owned(), Some(suffix.to_owned())),
+            None => (v.to_owned(), None),
+        }
+    };
+    let ((a_core, a_suffix), (b_core, b_suffix)) = (split(a), split(b));
+    let mut a_parts = a_core.split('.');
+    let mut b_parts = b_core.split('.');
+    loop {
+        let order = match (a_parts.next(), b_parts.next()) {
+            (None, None) => break,
+            // A missing part is a zero: "1.0" is "1.0.0".
+            (Some(x), None) => x.parse::<u64>().map_or(Ordering::Greater, |n| n.cmp(&0)),
+            (None, Some(y)) => y.parse::<u64>().map_or(Ordering::Less, |n| 0.cmp(&n)),
+            (Some(x), Some(y)) => match (x.parse::<u64>(), y.parse::<u64>()) {
+                (Ok(x), Ok(y)) => x.cmp(&y),
+                _ => x.cmp(y),
+            },
+        };
+        if order != Ordering::Equal {
+            return order;
+        }
+    }
+    match (a_suffix, b_suffix) {
+        (None, None) => Ordering::Equal,
+        (Some(_), None) => Ordering::Less,
+        (None, Some(_)) => Ordering::Greater,
+        (Some(x), Some(y)) => x.cmp(&y),
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn versions_are_ordered_as_people_read_them() {
+        use std::cmp::Ordering::{Equal, Greater, Less};
+        for (a, b, order) in [
+            ("0.1.0", "0.3.0", Less),
+            ("0.10.0", "0.9.1", Greater),
+            ("1.0", "1.0.0", Equal),
+            ("1.0.1", "1.0", Greater),
+            ("2.0.0-rc1", "2.0.0", Less),
+            ("2.0.0", "2.0.0", Equal),
+            ("1.a", "1.b", Less),
+        ] {
+            assert_eq!(compare_versions(a, b), order, "{a} vs {b}");
+            assert_eq!(compare_versions(b, a), order.reverse(), "{b} vs {a}");
+        }
+    }
 
     fn manifest(toml_grants: Grants) -> Manifest {
         Manifest {

@@ -6,7 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use machinomy_core::plugin::{Grants, check_filter, check_topic};
-use machinomy_core::{Amount, PublicKey};
+use machinomy_core::{Amount, Currency, PublicKey};
 use machinomy_sdk::abi;
 use tokio::sync::{mpsc, oneshot};
 use wasmtime::{Caller, Linker, Memory, StoreLimits};
@@ -50,6 +50,8 @@ pub(crate) struct HostContext {
     pub(crate) bridge: Option<Bridge>,
     pub(crate) devices: Arc<DeviceStates>,
     pub(crate) money: Option<mpsc::Sender<MoneyRequest>>,
+    /// The hub's currency, for amounts in the owner's log lines.
+    pub(crate) currency: Currency,
 }
 
 /// A timer a plugin set.
@@ -136,6 +138,19 @@ impl Session {
     /// Whether a message on `topic` goes to this plugin.
     pub(crate) fn wants(&self, topic: &str) -> bool {
         self.subscriptions.iter().any(|f| machinomy_core::plugin::topic_matches(f, topic))
+    }
+
+    /// An amount as the owner reads it elsewhere in the hub ("2.50 USD"), not in base units.
+    fn money(&self, amount: Amount) -> String {
+        self.ctx.currency.format(amount)
+    }
+
+    /// Tells the owner (and the author, in `plugin show`) which argument made a call invalid:
+    /// the ABI answers only `ERR_INVALID`.
+    fn invalid(&mut self, call: &str, why: &str) -> i32 {
+        tracing::debug!(target: "plugin", plugin = %self.name, "{call}: {why}");
+        self.remember("invalid", format!("{call}: {why}"));
+        abi::ERR_INVALID
     }
 
     fn refuse(&mut self, what: String) -> i32 {
@@ -521,10 +536,11 @@ pub(crate) fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let args = peer_amount_memo(memory, pp, pl, ap, al, mp, ml)?;
             let (payee, amount, memo) = match args {
                 Ok(args) => args,
-                Err(code) => return Ok(i64::from(code)),
+                Err(bad) => return Ok(i64::from(bad.answer(&mut state.session, "spend", "payee"))),
             };
             if !state.session.grants.pay {
-                return Ok(i64::from(state.session.refuse(format!("pay {amount} to {payee}"))));
+                let what = format!("pay {} to {payee}", state.session.money(amount));
+                return Ok(i64::from(state.session.refuse(what)));
             }
             Ok(queue(state, Order::Pay { payee, amount, memo }))
         },
@@ -544,10 +560,11 @@ pub(crate) fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let (memory, state) = parts(&mut caller)?;
             let (payee, price, memo) = match peer_amount_memo(memory, pp, pl, ap, al, mp, ml)? {
                 Ok(args) => args,
-                Err(code) => return Ok(i64::from(code)),
+                Err(bad) => return Ok(i64::from(bad.answer(&mut state.session, "stream_tick", "payee"))),
             };
             if !state.session.grants.pay {
-                return Ok(i64::from(state.session.refuse(format!("stream {price} per tick to {payee}"))));
+                let what = format!("stream {} per tick to {payee}", state.session.money(price));
+                return Ok(i64::from(state.session.refuse(what)));
             }
             Ok(queue(state, Order::Tick { payee, price, memo }))
         },
@@ -567,10 +584,11 @@ pub(crate) fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let (memory, state) = parts(&mut caller)?;
             let (payer, amount, memo) = match peer_amount_memo(memory, pp, pl, ap, al, mp, ml)? {
                 Ok(args) => args,
-                Err(code) => return Ok(i64::from(code)),
+                Err(bad) => return Ok(i64::from(bad.answer(&mut state.session, "invoice", "payer"))),
             };
             if !state.session.grants.invoice {
-                return Ok(i64::from(state.session.refuse(format!("invoice {payer} for {amount}"))));
+                let what = format!("invoice {payer} for {}", state.session.money(amount));
+                return Ok(i64::from(state.session.refuse(what)));
             }
             Ok(queue(state, Order::Invoice { payer, amount, memo }))
         },
@@ -593,17 +611,28 @@ pub(crate) fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             }
             let service = match guest_str(memory, sp, sl.min(65))? {
                 Ok(s) if machinomy_core::wire::valid_service_name(s) => s.to_owned(),
-                _ => return Ok(i64::from(abi::ERR_INVALID)),
+                _ => {
+                    let why = "the service is not a service name (1 to 64 of a-z, A-Z, 0-9, '-', '_', '.')";
+                    return Ok(i64::from(state.session.invalid("call_service", why)));
+                }
             };
             let max_price = match guest_str(memory, mp, ml.min(40))?.ok().and_then(parse_amount) {
                 Some(a) => a,
-                None => return Ok(i64::from(abi::ERR_INVALID)),
+                None => {
+                    let why = "the most it may cost is not a decimal amount of base units";
+                    return Ok(i64::from(state.session.invalid("call_service", why)));
+                }
             };
             match state.session.grants.call_limit(&service) {
                 Some(limit) if max_price <= limit => {}
                 Some(limit) => {
-                    let what = format!("buy {service} at up to {max_price} (granted up to {limit})");
-                    return Ok(i64::from(state.session.refuse(what)));
+                    let session = &mut state.session;
+                    let what = format!(
+                        "buy {service} at up to {} (granted up to {})",
+                        session.money(max_price),
+                        session.money(limit)
+                    );
+                    return Ok(i64::from(session.refuse(what)));
                 }
                 None => return Ok(i64::from(state.session.refuse(format!("buy {service}")))),
             }
@@ -632,8 +661,29 @@ pub(crate) fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     Ok(())
 }
 
-/// The (peer, amount, memo) arguments of `spend`, `stream_tick` and `invoice`; `Err` is the
-/// code to return.
+/// Which of the (peer, amount, memo) arguments was invalid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BadArgument {
+    Peer,
+    Amount,
+    Memo,
+}
+
+impl BadArgument {
+    /// Records why in the plugin's log and gives the ABI's code; `peer` names the first
+    /// argument as the call does (payee, payer).
+    fn answer(self, session: &mut Session, call: &str, peer: &str) -> i32 {
+        let why = match self {
+            BadArgument::Peer => format!("the {peer} is not a peer's public key (64 hex digits)"),
+            BadArgument::Amount => "the amount is not a decimal amount of base units above zero".to_owned(),
+            BadArgument::Memo => "the memo is not UTF-8 text".to_owned(),
+        };
+        session.invalid(call, &why)
+    }
+}
+
+/// The (peer, amount, memo) arguments of `spend`, `stream_tick` and `invoice`; `Err` says
+/// which one is invalid.
 #[allow(clippy::too_many_arguments)]
 fn peer_amount_memo(
     memory: &[u8],
@@ -643,21 +693,21 @@ fn peer_amount_memo(
     al: i32,
     mp: i32,
     ml: i32,
-) -> wasmtime::Result<Result<(PublicKey, Amount, String), i32>> {
+) -> wasmtime::Result<Result<(PublicKey, Amount, String), BadArgument>> {
     let peer = match guest_str(memory, pp, pl.min(200))? {
         Ok(text) => match text.parse::<PublicKey>() {
             Ok(peer) => peer,
-            Err(_) => return Ok(Err(abi::ERR_INVALID)),
+            Err(_) => return Ok(Err(BadArgument::Peer)),
         },
-        Err(code) => return Ok(Err(code)),
+        Err(_) => return Ok(Err(BadArgument::Peer)),
     };
     let amount = match guest_str(memory, ap, al.min(40))?.ok().and_then(parse_amount) {
         Some(amount) if amount > Amount::ZERO => amount,
-        _ => return Ok(Err(abi::ERR_INVALID)),
+        _ => return Ok(Err(BadArgument::Amount)),
     };
     let memo = match guest_str(memory, mp, ml.min(abi::MAX_TEXT as i32))? {
         Ok(memo) => cut(memo),
-        Err(code) => return Ok(Err(code)),
+        Err(_) => return Ok(Err(BadArgument::Memo)),
     };
     Ok(Ok((peer, amount, cut_memo(&memo))))
 }

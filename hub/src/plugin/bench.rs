@@ -45,7 +45,13 @@ impl HostDispatch {
             .await
             .map_err(|e| PluginError::Runtime(e.to_string()))?;
         let (input_tx, input) = mpsc::channel(16);
-        let ctx = HostContext { store: Some(books.clone()), bridge: None, devices: Default::default(), money: None };
+        let ctx = HostContext {
+            store: Some(books.clone()),
+            bridge: None,
+            devices: Default::default(),
+            money: None,
+            currency: Currency::usd(),
+        };
         let settings = PluginSettings { dir: dir.join("plugins"), ceiling: Ceiling::default() };
         let mut host = Host::new(settings, Runtime::new()?, ctx, books, payments, SoldByPlugins::new(input_tx));
         host.install(package, Overrides::new()).await?;

@@ -2,7 +2,7 @@
 //! fires their timers, applies the owner's commands, and quarantines plugins that keep faulting.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -14,11 +14,11 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{info, warn};
 use wasmtime::{InstancePre, Module};
 
-use super::abi_host::{HostContext, HostState, Session};
+use super::abi_host::{HostContext, HostState, RecentLine, Session};
 use super::money::{MoneyRequest, Outcome};
-use super::runtime::{Fault, Instance, Runtime};
+use super::runtime::{Fault, Instance, NotStarted, Runtime};
 use super::{
-    Command, Installed, Overrides, Package, PendingView, PluginError, PluginSettings, PluginView, RecentView,
+    Command, Installed, Overrides, Package, PendingView, PluginError, PluginSettings, PluginView, RecentView, Upgraded,
     parse_manifest,
 };
 use crate::bridge::BridgeEvent;
@@ -55,6 +55,11 @@ struct Slot {
     faults: FaultCounter,
     last_fault: Option<String>,
     events: u64,
+    /// The owner's view of its log and refusals while no session holds them (stopped,
+    /// disabled, quarantined): a new session carries on with them, so stopping and starting
+    /// the plugin never wipes what the owner reads in `plugin show`.
+    recent: VecDeque<RecentLine>,
+    refused: u64,
     next_call: u64,
     /// The record changed outside an async context (a quarantine) and must be written.
     unsaved: bool,
@@ -195,6 +200,7 @@ impl Host {
         let module = self.runtime.compile(wasm)?;
         check_memory(&module, manifest.limits.memory_mib)?;
         let pre = self.runtime.prepare(&module)?;
+        self.probe(manifest, &pre)?;
         let hash = blake3::hash(wasm).to_hex().to_string();
         let dir = self.plugin_dir(&manifest.name);
         std::fs::create_dir_all(&dir).map_err(|e| PluginError::Io(format!("{}: {e}", dir.display())))?;
@@ -202,6 +208,20 @@ impl Host {
         std::fs::write(&path, wasm).map_err(|e| PluginError::Io(format!("{}: {e}", path.display())))?;
         let compiled = self.runtime.save_compiled(&module, &self.compiled_path(&manifest.name, &hash))?;
         Ok((hash, compiled.to_hex().to_string(), pre))
+    }
+
+    /// Instantiates the module once, with the plugin's limits and a session that reaches
+    /// nothing, to check what only a running module tells: the plugin ABI it speaks. A module
+    /// that cannot start is refused now rather than faulting on every start.
+    fn probe(&self, manifest: &Manifest, pre: &InstancePre<HostState>) -> Result<(), PluginError> {
+        let ctx = HostContext { store: None, bridge: None, money: None, ..self.ctx.clone() };
+        let config = merge_config(&manifest.config, &Overrides::new());
+        let session = Session::new(&manifest.name, manifest.grants.clone(), &config, manifest.limits.kv_bytes, ctx);
+        let limits = manifest.limits;
+        match self.runtime.instantiate(pre, session, limits.memory_mib, limits.fuel_per_event) {
+            Ok(_) => Ok(()),
+            Err(failed) => Err(PluginError::BadModule(failed.fault.0)),
+        }
     }
 
     async fn persist(&self, record: &PluginRecord) -> Result<(), PluginError> {
@@ -261,24 +281,48 @@ impl Host {
         Ok(Installed::Ready(self.view(&name)?))
     }
 
-    async fn upgrade(&mut self, package: Package) -> Result<Installed, PluginError> {
+    /// Replaces a plugin with a new version (older ones too: a rollback is the owner's call).
+    /// `overrides` go on top of the owner's current ones, which carry over.
+    async fn upgrade(&mut self, package: Package, overrides: Overrides) -> Result<Upgraded, PluginError> {
         let manifest = parse_manifest(&package.manifest, &self.settings.ceiling)?;
         let name = manifest.name.clone();
-        let current = self.slots.get(&name).ok_or_else(|| PluginError::Unknown(name.clone()))?.record.manifest.clone();
+        let slot = self.slots.get(&name).ok_or_else(|| PluginError::Unknown(name.clone()))?;
+        let current = slot.record.manifest.clone();
+        let replaced = slot.record.pending.clone();
+        let mut merged = slot.record.overrides.clone();
+        merged.extend(overrides.clone());
+        check_overrides(&merged)?;
         let mut asks_for = manifest.grants.widening(&current.grants, self.payments.currency());
         asks_for.extend(manifest.limits.widening(&current.limits));
         let (wasm_hash, compiled_hash, pre) = self.accept_module(&manifest, &package.wasm)?;
+        let answer = |installed| Upgraded {
+            installed,
+            from_version: current.version.clone(),
+            replaced: replaced.as_ref().map(|p| p.manifest.version.clone()),
+        };
+        // A waiting upgrade this one replaces leaves no files behind (unless it is the same module).
+        let forget_replaced = |host: &Host, kept: &[&str]| {
+            if let Some(old) = &replaced
+                && !kept.contains(&old.wasm_hash.as_str())
+            {
+                host.delete_files(&name, &old.wasm_hash);
+            }
+        };
         if !asks_for.is_empty() {
             let slot = self.slots.get_mut(&name).ok_or_else(|| PluginError::Unknown(name.clone()))?;
             info!(plugin = %name, version = %manifest.version, "plugin upgrade waits for the owner: it asks for more");
-            slot.record.pending = Some(PendingUpgrade { manifest, wasm_hash, compiled_hash, asks_for });
+            slot.record.pending = Some(PendingUpgrade { manifest, wasm_hash, compiled_hash, asks_for, overrides });
             slot.record.updated_at = now();
             let record = slot.record.clone();
             self.persist(&record).await?;
-            return Ok(Installed::AwaitingApproval(self.view(&name)?));
+            let pending_hash = record.pending.as_ref().map_or("", |p| p.wasm_hash.as_str());
+            forget_replaced(self, &[record.wasm_hash.as_str(), pending_hash]);
+            return Ok(answer(Installed::AwaitingApproval(self.view(&name)?)));
         }
-        self.apply_upgrade(&name, manifest, wasm_hash, compiled_hash, pre).await?;
-        Ok(Installed::Ready(self.view(&name)?))
+        self.apply_upgrade(&name, manifest, wasm_hash.clone(), compiled_hash, pre, overrides).await?;
+        let current_hash = self.slots.get(&name).map(|s| s.record.wasm_hash.clone()).unwrap_or_default();
+        forget_replaced(self, &[current_hash.as_str(), wasm_hash.as_str()]);
+        Ok(answer(Installed::Ready(self.view(&name)?)))
     }
 
     async fn approve(&mut self, name: &str) -> Result<PluginView, PluginError> {
@@ -289,7 +333,8 @@ impl Host {
         record.wasm_hash = pending.wasm_hash.clone();
         record.compiled_hash = Some(pending.compiled_hash.clone());
         let pre = self.load_module(&mut record)?;
-        self.apply_upgrade(name, pending.manifest, pending.wasm_hash, pending.compiled_hash, pre).await?;
+        let (manifest, wasm_hash, compiled_hash) = (pending.manifest, pending.wasm_hash, pending.compiled_hash);
+        self.apply_upgrade(name, manifest, wasm_hash, compiled_hash, pre, pending.overrides).await?;
         self.view(name)
     }
 
@@ -300,11 +345,13 @@ impl Host {
         wasm_hash: String,
         compiled_hash: String,
         pre: InstancePre<HostState>,
+        overrides: Overrides,
     ) -> Result<(), PluginError> {
         self.set_budget(&manifest).await?;
         let slot = self.slots.get_mut(name).ok_or_else(|| PluginError::Unknown(name.to_owned()))?;
         let old_hash = std::mem::replace(&mut slot.record.wasm_hash, wasm_hash);
         info!(plugin = %name, from = %slot.record.manifest.version, to = %manifest.version, "upgraded plugin");
+        slot.record.overrides.extend(overrides);
         slot.record.manifest = manifest;
         slot.record.compiled_hash = Some(compiled_hash);
         slot.record.pending = None;
@@ -316,6 +363,10 @@ impl Host {
             self.delete_files(name, &old_hash);
         }
         self.stop(name, "upgraded");
+        // Refusals are counted against the grants, which the new version changes.
+        if let Some(slot) = self.slots.get_mut(name) {
+            slot.refused = 0;
+        }
         self.sync_offers();
         if record.state == PluginState::Enabled {
             self.start(name);
@@ -378,26 +429,33 @@ impl Host {
         let Some(pre) = slot.pre.clone() else { return };
         let manifest = &slot.record.manifest;
         let config = merge_config(&manifest.config, &slot.record.overrides);
-        let session = Session::new(name, manifest.grants.clone(), &config, manifest.limits.kv_bytes, self.ctx.clone());
+        let mut session =
+            Session::new(name, manifest.grants.clone(), &config, manifest.limits.kv_bytes, self.ctx.clone());
+        // The owner's log goes on across runs.
+        session.recent = std::mem::take(&mut slot.recent);
+        session.refused = slot.refused;
         slot.epoch = epoch;
         let (memory, fuel) = (manifest.limits.memory_mib, manifest.limits.fuel_per_event);
         match self.runtime.instantiate(&pre, session, memory, fuel) {
             Ok(instance) => slot.instance = Some(instance),
             Err(failed) => {
-                let (fault, session) = *failed;
+                let NotStarted { fault, session, permanent } = *failed;
                 slot.parked = Some(session);
-                self.fault(name, fault);
+                self.fault(name, fault, permanent);
                 return;
             }
         }
         self.deliver(name, |instance| instance.on_start());
     }
 
-    /// Ends the plugin's instance and session: its timers, subscriptions and open calls go.
+    /// Ends the plugin's instance and session: its timers, subscriptions and open calls go;
+    /// its log and refusal count stay with the slot for the owner.
     fn stop(&mut self, name: &str, why: &str) {
         let Some(slot) = self.slots.get_mut(name) else { return };
         let session = slot.instance.take().map(Instance::into_session).or(slot.parked.take());
-        if let Some(session) = session {
+        if let Some(mut session) = session {
+            slot.recent = std::mem::take(&mut session.recent);
+            slot.refused = session.refused;
             for (_, reply) in session.open_calls {
                 let _ = reply.send(Err(format!("the plugin was {why}")));
             }
@@ -414,9 +472,9 @@ impl Host {
             match self.runtime.instantiate(&pre, session, limits.memory_mib, limits.fuel_per_event) {
                 Ok(instance) => slot.instance = Some(instance),
                 Err(failed) => {
-                    let (fault, session) = *failed;
+                    let NotStarted { fault, session, permanent } = *failed;
                     slot.parked = Some(session);
-                    self.fault(name, fault);
+                    self.fault(name, fault, permanent);
                     return;
                 }
             }
@@ -430,7 +488,7 @@ impl Host {
         self.unsynced_storage |= std::mem::take(&mut session.stored);
         self.schedule_new_timers(name);
         if let Err(fault) = result {
-            self.fault(name, fault);
+            self.fault(name, fault, false);
         }
     }
 
@@ -471,8 +529,9 @@ impl Host {
     }
 
     /// Counts a fault; the instance is dropped (its session parked for the next event), and
-    /// after too many the plugin is quarantined.
-    fn fault(&mut self, name: &str, fault: Fault) {
+    /// after too many the plugin is quarantined. A `permanent` fault (no instance can ever
+    /// start) quarantines it at once: retrying would only fault again.
+    fn fault(&mut self, name: &str, fault: Fault, permanent: bool) {
         let Some(slot) = self.slots.get_mut(name) else { return };
         if let Some(instance) = slot.instance.take() {
             slot.parked = Some(instance.into_session());
@@ -482,14 +541,18 @@ impl Host {
             session.remember("fault", fault.0.clone());
         }
         slot.last_fault = Some(fault.0.clone());
-        if !slot.faults.record(now()) {
+        let too_many = slot.faults.record(now());
+        let reason = if permanent {
+            fault.0
+        } else if too_many {
+            format!(
+                "{fault} ({} faults within {} minutes)",
+                slot.faults.count(),
+                machinomy_core::plugin::FAULT_WINDOW_SECS / 60
+            )
+        } else {
             return;
-        }
-        let reason = format!(
-            "{fault} ({} faults within {} minutes)",
-            slot.faults.count(),
-            machinomy_core::plugin::FAULT_WINDOW_SECS / 60
-        );
+        };
         warn!(plugin = %name, %reason, "plugin quarantined");
         slot.record.state = PluginState::Quarantined { reason };
         slot.record.updated_at = now();
@@ -611,19 +674,16 @@ impl Host {
                 .map(|p| PendingView { version: p.manifest.version.clone(), asks_for: p.asks_for.clone() }),
             faults: slot.faults.count(),
             last_fault: slot.last_fault.clone(),
-            refused: session.map_or(0, |s| s.refused),
+            refused: session.map_or(slot.refused, |s| s.refused),
             events: slot.events,
             subscriptions: session.map(|s| s.subscriptions.clone()).unwrap_or_default(),
             timers: session.map_or(0, |s| s.timers.len()),
             storage_used: self.store.plugin_kv_usage(name).unwrap_or(0),
             recent: session
-                .map(|s| {
-                    s.recent
-                        .iter()
-                        .map(|l| RecentView { at_ms: l.at_ms, level: l.level.to_owned(), text: l.text.clone() })
-                        .collect()
-                })
-                .unwrap_or_default(),
+                .map_or(&slot.recent, |s| &s.recent)
+                .iter()
+                .map(|l| RecentView { at_ms: l.at_ms, level: l.level.to_owned(), text: l.text.clone() })
+                .collect(),
             installed_at: record.installed_at,
             updated_at: record.updated_at,
         })
@@ -656,8 +716,8 @@ impl Host {
             Command::Install { package, overrides, reply } => {
                 let _ = reply.send(self.install(package, overrides).await);
             }
-            Command::Upgrade { package, reply } => {
-                let _ = reply.send(self.upgrade(package).await);
+            Command::Upgrade { package, overrides, reply } => {
+                let _ = reply.send(self.upgrade(package, overrides).await);
             }
             Command::Approve { name, reply } => {
                 let _ = reply.send(self.approve(&name).await);
@@ -696,6 +756,8 @@ fn new_slot(record: PluginRecord) -> Slot {
         faults: FaultCounter::default(),
         last_fault: None,
         events: 0,
+        recent: VecDeque::new(),
+        refused: 0,
         next_call: 1,
         unsaved: false,
     }

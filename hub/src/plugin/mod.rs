@@ -97,7 +97,8 @@ pub struct PluginView {
     pub pending_upgrade: Option<PendingView>,
     pub faults: usize,
     pub last_fault: Option<String>,
-    /// Calls refused for being outside the grants, since it started.
+    /// Calls refused for being outside the grants, since this version was installed (or the
+    /// hub started); disabling, enabling and quarantine keep counting.
     pub refused: u64,
     pub events: u64,
     pub subscriptions: Vec<String>,
@@ -131,6 +132,16 @@ pub enum Installed {
     AwaitingApproval(PluginView),
 }
 
+/// What an upgrade did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Upgraded {
+    pub installed: Installed,
+    /// The version that ran before (an upgrade may go back to an older one).
+    pub from_version: String,
+    /// The version of an upgrade that waited for the owner's approval and this one replaced.
+    pub replaced: Option<String>,
+}
+
 /// Parses `plugin.toml` strictly (unknown keys named) and checks it against `ceiling`.
 pub fn parse_manifest(text: &str, ceiling: &Ceiling) -> Result<Manifest, PluginError> {
     if text.len() > MAX_MANIFEST {
@@ -149,7 +160,7 @@ pub fn parse_manifest(text: &str, ceiling: &Ceiling) -> Result<Manifest, PluginE
 #[derive(Debug)]
 enum Command {
     Install { package: Package, overrides: Overrides, reply: oneshot::Sender<Result<Installed, PluginError>> },
-    Upgrade { package: Package, reply: oneshot::Sender<Result<Installed, PluginError>> },
+    Upgrade { package: Package, overrides: Overrides, reply: oneshot::Sender<Result<Upgraded, PluginError>> },
     Approve { name: String, reply: oneshot::Sender<Result<PluginView, PluginError>> },
     SetEnabled { name: String, enabled: bool, reply: oneshot::Sender<Result<PluginView, PluginError>> },
     Remove { name: String, reply: oneshot::Sender<Result<(), PluginError>> },
@@ -227,6 +238,7 @@ impl Plugins {
             bridge: deps.bridge.clone(),
             devices: deps.devices.clone(),
             money: Some(money_tx),
+            currency: deps.payments.currency().clone(),
         };
         let sold_handle = sold.clone();
         let host = host::Host::new(settings, runtime, ctx, deps.store.clone(), deps.payments.clone(), sold);
@@ -267,9 +279,11 @@ impl Plugins {
         self.ask(|reply| Command::Install { package, overrides, reply }).await?
     }
 
-    /// Replaces a plugin with a new version; one asking for more waits for [`Plugins::approve`].
-    pub async fn upgrade(&self, package: Package) -> Result<Installed, PluginError> {
-        self.ask(|reply| Command::Upgrade { package, reply }).await?
+    /// Replaces a plugin with a new version; one asking for more waits for [`Plugins::approve`]
+    /// (replacing any upgrade already waiting). The owner's config overrides carry over, with
+    /// `overrides` on top.
+    pub async fn upgrade(&self, package: Package, overrides: Overrides) -> Result<Upgraded, PluginError> {
+        self.ask(|reply| Command::Upgrade { package, overrides, reply }).await?
     }
 
     pub async fn approve(&self, name: &str) -> Result<PluginView, PluginError> {

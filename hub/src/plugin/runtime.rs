@@ -36,6 +36,16 @@ impl std::fmt::Debug for Runtime {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Fault(pub(crate) String);
 
+/// Why a fresh instance could not be made, with the session it was given (to carry on with).
+#[derive(Debug)]
+pub(crate) struct NotStarted {
+    pub(crate) fault: Fault,
+    pub(crate) session: Session,
+    /// No later try can succeed (the module speaks another ABI): counting faults towards a
+    /// quarantine would only retry it.
+    pub(crate) permanent: bool,
+}
+
 impl std::fmt::Display for Fault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
@@ -108,6 +118,12 @@ impl Runtime {
                     }
                 }
                 Some(_) => return Err(PluginError::BadModule(format!("its export {name} is not a function"))),
+                None if name == "machinomy_abi_version" => {
+                    // The SDK's macro is what exports it; a crate that forgot it exports nothing.
+                    return Err(PluginError::BadModule(format!(
+                        "it does not export {name} (did the plugin call `machinomy_sdk::export_plugin!`?)"
+                    )));
+                }
                 None if REQUIRED.contains(&name) => {
                     return Err(PluginError::BadModule(format!(
                         "it does not export {name} (build it with machinomy-sdk)"
@@ -164,10 +180,11 @@ impl Runtime {
         session: Session,
         memory_mib: u64,
         fuel_per_event: u64,
-    ) -> Result<Instance, Box<(Fault, Session)>> {
+    ) -> Result<Instance, Box<NotStarted>> {
         let limits = store_limits(memory_mib);
         let mut store = Store::new(&self.engine, HostState::new(session, limits));
         store.limiter(|state| &mut state.limits);
+        let mut permanent = false;
         let result = (|| -> Result<Entries, Fault> {
             store.set_fuel(fuel_per_event).map_err(|e| Fault(first_line(&e)))?;
             let instance = pre.instantiate(&mut store).map_err(|e| fault(&e, fuel_per_event))?;
@@ -179,15 +196,25 @@ impl Runtime {
             let entries = Entries::find(&instance, &mut store)?;
             let version = entries.abi_version.call(&mut store, ()).map_err(|e| fault(&e, fuel_per_event))?;
             if version != abi::ABI_VERSION {
-                return Err(Fault(format!("it speaks plugin ABI {version}; this hub speaks {}", abi::ABI_VERSION)));
+                permanent = true;
+                return Err(Fault(incompatible(version)));
             }
             Ok(entries)
         })();
         match result {
             Ok(entries) => Ok(Instance { store, entries, fuel_per_event }),
-            Err(f) => Err(Box::new((f, store.into_data().session))),
+            Err(fault) => Err(Box::new(NotStarted { fault, session: store.into_data().session, permanent })),
         }
     }
+}
+
+/// What the owner reads about a module built for another plugin ABI.
+pub(crate) fn incompatible(version: i32) -> String {
+    format!(
+        "it speaks plugin ABI {version}; this hub speaks {} (rebuild it with a machinomy-sdk for ABI {})",
+        abi::ABI_VERSION,
+        abi::ABI_VERSION
+    )
 }
 
 /// The exports a plugin must have; the rest of [`ENTRY_POINTS`] are optional.

@@ -220,6 +220,9 @@ pub struct PendingUpgrade {
     pub wasm_hash: String,
     pub compiled_hash: String,
     pub asks_for: Vec<String>,
+    /// Config overrides given with this upgrade, applied over the current ones on approval.
+    #[serde(default)]
+    pub overrides: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 /// A handle to the store; cheap to clone.

@@ -504,6 +504,23 @@ async fn the_plugin_commands_install_list_show_disable_enable_upgrade_and_remove
     assert!(upgraded.plugin.running && upgraded.plugin.pending_upgrade.is_none(), "{upgraded:?}");
     assert_eq!(upgraded.plugin.config["bill_every_secs"], json!(1), "{upgraded:?}");
 
+    // An older version is a rollback: accepted, and said to be one; a setting changes with it
+    // while the others carry over.
+    let older = tempfile::tempdir().unwrap();
+    let manifest = std::fs::read_to_string(package.join("plugin.toml")).unwrap();
+    let manifest = manifest.replacen("version = \"0.1.0\"", "version = \"0.0.9\"", 1);
+    std::fs::write(older.path().join("plugin.toml"), manifest).unwrap();
+    std::fs::copy(package.join("rental-billing.wasm"), older.path().join("rental-billing.wasm")).unwrap();
+    let older_arg = older.path().to_str().unwrap();
+    let text = hub.cli(&["plugin", "upgrade", older_arg, "--set", "bill_every_secs=2"]).await.unwrap();
+    assert!(
+        text.ok().unwrap().starts_with("downgraded rental-billing from 0.1.0 to 0.0.9, an older version"),
+        "{text}"
+    );
+    let rolled_back = show(&hub, "rental-billing").await.unwrap();
+    assert_eq!(rolled_back.version, "0.0.9");
+    assert_eq!((&rolled_back.config["bill_every_secs"], &rolled_back.config["meter"]), (&json!(2), &json!("meter")));
+
     // Removed: gone from the list, and `show` fails with one line.
     hub.cli(&["plugin", "remove", "rental-billing"]).await.unwrap().ok().unwrap();
     assert!(list(&hub).await.unwrap().is_empty());
@@ -516,6 +533,15 @@ async fn the_plugin_commands_install_list_show_disable_enable_upgrade_and_remove
     let refused = hub.cli(&["plugin", "install", broken.path().to_str().unwrap()]).await.unwrap();
     assert!(refused.error_line().unwrap().contains("rental-billing.wasm"), "{refused}");
     assert!(list(&hub).await.unwrap().is_empty());
+
+    // A manifest the hub refuses is named by its path, as the CLI's own messages name it.
+    let typo = tempfile::tempdir().unwrap();
+    std::fs::write(typo.path().join("plugin.toml"), "name = \"typo\"\nversion = \"1.0.0\"\nsubscibe = 1\n").unwrap();
+    std::fs::copy(package.join("rental-billing.wasm"), typo.path().join("typo.wasm")).unwrap();
+    let refused = hub.cli(&["plugin", "install", typo.path().to_str().unwrap()]).await.unwrap();
+    let line = refused.error_line().unwrap();
+    let named = format!("{}: ", typo.path().join("plugin.toml").display());
+    assert!(line.contains(&named) && line.contains("subscibe"), "{refused}");
 
     assert!(hub.stop().await.unwrap().success());
 }

@@ -1526,6 +1526,18 @@ async fn an_upgrade_asking_for_no_more_is_ready_at_once() {
 }
 
 #[tokio::test]
+async fn an_upgrade_carries_config_changes_and_says_when_it_goes_back() {
+    let h = harness();
+    let uri = plugin_uri(SAMPLE_PLUGIN);
+    let older = json!({"manifest": sample_manifest("0.0.9", ""), "wasm": base64(EMPTY_MODULE), "config": {"extra": 5}});
+    let body = h.send_json(Method::PUT, &uri, older.to_string()).await.expect(StatusCode::OK).json();
+    assert_eq!(body["status"], "ready");
+    assert_eq!((&body["previous_version"], &body["downgrade"]), (&json!("0.1.0"), &json!(true)));
+    assert_eq!(body["replaced_upgrade"], Value::Null);
+    assert_eq!((&body["plugin"]["config"]["extra"], &body["plugin"]["config"]["every_secs"]), (&json!(5), &json!(600)));
+}
+
+#[tokio::test]
 async fn an_upgrade_asking_for_more_waits_for_approval_then_runs() {
     let h = harness();
     let manifest = sample_manifest("0.2.0", "pay = true\nsubscribe = [\"machinomy/rain/state\"]\n");
@@ -1567,10 +1579,10 @@ async fn an_upgrade_must_be_of_the_plugin_in_the_path() {
     h.send_json(
         Method::PUT,
         &plugin_uri(SAMPLE_PLUGIN),
-        json!({"manifest": SAMPLE_PLUGIN_MANIFEST, "wasm": base64(EMPTY_MODULE), "config": {}}).to_string(),
+        json!({"manifest": SAMPLE_PLUGIN_MANIFEST, "wasm": base64(EMPTY_MODULE), "settings": {}}).to_string(),
     )
     .await
-    .expect_error(StatusCode::BAD_REQUEST, "unknown field `config`");
+    .expect_error(StatusCode::BAD_REQUEST, "unknown field `settings`");
     h.send_json(Method::PUT, &plugin_uri(SAMPLE_PLUGIN), json!({"manifest": "", "wasm": "%%%"}).to_string())
         .await
         .expect_error(StatusCode::BAD_REQUEST, "`wasm` is not base64");

@@ -355,14 +355,25 @@ fn refusal(message: String) -> UploadErrors {
 /// What an install or upgrade came to, for the next page.
 fn installed_text(installed: &PluginInstalled, verb: &str) -> String {
     let plugin = &installed.plugin;
+    let replaced = installed.replaced_upgrade.as_ref().map_or_else(String::new, |waiting| {
+        format!(" It replaces version {waiting}, which was waiting for your approval.")
+    });
     match installed.status {
-        InstallStatus::Ready => format!("{verb} {} {}.", plugin.name, plugin.version),
-        InstallStatus::AwaitingApproval => format!(
-            "{} {} asks for more than you approved: it waits for your approval below, and {} keeps running.",
+        InstallStatus::Ready if installed.downgrade => format!(
+            "Downgraded {} from {} to {}, an older version.{replaced}",
             plugin.name,
-            plugin.pending_upgrade.as_ref().map_or("", |u| u.version.as_str()),
+            installed.previous_version.as_deref().unwrap_or("?"),
             plugin.version
         ),
+        InstallStatus::Ready => format!("{verb} {} {}.{replaced}", plugin.name, plugin.version),
+        InstallStatus::AwaitingApproval => {
+            format!(
+                "{} {} asks for more than you approved: it waits for your approval below, and {} keeps running.",
+                plugin.name,
+                plugin.pending_upgrade.as_ref().map_or("", |u| u.version.as_str()),
+                plugin.version
+            ) + &replaced
+        }
     }
 }
 
@@ -389,7 +400,7 @@ pub(crate) async fn upgrade<B: Backend>(
 ) -> Result<Response, PageError> {
     let name = plugin_name(&name)?;
     let errors = match read_upload(&upload, false) {
-        Ok((package, _)) => match ui.backend.upgrade_plugin(name.clone(), package).await {
+        Ok((package, _)) => match ui.backend.upgrade_plugin(name.clone(), package, serde_json::Map::new()).await {
             Ok(installed) => {
                 let text = installed_text(&installed, "Upgraded to");
                 return Ok(done(&ui.sessions, &upload.owner, true, text, &format!("/plugins/{name}")));

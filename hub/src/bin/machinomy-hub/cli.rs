@@ -91,13 +91,18 @@ enum PluginCommand {
         #[arg(long = "set", value_name = "KEY=VALUE", allow_hyphen_values = true)]
         set: Vec<String>,
     },
-    /// Replace an installed plugin with a new version; one that asks for more waits for `approve`
+    /// Replace an installed plugin with a new version (an older one too); one that asks for more
+    /// waits for `approve`. Config set at install carries over
     Upgrade {
         /// The new version's directory or its plugin.toml
         path: PathBuf,
         /// The module to install [default: the file the manifest's `wasm` names, or <NAME>.wasm, next to plugin.toml]
         #[arg(long, value_name = "FILE")]
         wasm: Option<PathBuf>,
+        /// Change a config key with the upgrade, over the settings that carry over; VALUE as for
+        /// install. Repeatable
+        #[arg(long = "set", value_name = "KEY=VALUE", allow_hyphen_values = true)]
+        set: Vec<String>,
     },
     /// Approve the upgrade that waits for approval (the new version runs from now on)
     Approve { name: String },
@@ -341,7 +346,7 @@ async fn dispatch(args: Args) -> Result<()> {
         Command::Plugin(command) => {
             // The files first: a missing one is reported as such, whether or not a hub runs.
             let local = match command {
-                PluginCommand::Install { path, wasm, .. } | PluginCommand::Upgrade { path, wasm } => {
+                PluginCommand::Install { path, wasm, .. } | PluginCommand::Upgrade { path, wasm, .. } => {
                     Some(LocalPlugin::read(path, wasm.as_deref())?)
                 }
                 _ => None,
@@ -419,8 +424,8 @@ fn check(command: &Command) -> Result<()> {
 
 fn check_plugin(command: &PluginCommand) -> Result<()> {
     match command {
-        PluginCommand::List | PluginCommand::Upgrade { .. } => {}
-        PluginCommand::Install { set, .. } => {
+        PluginCommand::List => {}
+        PluginCommand::Install { set, .. } | PluginCommand::Upgrade { set, .. } => {
             upload::overrides(set).map_err(usage)?;
         }
         PluginCommand::Show { name }
@@ -455,15 +460,18 @@ async fn plugin(command: &PluginCommand, local: Option<&LocalPlugin>, client: &C
             output::show(json, &plugin, || output::plugin(&plugin, &status.currency))
         }
         PluginCommand::Install { set, .. } => {
-            let body = local()?.install_body(upload::overrides(set).map_err(usage)?);
-            let installed: PluginInstalled = client.post("/api/v1/plugins", &body).await?;
+            let local = local()?;
+            let body = local.install_body(upload::overrides(set).map_err(usage)?);
+            let installed: PluginInstalled =
+                client.post("/api/v1/plugins", &body).await.map_err(|e| local.locate(e))?;
             let status: HubStatus = client.get("/api/v1/status").await?;
             output::show(json, &installed, || output::installed(&installed, false, &status.currency))
         }
-        PluginCommand::Upgrade { .. } => {
+        PluginCommand::Upgrade { set, .. } => {
             let local = local()?;
+            let body = local.upgrade_body(upload::overrides(set).map_err(usage)?);
             let installed: PluginInstalled =
-                client.put(&format!("/api/v1/plugins/{}", local.name), &local.upgrade_body()).await?;
+                client.put(&format!("/api/v1/plugins/{}", local.name), &body).await.map_err(|e| local.locate(e))?;
             let status: HubStatus = client.get("/api/v1/status").await?;
             output::show(json, &installed, || output::installed(&installed, true, &status.currency))
         }
@@ -948,10 +956,17 @@ mod tests {
         assert_eq!(wasm.as_deref(), Some(Path::new("dist/weather.wasm")));
         let overrides = upload::overrides(&set).unwrap();
         assert_eq!(serde_json::Value::Object(overrides), serde_json::json!({"every_secs": 600, "offset": -5}));
-        let PluginCommand::Upgrade { path, wasm } = plugin_command(&["plugin", "upgrade", "plugin.toml"]) else {
+        let PluginCommand::Upgrade { path, wasm, .. } = plugin_command(&["plugin", "upgrade", "plugin.toml"]) else {
             panic!("not `plugin upgrade`");
         };
         assert_eq!((path.as_path(), wasm), (Path::new("plugin.toml"), None));
+        let PluginCommand::Upgrade { set, .. } =
+            plugin_command(&["plugin", "upgrade", "plugins/weather-buyer", "--set", "every_secs=60"])
+        else {
+            panic!("not `plugin upgrade`");
+        };
+        let overrides = upload::overrides(&set).unwrap();
+        assert_eq!(serde_json::Value::Object(overrides), serde_json::json!({"every_secs": 60}));
         for action in ["approve", "enable", "disable", "remove", "show"] {
             let command = plugin_command(&["plugin", action, "weather-buyer"]);
             assert!(check_plugin(&command).is_ok(), "{action}");

@@ -666,9 +666,17 @@ pub(crate) fn plugin(p: &PluginView, currency: &Currency) -> String {
 pub(crate) fn installed(installed: &PluginInstalled, upgrade: bool, currency: &Currency) -> String {
     let p = &installed.plugin;
     let name = clean(&p.name);
+    // Said first: an upgrade that drops one waiting for approval must not do so silently.
+    let replaced = installed.replaced_upgrade.as_ref().map_or_else(String::new, |waiting| {
+        format!("{name} {} no longer waits for approval: this upgrade replaces it\n", clean(waiting))
+    });
+    let older = if installed.downgrade { ", an older version" } else { "" };
     let mut out = match (installed.status, &p.pending_upgrade) {
         (InstallStatus::AwaitingApproval, Some(pending)) => {
-            let mut out = format!("{name} {} asks for more and waits for your approval:\n", clean(&pending.version));
+            let mut out = format!(
+                "{replaced}{name} {}{older} asks for more and waits for your approval:\n",
+                clean(&pending.version)
+            );
             for ask in &pending.asks_for {
                 let _ = writeln!(out, "  - {}", clean(ask));
             }
@@ -684,7 +692,12 @@ pub(crate) fn installed(installed: &PluginInstalled, upgrade: bool, currency: &C
                 "{name}'s new version waits for your approval: see `machinomy-hub plugin show {name}`, then `machinomy-hub plugin approve {name}`\n"
             );
         }
-        (InstallStatus::Ready, _) if upgrade => format!("upgraded {name} to {}", clean(&p.version)),
+        (InstallStatus::Ready, _) if upgrade && installed.downgrade => format!(
+            "{replaced}downgraded {name} from {} to {}, an older version",
+            clean(installed.previous_version.as_deref().unwrap_or("?")),
+            clean(&p.version)
+        ),
+        (InstallStatus::Ready, _) if upgrade => format!("{replaced}upgraded {name} to {}", clean(&p.version)),
         (InstallStatus::Ready, _) => format!("installed {name} {}", clean(&p.version)),
     };
     out.push_str(&may(&p.grants, currency));
@@ -956,7 +969,7 @@ mod tests {
     #[test]
     fn an_install_says_what_the_plugin_may_do_and_an_upgrade_what_it_asks_for() {
         let usd = Currency::usd();
-        let ready = PluginInstalled { status: InstallStatus::Ready, plugin: sample_plugin() };
+        let ready = PluginInstalled::install(InstallStatus::Ready, sample_plugin());
         let text = installed(&ready, false, &usd);
         assert!(
             text.starts_with("installed weather-buyer 0.1.0; it may:\n  - publish on machinomy/irrigation/cmd/#\n"),
@@ -967,7 +980,7 @@ mod tests {
         bare.grants = PluginGrants::default();
         bare.running = false;
         bare.last_fault = Some("trap in on_start".to_owned());
-        let text = installed(&PluginInstalled { status: InstallStatus::Ready, plugin: bare }, false, &usd);
+        let text = installed(&PluginInstalled::install(InstallStatus::Ready, bare), false, &usd);
         assert_eq!(
             text,
             "installed weather-buyer 0.1.0; it may only compute (nothing is granted)\n\
@@ -978,11 +991,40 @@ mod tests {
             version: "0.2.0".to_owned(),
             asks_for: vec!["pay peers".to_owned(), "subscribe to machinomy/rain/#".to_owned()],
         });
-        let text = installed(&PluginInstalled { status: InstallStatus::AwaitingApproval, plugin: waiting }, true, &usd);
+        let text = installed(&PluginInstalled::install(InstallStatus::AwaitingApproval, waiting.clone()), true, &usd);
         assert_eq!(
             text,
             "weather-buyer 0.2.0 asks for more and waits for your approval:\n  - pay peers\n  - subscribe to machinomy/rain/#\n\
              weather-buyer 0.1.0 keeps running as it is until then; approve with `machinomy-hub plugin approve weather-buyer`\n"
+        );
+
+        // A rollback is allowed and said to be one; a waiting upgrade it replaces is named.
+        let rollback = PluginInstalled {
+            status: InstallStatus::Ready,
+            plugin: sample_plugin(),
+            previous_version: Some("0.3.0".to_owned()),
+            downgrade: true,
+            replaced_upgrade: Some("0.4.0".to_owned()),
+        };
+        let text = installed(&rollback, true, &usd);
+        assert!(
+            text.starts_with(
+                "weather-buyer 0.4.0 no longer waits for approval: this upgrade replaces it\n\
+                 downgraded weather-buyer from 0.3.0 to 0.1.0, an older version; it may:\n"
+            ),
+            "{text}"
+        );
+        let replacing = PluginInstalled {
+            status: InstallStatus::AwaitingApproval,
+            plugin: waiting,
+            previous_version: Some("0.1.0".to_owned()),
+            downgrade: false,
+            replaced_upgrade: Some("0.3.0".to_owned()),
+        };
+        let text = installed(&replacing, true, &usd);
+        assert!(
+            text.starts_with("weather-buyer 0.3.0 no longer waits for approval: this upgrade replaces it\nweather-buyer 0.2.0 asks for more"),
+            "{text}"
         );
     }
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, anyhow, bail};
 use base64::Engine as _;
 use machinomy_core::plugin::{ManifestError, valid_plugin_name};
+use machinomy_hub::client::ClientError;
 use machinomy_hub::plugin::{MAX_MANIFEST, MAX_WASM};
 use machinomy_web::model::{NewPlugin, PluginUpgrade};
 
@@ -17,6 +18,8 @@ pub(crate) const MANIFEST_FILE: &str = "plugin.toml";
 pub(crate) struct LocalPlugin {
     /// The manifest's `name`.
     pub(crate) name: String,
+    /// Where the manifest was read, to name it in the hub's answers about it.
+    pub(crate) manifest_path: PathBuf,
     pub(crate) manifest: String,
     pub(crate) wasm: Vec<u8>,
 }
@@ -41,15 +44,37 @@ impl LocalPlugin {
             None => {
                 let dir = manifest_path.parent().map_or_else(PathBuf::new, Path::to_owned);
                 let wasm_path = dir.join(&wasm_file);
-                let missing = format!(
-                    "{}: no such file (the module {MANIFEST_FILE} names): build the plugin first, or give its module with --wasm FILE",
-                    wasm_path.display()
-                );
+                // Cargo names a crate's module with '_' for '-': the likeliest reason it is not there.
+                let cargo_name = wasm_file.replace('-', "_");
+                let missing = if cargo_name != wasm_file && dir.join(&cargo_name).is_file() {
+                    format!(
+                        "{}: no such file, but {cargo_name} is there: cargo names the module with underscores; \
+                         rename it to {wasm_file}, or set `wasm = \"{cargo_name}\"` in {MANIFEST_FILE}",
+                        wasm_path.display()
+                    )
+                } else {
+                    format!(
+                        "{}: no such file (the module {MANIFEST_FILE} names): build the plugin first, or give its module with --wasm FILE",
+                        wasm_path.display()
+                    )
+                };
                 (wasm_path, missing)
             }
         };
         let wasm = read_limited(&wasm_path, MAX_WASM, missing_wasm)?;
-        Ok(LocalPlugin { name, manifest, wasm })
+        Ok(LocalPlugin { name, manifest_path, manifest, wasm })
+    }
+
+    /// The hub's answer about this plugin, its manifest named by where it was read (as the
+    /// CLI's own messages about it do) rather than as a bare `plugin.toml`.
+    pub(crate) fn locate(&self, error: ClientError) -> ClientError {
+        match error {
+            ClientError::Api(message) => match message.strip_prefix("plugin.toml: ") {
+                Some(rest) => ClientError::Api(format!("{}: {rest}", self.manifest_path.display())),
+                None => ClientError::Api(message),
+            },
+            other => other,
+        }
     }
 
     /// The body of `POST /api/v1/plugins`.
@@ -58,8 +83,8 @@ impl LocalPlugin {
     }
 
     /// The body of `PUT /api/v1/plugins/{name}`.
-    pub(crate) fn upgrade_body(&self) -> PluginUpgrade {
-        PluginUpgrade { manifest: self.manifest.clone(), wasm: self.wasm_base64() }
+    pub(crate) fn upgrade_body(&self, config: serde_json::Map<String, serde_json::Value>) -> PluginUpgrade {
+        PluginUpgrade { manifest: self.manifest.clone(), wasm: self.wasm_base64(), config }
     }
 
     fn wasm_base64(&self) -> String {
@@ -181,7 +206,7 @@ mod tests {
         assert_eq!(plugin.wasm, b"\0asm\x01\0\0\0");
         assert_eq!(LocalPlugin::read(&dir.path().join(MANIFEST_FILE), None).unwrap(), plugin);
         assert_eq!(plugin.install_body(serde_json::Map::new()).wasm, "AGFzbQEAAAA=");
-        assert_eq!(plugin.upgrade_body().manifest, plugin.manifest);
+        assert_eq!(plugin.upgrade_body(serde_json::Map::new()).manifest, plugin.manifest);
 
         let other = dir.path().join("other.wasm");
         std::fs::write(&other, b"\0asm\x01\0\0\0other").unwrap();
@@ -193,6 +218,21 @@ mod tests {
         std::fs::remove_file(dir.path().join("demo.wasm")).unwrap();
         let error = LocalPlugin::read(dir.path(), None).unwrap_err().to_string();
         assert!(error.contains("demo.wasm: no such file") && error.contains("--wasm FILE"), "{error}");
+
+        // The hub's answer about the manifest names it as the CLI's own messages do.
+        let refused = ClientError::Api("plugin.toml: grants.subscibe: unknown field".into());
+        let located = plugin.locate(refused).to_string();
+        assert_eq!(located, format!("{}: grants.subscibe: unknown field", dir.path().join(MANIFEST_FILE).display()));
+        let other = plugin.locate(ClientError::Api("the module was refused: x".into())).to_string();
+        assert_eq!(other, "the module was refused: x");
+
+        // Cargo's name for the module of a crate with '-' in its name.
+        let cargo = tempfile::tempdir().unwrap();
+        std::fs::write(cargo.path().join(MANIFEST_FILE), "name = \"fan-control\"\nversion = \"1.0.0\"\n").unwrap();
+        std::fs::write(cargo.path().join("fan_control.wasm"), b"\0asm\x01\0\0\0").unwrap();
+        let error = LocalPlugin::read(cargo.path(), None).unwrap_err().to_string();
+        assert!(error.contains("fan-control.wasm: no such file, but fan_control.wasm is there"), "{error}");
+        assert!(error.contains("set `wasm = \"fan_control.wasm\"` in plugin.toml"), "{error}");
         let error = LocalPlugin::read(&dir.path().join("missing"), None).unwrap_err().to_string();
         assert!(error.ends_with("missing: no such file or directory (give a plugin's directory or its plugin.toml)"));
         let empty = tempfile::tempdir().unwrap();
