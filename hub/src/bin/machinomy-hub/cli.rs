@@ -831,7 +831,7 @@ mod tests {
     fn a_group_without_its_subcommand_names_the_group() {
         let error = command().try_get_matches_from(["machinomy-hub", "budget"]).unwrap_err();
         assert_eq!(error.kind(), clap::error::ErrorKind::MissingSubcommand);
-        assert_eq!(subcommands_of(&["budget"]), ["list", "set"]);
+        assert_eq!(subcommands_of(&["budget"]), ["list", "set", "remove"]);
         let matches = command().try_get_matches_from([
             "machinomy-hub",
             "budget",
