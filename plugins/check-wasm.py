@@ -66,25 +66,22 @@ class Reader:
         self.pos += 1
         return b
 
-    def u32(self):
+    def leb128(self, signed):
         result, shift = 0, 0
         while True:
             b = self.byte()
             result |= (b & 0x7F) << shift
             shift += 7
             if not b & 0x80:
-                return result
-
-    def s32(self):
-        result, shift = 0, 0
-        while True:
-            b = self.byte()
-            result |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                if b & 0x40:
+                if signed and b & 0x40:
                     result -= 1 << shift
                 return result
+
+    def u32(self):
+        return self.leb128(signed=False)
+
+    def s32(self):
+        return self.leb128(signed=True)
 
     def name(self):
         n = self.u32()
