@@ -28,8 +28,12 @@ pub const TOPIC_ROOT: &str = "machinomy";
 pub const MAX_PAYLOAD: usize = 64 * 1024;
 /// Domain tag of the bytes a device signs for a spend request.
 pub const SPEND_REQUEST_DOMAIN: &[u8] = b"machinomy-spend-request-v1";
-/// The longest spend request id, in bytes.
-pub const MAX_REQUEST_ID: usize = 64;
+const MAX_REQUEST_ID: usize = 64;
+
+/// Whether `id` can be a spend request's id: 1 to 64 bytes, no control characters.
+pub fn valid_request_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_REQUEST_ID && !id.chars().any(char::is_control)
+}
 const MAX_MEMO: usize = 256;
 const MAX_BODY: usize = 16 * 1024;
 
@@ -287,7 +291,7 @@ impl SpendRequestMessage {
     pub fn verify(&self, device: &DeviceId, key: &VerifyingKey) -> Result<VerifiedSpendRequest, DeviceError> {
         let bad = |field, why| DeviceError::BadField { field, why };
         let printable = |s: &str| s.chars().all(|c| !c.is_control());
-        if self.request_id.is_empty() || self.request_id.len() > MAX_REQUEST_ID || !printable(&self.request_id) {
+        if !valid_request_id(&self.request_id) {
             return Err(bad("request_id", "must be 1 to 64 printable characters"));
         }
         if self.amount.is_empty() || self.amount.len() > 39 || !self.amount.bytes().all(|b| b.is_ascii_digit()) {

@@ -92,10 +92,8 @@ impl Worker {
             Ok(verified) => verified,
             Err(error) => {
                 // Echoed only when it is an id a device could have meant.
-                let readable = !id.is_empty()
-                    && id.len() <= machinomy_core::device::MAX_REQUEST_ID
-                    && !id.chars().any(char::is_control);
-                return self.refuse(&device, &topic, &error, readable.then_some(id.as_str())).await;
+                let echo = machinomy_core::device::valid_request_id(&id).then_some(id.as_str());
+                return self.refuse(&device, &topic, &error, echo).await;
             }
         };
         let key = (device.clone(), id.clone());
