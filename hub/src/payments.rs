@@ -176,6 +176,16 @@ struct SpendState {
 const MAX_GRANTED: usize = 4096;
 
 impl SpendState {
+    /// Takes `amount` off a subject's cached total, if a request made at `created_at` falls in
+    /// the cached period. (A total cached for a period that has since ended is rebuilt anyway.)
+    fn release_committed(&mut self, subject: &Subject, created_at: Timestamp, amount: Amount) {
+        if let Some((start, total)) = self.committed.get_mut(subject)
+            && created_at >= *start
+        {
+            *total = total.checked_sub(amount).unwrap_or(Amount::ZERO);
+        }
+    }
+
     /// Adds `amount` to a subject's cached total, if the total is cached for the period that
     /// starts at `period_start`.
     fn add_committed(&mut self, subject: &Subject, period_start: Timestamp, amount: Amount) {
@@ -622,11 +632,14 @@ impl Payments {
             if let (Err(_), Some(granted)) = (&result, granted) {
                 state.granted.insert(approval_id, granted);
             }
-            // Paid for less than asked: the cached total counted the asked amount.
+            // Paid for less than asked (a service's price): the cached total counted the asked
+            // amount; it gives back the difference rather than being rebuilt from the store on
+            // the next request, which would rescan the period on every such purchase.
             if let (Ok(_), Some(paid)) = (&result, &approval)
-                && paid.committed_amount() != paid.request.amount
+                && let Ok(unused) = paid.request.amount.checked_sub(paid.committed_amount())
+                && !unused.is_zero()
             {
-                state.committed.remove(&paid.request.subject);
+                state.release_committed(&paid.request.subject, paid.request.created_at, unused);
             }
         }
         result
