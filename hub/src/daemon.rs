@@ -98,7 +98,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             crate::net::start(hub.data_dir().identity(), &net_config, Arc::new(hub.market().clone())).await?;
         info!(peer_id = handle.peer_id(), "peer network up");
         hub.market().attach(handle);
-        background.push(tokio::spawn(pay_approved_invoices(hub.clone(), Shutdown(stop_rx.clone()))));
+        let events = hub.payments().subscribe();
+        background.push(tokio::spawn(pay_approved_invoices(hub.clone(), events, Shutdown(stop_rx.clone()))));
         Some(task)
     } else {
         info!("peer network disabled (p2p.enabled = false)");
@@ -142,7 +143,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let (live, _) = tokio::sync::broadcast::channel(crate::live::CAPACITY);
     hub.attach_live(&live);
     let bridge_events = hub.bridge().map(crate::bridge::Bridge::subscribe);
-    background.push(tokio::spawn(crate::live::feed(hub.clone(), live, bridge_events, Shutdown(stop_rx.clone()))));
+    let books = hub.payments().subscribe();
+    background.push(tokio::spawn(crate::live::feed(books, live, bridge_events, Shutdown(stop_rx.clone()))));
     let auth = machinomy_web::AdminAuth::new(hub.data_dir().admin_token()).map_err(DaemonError::Auth)?;
     let app = machinomy_web::router(Arc::new(hub.clone()), auth);
     let server_stop = Shutdown(stop_rx.clone());
@@ -241,9 +243,13 @@ async fn announce_offers(
 }
 
 /// Pays invoices from peers once the owner approves them (the invoice was answered "pending").
-async fn pay_approved_invoices(hub: Hub, shutdown: Shutdown) {
+/// `events` is subscribed before the task is spawned, so an approval decided at once is not missed.
+async fn pay_approved_invoices(
+    hub: Hub,
+    mut events: tokio::sync::broadcast::Receiver<crate::payments::HubEvent>,
+    shutdown: Shutdown,
+) {
     use crate::payments::HubEvent;
-    let mut events = hub.payments().subscribe();
     let stop = shutdown.wait();
     tokio::pin!(stop);
     loop {

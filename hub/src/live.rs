@@ -9,7 +9,6 @@ use tokio::sync::broadcast::{self, error::RecvError};
 
 use crate::bridge::BridgeEvent;
 use crate::daemon::Shutdown;
-use crate::hub::Hub;
 use crate::payments::HubEvent;
 
 /// Events a slow page may fall behind by before it is told to resync.
@@ -51,14 +50,14 @@ fn next<T>(received: Result<T, RecvError>, map: impl FnOnce(T) -> Option<LiveEve
     }
 }
 
-/// Feeds `sender` until shutdown (or until both sources close), then drops it.
+/// Feeds `sender` until shutdown (or until both sources close), then drops it. The caller
+/// subscribes `books` and `bridge` before spawning this, so nothing after start-up is missed.
 pub async fn feed(
-    hub: Hub,
+    mut books: broadcast::Receiver<HubEvent>,
     sender: broadcast::Sender<LiveEvent>,
     mut bridge: Option<broadcast::Receiver<BridgeEvent>>,
     shutdown: Shutdown,
 ) {
-    let mut books = hub.payments().subscribe();
     let stop = shutdown.wait();
     tokio::pin!(stop);
     loop {

@@ -225,8 +225,10 @@ impl Bridge {
             tasks.push(tokio::spawn(runner.run(stopped.clone())));
             tasks.push(tokio::spawn(ble_link::relay_reports(bridge.clone(), reports, stopped.clone())));
         }
+        // Subscribed here, not in the task, so a decision made before it first runs still counts.
+        let decisions = payments.subscribe();
         let worker = spend::Worker::new(bridge.clone(), payments, market);
-        tasks.push(tokio::spawn(worker.run(spend_rx, stopped)));
+        tasks.push(tokio::spawn(worker.run(spend_rx, decisions, stopped)));
         Ok((bridge, BridgeTasks { tasks, stop, mqtt: publisher }))
     }
 

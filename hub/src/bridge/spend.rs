@@ -9,7 +9,7 @@ use machinomy_core::{
     Approval, ApprovalState, DeviceId, SpendRequest, SpendRequestMessage, SpendResultMessage, SpendStatus, SpendTarget,
     Subject, TopicKind, VerifiedSpendRequest,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
@@ -44,8 +44,12 @@ impl Worker {
         Worker { bridge, payments, market, in_flight: Arc::new(Mutex::new(HashSet::new())) }
     }
 
-    pub(super) async fn run(self, mut jobs: mpsc::Receiver<Job>, mut stop: watch::Receiver<bool>) {
-        let mut decisions = self.payments.subscribe();
+    pub(super) async fn run(
+        self,
+        mut jobs: mpsc::Receiver<Job>,
+        mut decisions: broadcast::Receiver<HubEvent>,
+        mut stop: watch::Receiver<bool>,
+    ) {
         let mut running = JoinSet::new();
         let this = Arc::new(self);
         loop {
@@ -71,7 +75,7 @@ impl Worker {
                         }
                     }
                     Ok(_) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
                         warn!(missed, "missed approval decisions; those devices are not told");
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => break,

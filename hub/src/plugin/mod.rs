@@ -252,7 +252,9 @@ impl Plugins {
             .map_err(|e| PluginError::Runtime(format!("cannot start the plugin thread: {e}")))?;
         ready.await.map_err(|_| PluginError::Stopped)??;
 
-        let money = tokio::spawn(money::run(money_rx, deps.payments, deps.market, input_tx.clone(), stop_rx.clone()));
+        let events = deps.payments.subscribe();
+        let money =
+            tokio::spawn(money::run(money_rx, events, deps.payments, deps.market, input_tx.clone(), stop_rx.clone()));
         let forwarder = deps
             .bridge
             .as_ref()

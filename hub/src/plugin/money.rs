@@ -60,15 +60,17 @@ struct Money {
 
 /// Runs until `stop` turns true; requests in flight are finished or abandoned at shutdown
 /// (abandoned ones released their budget or never moved money: payments persist first).
+/// The caller subscribes `events` before spawning this, so a decision made the moment the
+/// plugins are up is not missed.
 pub(crate) async fn run(
     mut requests: mpsc::Receiver<MoneyRequest>,
+    mut events: broadcast::Receiver<HubEvent>,
     payments: Payments,
     market: Market,
     host: mpsc::Sender<Input>,
     mut stop: watch::Receiver<bool>,
 ) {
     let money = Money { payments: payments.clone(), market, host };
-    let mut events = payments.subscribe();
     let mut in_flight: JoinSet<()> = JoinSet::new();
     // Approval id → the request waiting on it; invoice reference → the request.
     let mut waiting: HashMap<u64, MoneyRequest> = HashMap::new();
