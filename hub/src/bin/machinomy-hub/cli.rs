@@ -352,11 +352,13 @@ async fn dispatch(args: Args) -> Result<()> {
                 _ => None,
             };
             let config = admin_config(&config_path, &default_data, args.config.is_some())?;
+            output::use_time_zone(config.hub.time_zone.clone());
             let client = Client::for_data_dir(&config.hub.data_dir)?;
             plugin(command, local.as_ref(), &client, args.json).await
         }
         command => {
             let config = admin_config(&config_path, &default_data, args.config.is_some())?;
+            output::use_time_zone(config.hub.time_zone.clone());
             let client = Client::for_data_dir(&config.hub.data_dir)?;
             admin(command, &client, args.json).await
         }

@@ -102,9 +102,36 @@ pub(crate) fn csv(text: &str) -> String {
     clean_csv(text)
 }
 
+/// The zone times are printed in: the hub's `[hub] time_zone`, as the web UI shows them. Set
+/// once by the command line before it prints; UTC until then. A process-wide setting because
+/// every printer shows times and a CLI run talks to one hub.
+static TIME_ZONE: std::sync::OnceLock<jiff::tz::TimeZone> = std::sync::OnceLock::new();
+
+pub(crate) fn use_time_zone(zone: jiff::tz::TimeZone) {
+    let _ = TIME_ZONE.set(zone);
+}
+
+fn time_zone() -> jiff::tz::TimeZone {
+    TIME_ZONE.get().cloned().unwrap_or(jiff::tz::TimeZone::UTC)
+}
+
+/// `2026-11-24 12:59 CET`: a time in the hub's zone, with the zone's abbreviation.
 fn when(t: Timestamp) -> String {
-    let secs = t.secs() % 86_400;
-    format!("{} {:02}:{:02} UTC", t.date_string(), secs / 3600, secs % 3600 / 60)
+    local(t.secs(), &time_zone(), "%Y-%m-%d %H:%M %Z")
+}
+
+/// Unix milliseconds as `2026-11-24 12:59:07 CET`, in the hub's zone.
+fn when_ms(at_ms: u64) -> String {
+    local(at_ms / 1000, &time_zone(), "%Y-%m-%d %H:%M:%S %Z")
+}
+
+fn local(secs: u64, zone: &jiff::tz::TimeZone, format: &str) -> String {
+    let at = i64::try_from(secs).ok().and_then(|secs| jiff::Timestamp::from_second(secs).ok());
+    match at {
+        Some(at) => at.to_zoned_datetime(zone.clone()).strftime(format).to_string(),
+        // Past jiff's range (year 9999): only a hostile or broken hub sends that.
+        None => format!("{secs} (unix seconds)"),
+    }
 }
 
 fn duration(secs: u64) -> String {
@@ -475,13 +502,6 @@ pub(crate) fn command_sent(id: &DeviceId, name: &str) -> String {
     format!("sent {} to {id}; its state as it next reports it: `machinomy-hub device show {id}`\n", clean(name))
 }
 
-/// Unix milliseconds as `2026-11-24 11:59:07 UTC`.
-fn when_ms(at_ms: u64) -> String {
-    let t = Timestamp(at_ms / 1000);
-    let secs = t.secs() % 86_400;
-    format!("{} {:02}:{:02}:{:02} UTC", t.date_string(), secs / 3600, secs % 3600 / 60, secs % 60)
-}
-
 /// A size: `16 MiB`, `64 KiB`, `1200 bytes`.
 fn bytes(n: u64) -> String {
     const KIB: u64 = 1024;
@@ -736,6 +756,17 @@ pub(crate) fn plugin_removed(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_are_shown_in_the_hubs_zone_with_its_abbreviation() {
+        let berlin = jiff::tz::TimeZone::get("Europe/Berlin").unwrap();
+        let winter = Timestamp::from_civil(2026, 11, 24).secs() + 11 * 3600 + 59 * 60 + 7;
+        assert_eq!(local(winter, &berlin, "%Y-%m-%d %H:%M:%S %Z"), "2026-11-24 12:59:07 CET");
+        let summer = Timestamp::from_civil(2026, 7, 1).secs() + 23 * 3600;
+        assert_eq!(local(summer, &berlin, "%Y-%m-%d %H:%M %Z"), "2026-07-02 01:00 CEST");
+        assert_eq!(local(winter, &jiff::tz::TimeZone::UTC, "%Y-%m-%d %H:%M %Z"), "2026-11-24 11:59 UTC");
+        assert_eq!(local(u64::MAX, &berlin, "%Y"), format!("{} (unix seconds)", u64::MAX));
+    }
 
     #[test]
     fn control_and_bidi_characters_are_shown_not_obeyed() {
