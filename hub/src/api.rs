@@ -135,14 +135,8 @@ impl Backend for Hub {
     }
 
     async fn set_budget(&self, budget: Budget) -> Result<BudgetView, BackendError> {
-        // Invoices are counted against `peer:<their key>`: any other name would never apply.
-        if let Subject::Peer(key) = &budget.subject
-            && key.parse::<machinomy_core::PublicKey>().is_err()
-        {
-            return Err(BackendError::Invalid(format!(
-                "{}: a peer is named by its public key (64 hex characters, as `machinomy-hub peer list` shows)",
-                budget.subject
-            )));
+        if let Some(problem) = crate::config::budget_subject_problem(&budget.subject) {
+            return Err(BackendError::Invalid(problem));
         }
         self.payments().set_budget(budget.clone()).await?;
         Ok(self.budget_view(budget).await?)

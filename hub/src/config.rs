@@ -493,6 +493,9 @@ impl RawConfig {
                 currency.parse(&raw.auto_approve).map_err(|e| key_error(&key("auto_approve"), e.to_string()))?;
             let budget = Budget::new(subject, period, limit, auto_approve)
                 .map_err(|e| key_error(&key("auto_approve"), e.to_string()))?;
+            if let Some(problem) = budget_subject_problem(&budget.subject) {
+                return Err(key_error(&key("subject"), problem));
+            }
             if budgets.iter().any(|b| b.subject == budget.subject) {
                 return Err(key_error(&key("subject"), format!("{} has a budget already", budget.subject)));
             }
@@ -680,6 +683,17 @@ impl RawConfig {
     }
 }
 
+/// Why a budget's subject could never apply, if it could not. Invoices are counted against
+/// `peer:<their key>`, so a peer named any other way would match nothing.
+pub(crate) fn budget_subject_problem(subject: &Subject) -> Option<String> {
+    match subject {
+        Subject::Peer(key) if key.parse::<machinomy_core::PublicKey>().is_err() => Some(format!(
+            "{subject}: a peer is named by its public key (64 hex characters, as `machinomy-hub peer list` shows)"
+        )),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -724,6 +738,21 @@ mod tests {
         let err = parse("[hub\nname = 1").unwrap_err().to_string();
         assert!(err.starts_with("config /etc/machinomy/hub.toml:"), "{err}");
         assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn a_peer_budget_must_name_the_peers_key() {
+        let err =
+            parse("[[budget]]\nsubject = \"peer:alice\"\nperiod = \"day\"\nlimit = \"1\"\nauto_approve = \"0\"\n")
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("budget[0].subject") && err.contains("public key"), "{err}");
+        let key = "ab".repeat(32);
+        let config = parse(&format!(
+            "[[budget]]\nsubject = \"peer:{key}\"\nperiod = \"day\"\nlimit = \"1\"\nauto_approve = \"0\"\n"
+        ))
+        .unwrap();
+        assert_eq!(config.budgets[0].subject, Subject::Peer(key));
     }
 
     #[test]
