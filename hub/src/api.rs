@@ -346,6 +346,16 @@ impl Backend for Hub {
         Ok(view)
     }
 
+    async fn configure_plugin(
+        &self,
+        name: String,
+        config: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<PluginView, BackendError> {
+        let view = plugin_view(self.plugins_or_unavailable()?.configure(&name, config.into_iter().collect()).await?);
+        self.tell_pages(LiveEvent::Plugin { name });
+        Ok(view)
+    }
+
     async fn remove_plugin(&self, name: String) -> Result<(), BackendError> {
         self.plugins_or_unavailable()?.remove(&name).await?;
         self.tell_pages(LiveEvent::Plugin { name });

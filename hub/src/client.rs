@@ -76,6 +76,10 @@ impl Client {
         self.json(self.http.put(self.url(path)).json(body)).await
     }
 
+    pub async fn patch<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
+        self.json(self.http.patch(self.url(path)).json(body)).await
+    }
+
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         self.json(self.http.delete(self.url(path))).await
     }

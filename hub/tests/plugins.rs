@@ -32,6 +32,7 @@ fn module_speaking(abi_version: i32, memory_pages: u32, body: &str) -> Vec<u8> {
   (import "machinomy" "kv_set" (func $kv_set (param i32 i32 i32 i32) (result i32)))
   (import "machinomy" "spend" (func $spend (param i32 i32 i32 i32 i32 i32) (result i64)))
   (import "machinomy" "call_service" (func $call_service (param i32 i32 i32 i32 i32 i32) (result i64)))
+  (import "machinomy" "config" (func $config (param i32 i32) (result i32)))
   (memory (export "memory") {memory_pages})
   ;; Scratch for the host's arguments: one buffer from 32 KiB, reused by every event.
   (func (export "machinomy_abi_version") (result i32) i32.const {abi_version})
@@ -701,6 +702,62 @@ async fn an_upgrade_may_go_back_names_a_waiting_upgrade_it_replaces_and_keeps_th
         .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
         .collect();
     assert_eq!(modules.len(), 1, "{modules:?}");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_changes_settings_in_place_and_the_plugin_restarts_with_its_storage() {
+    let mut h = Harness::start().await;
+    // Keeps its settings as it read them at start under "c", and counts its starts under "s".
+    let tunable = module(
+        1,
+        r#"
+  (data (i32.const 100) "c")
+  (data (i32.const 101) "s")
+  (func (export "on_start")
+    (drop (call $kv_set (i32.const 100) (i32.const 1) (i32.const 1024)
+      (call $config (i32.const 1024) (i32.const 4096))))
+    (i64.store (i32.const 0) (i64.const 0))
+    (drop (call $kv_get (i32.const 101) (i32.const 1) (i32.const 0) (i32.const 8)))
+    (i64.store (i32.const 0) (i64.add (i64.load (i32.const 0)) (i64.const 1)))
+    (drop (call $kv_set (i32.const 101) (i32.const 1) (i32.const 0) (i32.const 8))))
+"#,
+    );
+    let package = package("tunable", "[config]\nlevel = 1\nname = \"den\"", tunable);
+    h.install(package).await;
+    let read = |h: &Harness| {
+        let config = h.kv("tunable", "c").and_then(|c| serde_json::from_slice::<serde_json::Value>(&c).ok());
+        let starts = h.kv("tunable", "s").map(|v| u64::from_le_bytes(v[..8].try_into().unwrap()));
+        (config, starts)
+    };
+    let first = serde_json::json!({"level": 1, "name": "den"});
+    eventually("the first start", async || (read(&h) == (Some(first.clone()), Some(1))).then_some(())).await;
+
+    let set = |key: &str, value: serde_json::Value| Overrides::from([(key.to_owned(), value)]);
+    let view = h.plugins.configure("tunable", set("level", serde_json::json!(5))).await.unwrap();
+    let second = serde_json::json!({"level": 5, "name": "den"});
+    assert_eq!(serde_json::Value::Object(view.config), second);
+    assert_eq!(view.version, "1.0.0");
+    // Restarted with the new settings; its storage (the start count) is kept.
+    eventually("the restart", async || (read(&h) == (Some(second.clone()), Some(2))).then_some(())).await;
+
+    // Settings that cannot apply change nothing.
+    let error = h.plugins.configure("tunable", set("bad key!", serde_json::json!(1))).await.unwrap_err();
+    assert!(error.to_string().contains("bad key!"), "{error}");
+    assert!(matches!(h.plugins.configure("nope", Overrides::new()).await, Err(PluginError::Unknown(_))));
+    assert_eq!(serde_json::Value::Object(h.show("tunable").await.config), second);
+
+    // The owner's settings outlive the hub; null gives the manifest's value back.
+    h.restart().await;
+    eventually("the start after the hub's", async || (read(&h) == (Some(second.clone()), Some(3))).then_some(())).await;
+    let view = h.plugins.configure("tunable", set("level", serde_json::Value::Null)).await.unwrap();
+    assert_eq!(serde_json::Value::Object(view.config), first);
+    eventually("the reset", async || (read(&h) == (Some(first.clone()), Some(4))).then_some(())).await;
+
+    // A disabled plugin takes new settings without starting.
+    h.plugins.set_enabled("tunable", false).await.unwrap();
+    h.plugins.configure("tunable", set("name", serde_json::json!("attic"))).await.unwrap();
+    assert_eq!(read(&h).1, Some(4));
     h.stop().await;
 }
 

@@ -30,6 +30,7 @@
 //! | POST   | `/api/v1/plugins`                 | 201 [`PluginInstalled`]; body: [`NewPlugin`]; 409 if the name is taken |
 //! | GET    | `/api/v1/plugins/{name}`          | [`PluginView`]                           |
 //! | PUT    | `/api/v1/plugins/{name}`          | [`PluginInstalled`] (with the version before); body: [`PluginUpgrade`] of the same plugin |
+//! | PATCH  | `/api/v1/plugins/{name}`          | [`PluginView`]; body: [`PluginSettings`]; changes settings, keeps version and storage |
 //! | DELETE | `/api/v1/plugins/{name}`          | 204                                      |
 //! | POST   | `/api/v1/plugins/{name}/approve`  | [`PluginView`]; applies the upgrade waiting for approval (409 if none) |
 //! | POST   | `/api/v1/plugins/{name}/enable`   | [`PluginView`]; also clears a quarantine |
@@ -73,8 +74,8 @@ use crate::extract::{
 };
 use crate::model::{
     BudgetView, CallBody, CallResult, ChannelView, DailySpendingView, DenyBody, DeviceView, HubStatus, NewDevice,
-    NewPlugin, PairedDevice, PeerView, PluginInstalled, PluginUpgrade, PluginView, ServicesView, SpendingQuery,
-    SpendingReport,
+    NewPlugin, PairedDevice, PeerView, PluginInstalled, PluginSettings, PluginUpgrade, PluginView, ServicesView,
+    SpendingQuery, SpendingReport,
 };
 use crate::ui::session::{Clock, Sessions, SystemClock};
 
@@ -123,6 +124,7 @@ pub(crate) fn router_with_clock<B: Backend>(backend: Arc<B>, auth: AdminAuth, cl
             "/api/v1/plugins/{name}",
             get(plugin::<B>)
                 .put(upgrade_plugin::<B>.layer(DefaultBodyLimit::max(PLUGIN_BODY_LIMIT)))
+                .patch(configure_plugin::<B>)
                 .delete(remove_plugin::<B>),
         )
         .route("/api/v1/plugins/{name}/approve", post(approve_plugin::<B>))
@@ -439,6 +441,15 @@ async fn upgrade_plugin<B: Backend>(
     check_plugin_name(&name)?;
     let upload = PluginUpload { wasm: decode_wasm(&upgrade.wasm)?, manifest: upgrade.manifest };
     Ok(Json(backend.upgrade_plugin(name, upload, upgrade.config).await?))
+}
+
+async fn configure_plugin<B: Backend>(
+    State(backend): State<Arc<B>>,
+    ApiPath(name): ApiPath<String>,
+    JsonBody(settings): JsonBody<PluginSettings>,
+) -> Result<Json<PluginView>, ApiError> {
+    check_plugin_name(&name)?;
+    Ok(Json(backend.configure_plugin(name, settings.config).await?))
 }
 
 async fn remove_plugin<B: Backend>(

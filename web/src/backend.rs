@@ -145,6 +145,14 @@ pub trait Backend: Send + Sync + 'static {
         name: String,
         enabled: bool,
     ) -> impl Future<Output = Result<PluginView, BackendError>> + Send;
+    /// Changes the owner's settings of plugin `name`, keeping its version and storage: each
+    /// entry of `config` replaces the setting of its name, `null` goes back to the manifest's
+    /// value. A running plugin restarts to read them.
+    fn configure_plugin(
+        &self,
+        name: String,
+        config: serde_json::Map<String, serde_json::Value>,
+    ) -> impl Future<Output = Result<PluginView, BackendError>> + Send;
     /// Stops a plugin and removes it with its files and storage.
     fn remove_plugin(&self, name: String) -> impl Future<Output = Result<(), BackendError>> + Send;
 }

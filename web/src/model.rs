@@ -433,6 +433,14 @@ pub struct PluginUpgrade {
     pub config: serde_json::Map<String, serde_json::Value>,
 }
 
+/// `PATCH /api/v1/plugins/{name}`: changes the owner's settings of a plugin.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginSettings {
+    /// Each replaces the setting of its name; `null` goes back to the manifest's value.
+    pub config: serde_json::Map<String, serde_json::Value>,
+}
+
 /// What an install or an upgrade did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

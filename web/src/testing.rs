@@ -964,6 +964,34 @@ impl Backend for MemoryBackend {
         })
     }
 
+    async fn configure_plugin(
+        &self,
+        name: String,
+        config: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<PluginView, BackendError> {
+        self.call(|s| {
+            let now = s.now;
+            let plugin = s.plugins.iter_mut().find(|p| p.view.name == name).ok_or_else(|| no_plugin(&name))?;
+            if let Some(key) = config.keys().find(|k| k.is_empty() || k.len() > 64) {
+                return Err(BackendError::Invalid(format!(
+                    "config override {key:?}: keys are 1 to 64 of a-z, 0-9, '_', '-'"
+                )));
+            }
+            for (key, value) in config {
+                if value.is_null() {
+                    plugin.overrides.remove(&key);
+                } else {
+                    plugin.overrides.insert(key, value);
+                }
+            }
+            let mut merged = plugin.manifest.config.clone();
+            merged.extend(plugin.overrides.clone());
+            plugin.view.config = merged;
+            plugin.view.updated_at = now;
+            Ok(plugin.view.clone())
+        })
+    }
+
     async fn remove_plugin(&self, name: String) -> Result<(), BackendError> {
         self.call(|s| {
             let at = s.plugins.iter().position(|p| p.view.name == name).ok_or_else(|| no_plugin(&name))?;

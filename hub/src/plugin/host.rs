@@ -379,6 +379,31 @@ impl Host {
         let _ = std::fs::remove_file(self.compiled_path(name, hash));
     }
 
+    async fn configure(&mut self, name: &str, changes: Overrides) -> Result<PluginView, PluginError> {
+        let slot = self.slots.get(name).ok_or_else(|| PluginError::Unknown(name.to_owned()))?;
+        let mut overrides = slot.record.overrides.clone();
+        for (key, value) in changes {
+            if value.is_null() {
+                overrides.remove(&key);
+            } else {
+                overrides.insert(key, value);
+            }
+        }
+        check_overrides(&overrides)?;
+        let slot = self.slots.get_mut(name).ok_or_else(|| PluginError::Unknown(name.to_owned()))?;
+        slot.record.overrides = overrides;
+        slot.record.updated_at = now();
+        let record = slot.record.clone();
+        self.persist(&record).await?;
+        info!(plugin = %name, "plugin settings changed");
+        // A plugin reads its settings when it likes (often once, in on_start): it starts afresh.
+        if record.state == PluginState::Enabled && self.slots.get(name).is_some_and(Slot::running) {
+            self.stop(name, "settings changed");
+            self.start(name);
+        }
+        self.view(name)
+    }
+
     async fn set_enabled(&mut self, name: &str, enabled: bool) -> Result<PluginView, PluginError> {
         let slot = self.slots.get_mut(name).ok_or_else(|| PluginError::Unknown(name.to_owned()))?;
         slot.record.state = if enabled { PluginState::Enabled } else { PluginState::Disabled };
@@ -724,6 +749,9 @@ impl Host {
             }
             Command::SetEnabled { name, enabled, reply } => {
                 let _ = reply.send(self.set_enabled(&name, enabled).await);
+            }
+            Command::Configure { name, overrides, reply } => {
+                let _ = reply.send(self.configure(&name, overrides).await);
             }
             Command::Remove { name, reply } => {
                 let _ = reply.send(self.remove(&name).await);

@@ -163,6 +163,7 @@ enum Command {
     Upgrade { package: Package, overrides: Overrides, reply: oneshot::Sender<Result<Upgraded, PluginError>> },
     Approve { name: String, reply: oneshot::Sender<Result<PluginView, PluginError>> },
     SetEnabled { name: String, enabled: bool, reply: oneshot::Sender<Result<PluginView, PluginError>> },
+    Configure { name: String, overrides: Overrides, reply: oneshot::Sender<Result<PluginView, PluginError>> },
     Remove { name: String, reply: oneshot::Sender<Result<(), PluginError>> },
     List { reply: oneshot::Sender<Vec<PluginView>> },
     Show { name: String, reply: oneshot::Sender<Result<PluginView, PluginError>> },
@@ -295,6 +296,13 @@ impl Plugins {
     /// Enables (clearing a quarantine) or disables a plugin.
     pub async fn set_enabled(&self, name: &str, enabled: bool) -> Result<PluginView, PluginError> {
         self.ask(|reply| Command::SetEnabled { name: name.to_owned(), enabled, reply }).await?
+    }
+
+    /// Changes the owner's settings of a plugin, keeping its version and storage: each of
+    /// `overrides` replaces the setting of its name (`null` goes back to the manifest's value),
+    /// and a running plugin is restarted to read them.
+    pub async fn configure(&self, name: &str, overrides: Overrides) -> Result<PluginView, PluginError> {
+        self.ask(|reply| Command::Configure { name: name.to_owned(), overrides, reply }).await?
     }
 
     /// Stops and removes a plugin with its files and storage.

@@ -521,6 +521,23 @@ async fn the_plugin_commands_install_list_show_disable_enable_upgrade_and_remove
     assert_eq!(rolled_back.version, "0.0.9");
     assert_eq!((&rolled_back.config["bill_every_secs"], &rolled_back.config["meter"]), (&json!(2), &json!("meter")));
 
+    // Settings change in place: same version, a restart (one more event), the storage kept;
+    // `--unset` goes back to the manifest's value.
+    let answer =
+        hub.cli(&["plugin", "config", "rental-billing", "--unset", "bill_every_secs", "--set", "renter="]).await;
+    let answer = answer.unwrap();
+    let text = answer.ok().unwrap();
+    assert!(text.starts_with("changed the settings of rental-billing; it restarted with them\n"), "{text}");
+    let configured = show(&hub, "rental-billing").await.unwrap();
+    assert_eq!(configured.version, "0.0.9");
+    assert_eq!(configured.config["bill_every_secs"], json!(3600), "{configured:?}");
+    assert!(configured.running && configured.events > rolled_back.events, "{configured:?}");
+    let answer = hub.cli(&["plugin", "config", "rental-billing"]).await.unwrap();
+    let shown = answer.ok().unwrap();
+    assert!(shown.starts_with("config") && shown.contains("\"bill_every_secs\": 3600"), "{shown}");
+    let refused = hub.cli(&["plugin", "config", "rental-billing", "--set", "a=1", "--unset", "a"]).await.unwrap();
+    assert!(refused.error_line().unwrap().contains("--set and --unset both name \"a\""), "{refused}");
+
     // Removed: gone from the list, and `show` fails with one line.
     hub.cli(&["plugin", "remove", "rental-billing"]).await.unwrap().ok().unwrap();
     assert!(list(&hub).await.unwrap().is_empty());

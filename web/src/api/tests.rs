@@ -1607,6 +1607,43 @@ async fn disabling_stops_a_plugin_and_enabling_clears_a_quarantine() {
 }
 
 #[tokio::test]
+async fn settings_change_in_place_and_null_goes_back_to_the_manifests_value() {
+    let h = harness();
+    let uri = plugin_uri(SAMPLE_PLUGIN);
+    let version = h.plugin_version(SAMPLE_PLUGIN);
+    let body = json!({"config": {"irrigation": "garden-valve", "every_secs": null}}).to_string();
+    let view = h.send_json(Method::PATCH, &uri, body).await.expect(StatusCode::OK).json();
+    // `every_secs` was the owner's 600; null gives the manifest's 3600 back.
+    assert_eq!(view["config"], json!({"every_secs": 3600, "irrigation": "garden-valve"}));
+    assert_eq!(view["version"], version.as_str());
+    let shown = h.get(&uri).await.expect(StatusCode::OK).json();
+    assert_eq!(shown["config"], view["config"]);
+}
+
+#[tokio::test]
+async fn a_settings_change_that_cannot_apply_changes_nothing() {
+    let h = harness();
+    let uri = plugin_uri(SAMPLE_PLUGIN);
+    let before = h.get(&uri).await.expect(StatusCode::OK).json();
+    let long_key = "k".repeat(65);
+    for (body, status, needle) in [
+        (json!({"config": {long_key.as_str(): 1}}).to_string(), StatusCode::BAD_REQUEST, "keys are 1 to 64"),
+        (json!({"config": [1, 2]}).to_string(), StatusCode::BAD_REQUEST, "config"),
+        (json!({"config": {}, "wasm": "AAAA"}).to_string(), StatusCode::BAD_REQUEST, "wasm"),
+        ("{\"config\": {".to_owned(), StatusCode::BAD_REQUEST, "JSON"),
+    ] {
+        h.send_json(Method::PATCH, &uri, body).await.expect_error(status, needle);
+    }
+    h.send_json(Method::PATCH, &plugin_uri("nope"), json!({"config": {"a": 1}}).to_string())
+        .await
+        .expect_error(StatusCode::NOT_FOUND, "nope");
+    h.send_json(Method::PATCH, &plugin_uri("No.Such"), json!({"config": {"a": 1}}).to_string())
+        .await
+        .expect_error(StatusCode::BAD_REQUEST, "plugin name");
+    assert_eq!(h.get(&uri).await.expect(StatusCode::OK).json(), before);
+}
+
+#[tokio::test]
 async fn removing_a_plugin_answers_204_and_it_is_gone() {
     let h = harness();
     let uri = plugin_uri(SAMPLE_PLUGIN);
@@ -1627,7 +1664,7 @@ async fn plugin_routes_allow_only_their_methods() {
     assert_eq!(answer.header(header::ALLOW), "GET,HEAD,POST");
     answer.expect_error(StatusCode::METHOD_NOT_ALLOWED, "PUT");
     let answer = h.post(&plugin_uri(SAMPLE_PLUGIN)).await;
-    assert_eq!(answer.header(header::ALLOW), "GET,HEAD,PUT,DELETE");
+    assert_eq!(answer.header(header::ALLOW), "GET,HEAD,PUT,PATCH,DELETE");
     answer.expect_error(StatusCode::METHOD_NOT_ALLOWED, "POST");
     let answer = h.get(&format!("{}/enable", plugin_uri(SAMPLE_PLUGIN))).await;
     assert_eq!(answer.header(header::ALLOW), "POST");

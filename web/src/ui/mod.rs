@@ -31,6 +31,7 @@
 //! | GET    | `/plugins/{name}`             | one plugin: grants, state, quarantine reason, log  |
 //! | POST   | `/plugins/{name}/{action}`    | `enable`, `disable`, `approve` (a waiting upgrade), `remove` |
 //! | POST   | `/plugins/{name}/upgrade`     | uploads a new version (multipart)                  |
+//! | POST   | `/plugins/{name}/settings`    | changes its settings to the box's `KEY=VALUE` lines |
 //! | GET    | `/peers`                      | hubs known on the peer network                     |
 //! | GET    | `/static/ui.css`, `/static/live.js` | the stylesheet and the live-update script (no session needed) |
 //!
@@ -130,6 +131,7 @@ pub(crate) fn routes<B: Backend>(backend: Arc<B>, sessions: Arc<Sessions>) -> Ro
             "/plugins/{name}/upgrade",
             post(plugins::upgrade::<B>).layer(DefaultBodyLimit::max(plugins::UPLOAD_LIMIT)),
         )
+        .route("/plugins/{name}/settings", post(plugins::configure::<B>))
         .route("/plugins/{name}/{action}", post(plugins::act::<B>))
         .route("/setup", get(account::setup_form::<B>).post(account::setup::<B>))
         .route("/login", get(account::login_form::<B>).post(account::login::<B>))

@@ -101,6 +101,8 @@ pub(crate) struct PluginPage {
     pub(crate) grants: Vec<GrantLine>,
     pub(crate) limits: Vec<GrantLine>,
     pub(crate) config: Vec<(String, String)>,
+    /// The settings box: the settings as `KEY=VALUE` lines, or what the owner typed.
+    pub(crate) settings: String,
     pub(crate) asks_for: Vec<String>,
     pub(crate) subscriptions: Vec<String>,
     pub(crate) timers: u64,
@@ -187,6 +189,7 @@ async fn plugin_page<B: Backend>(
     ui: &Ui<B>,
     owner: &SessionInfo,
     name: String,
+    typed_settings: Option<String>,
     errors: UploadErrors,
 ) -> Result<PluginPage, PageError> {
     let (frame, view) = tokio::join!(Frame::load(ui), ui.backend.plugin(name));
@@ -207,6 +210,7 @@ async fn plugin_page<B: Backend>(
         grants: grant_lines(&view, &frame.status.currency),
         limits: limit_lines(&view),
         config: view.config.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
+        settings: typed_settings.unwrap_or_else(|| settings_lines(&view.config)),
         asks_for: view.pending_upgrade.as_ref().map(|u| u.asks_for.clone()).unwrap_or_default(),
         subscriptions: view.subscriptions.clone(),
         timers: view.timers,
@@ -234,7 +238,7 @@ pub(crate) async fn show<B: Backend>(
     Path(name): Path<String>,
 ) -> Result<Response, PageError> {
     let name = plugin_name(&name)?;
-    Ok(render(&plugin_page(&ui, &owner, name, UploadErrors::default()).await?))
+    Ok(render(&plugin_page(&ui, &owner, name, None, UploadErrors::default()).await?))
 }
 
 /// An upload form, read whole (within [`UPLOAD_LIMIT`]) and its CSRF token checked before any
@@ -318,26 +322,100 @@ fn read_upload(
     };
     let mut config = serde_json::Map::new();
     if with_settings {
-        if upload.settings.len() > MAX_SETTINGS {
-            errors.settings = Some(format!("Settings are at most {MAX_SETTINGS} bytes."));
-        }
-        for (number, line) in upload.settings.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || errors.settings.is_some() {
-                continue;
-            }
-            match parse_setting(line) {
-                Ok((key, value)) => {
-                    config.insert(key.trim().to_owned(), value);
-                }
-                Err(e) => errors.settings = Some(format!("Line {}: {e}.", number + 1)),
-            }
+        match read_settings(&upload.settings) {
+            Ok(settings) => config = settings,
+            Err(e) => errors.settings = Some(e),
         }
     }
     match (manifest, wasm) {
         (Some(manifest), Some(wasm)) if errors.settings.is_none() => Ok((PluginUpload { manifest, wasm }, config)),
         _ => Err(errors),
     }
+}
+
+/// The settings box's `KEY=VALUE` lines (blank lines skipped), or what is wrong with them.
+fn read_settings(text: &str) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    if text.len() > MAX_SETTINGS {
+        return Err(format!("Settings are at most {MAX_SETTINGS} bytes."));
+    }
+    let mut config = serde_json::Map::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let (key, value) = parse_setting(line).map_err(|e| format!("Line {}: {e}.", number + 1))?;
+        config.insert(key.trim().to_owned(), value);
+    }
+    Ok(config)
+}
+
+/// Settings as the box shows them: a `KEY=VALUE` line each, the value as JSON (so a text that
+/// looks like a number stays a text when the box is sent back).
+fn settings_lines(config: &serde_json::Map<String, serde_json::Value>) -> String {
+    config.iter().map(|(key, value)| format!("{key}={value}\n")).collect()
+}
+
+/// What the box changes against the current settings: a key typed with another value is set;
+/// a key left out goes back to the plugin's own value (`null`).
+fn settings_change(
+    current: &serde_json::Map<String, serde_json::Value>,
+    typed: serde_json::Map<String, serde_json::Value>,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut change: serde_json::Map<String, serde_json::Value> = current
+        .keys()
+        .filter(|key| !typed.contains_key(*key))
+        .map(|key| (key.clone(), serde_json::Value::Null))
+        .collect();
+    change.extend(typed.into_iter().filter(|(key, value)| current.get(key) != Some(value)));
+    change
+}
+
+/// The settings form.
+#[derive(Debug, Default, serde::Deserialize)]
+pub(crate) struct SettingsForm {
+    #[serde(default)]
+    settings: String,
+}
+
+/// `POST /plugins/{name}/settings`: changes the settings to what the box says.
+pub(crate) async fn configure<B: Backend>(
+    State(ui): State<Ui<B>>,
+    Path(name): Path<String>,
+    SessionForm { owner, form }: SessionForm<SettingsForm>,
+) -> Result<Response, PageError> {
+    let name = plugin_name(&name)?;
+    let error = match read_settings(&form.settings) {
+        Ok(typed) => {
+            let current = ui.backend.plugin(name.clone()).await?.config;
+            let change = settings_change(&current, typed);
+            if change.is_empty() {
+                return Ok(done(
+                    &ui.sessions,
+                    &owner,
+                    true,
+                    "Nothing changed.".to_owned(),
+                    &format!("/plugins/{name}"),
+                ));
+            }
+            match ui.backend.configure_plugin(name.clone(), change).await {
+                Ok(view) => {
+                    let text = match view.state {
+                        PluginStateName::Enabled if view.running => {
+                            format!("Changed the settings of {name}; it restarted with them.")
+                        }
+                        _ => format!("Changed the settings of {name}; it uses them when it runs."),
+                    };
+                    return Ok(done(&ui.sessions, &owner, true, text, &format!("/plugins/{name}")));
+                }
+                Err(BackendError::Invalid(m)) => m,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(e) => e,
+    };
+    let errors = UploadErrors { settings: Some(error), ..UploadErrors::default() };
+    Ok(invalid(&plugin_page(&ui, &owner, name, Some(form.settings), errors).await?))
 }
 
 /// Puts the hub's refusal of an upload beside the field it is about: the module's own faults
@@ -410,7 +488,7 @@ pub(crate) async fn upgrade<B: Backend>(
         },
         Err(errors) => errors,
     };
-    Ok(invalid(&plugin_page(&ui, &upload.owner, name, errors).await?))
+    Ok(invalid(&plugin_page(&ui, &upload.owner, name, None, errors).await?))
 }
 
 /// `enable`, `disable`, `approve` or `remove`.

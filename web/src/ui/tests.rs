@@ -656,7 +656,7 @@ const PAGES: [(&str, &str); 12] = [
 ];
 
 /// Every form a page posts, each with a valid target in the sample home.
-const FORMS: [&str; 13] = [
+const FORMS: [&str; 14] = [
     "/logout",
     "/approvals/7/approve",
     "/approvals/7/deny",
@@ -670,6 +670,7 @@ const FORMS: [&str; 13] = [
     "/plugins/weather-buyer/disable",
     "/plugins/weather-buyer/enable",
     "/plugins/weather-buyer/remove",
+    "/plugins/weather-buyer/settings",
 ];
 
 #[tokio::test]
@@ -1111,6 +1112,56 @@ async fn plugins_are_enabled_disabled_and_removed_by_form() {
     browser.post("/plugins/flaky/remove", &[("csrf", &csrf)]).await.redirects_to("/plugins");
     assert_eq!(state("flaky"), None);
     browser.get("/plugins").await.contains("Removed flaky with its storage.");
+}
+
+#[tokio::test]
+async fn a_plugins_settings_are_changed_by_form_and_a_line_left_out_goes_back_to_its_own_value() {
+    let hub = Hub::set_up();
+    let mut browser = hub.signed_in().await;
+    let csrf = browser.csrf().await;
+    let overrides = || {
+        hub.backend.with_state(|s| s.plugins.iter().find(|p| p.view.name == "weather-buyer").unwrap().overrides.clone())
+    };
+    // The box holds the settings as they are, values as JSON.
+    browser
+        .get("/plugins/weather-buyer")
+        .await
+        .contains("action=\"/plugins/weather-buyer/settings\"")
+        .contains("every_secs=600\nirrigation=&#34;irrigation&#34;\n</textarea>");
+
+    // A line that cannot be read: the form comes back with the text and why; nothing changes.
+    let before = overrides();
+    browser
+        .post("/plugins/weather-buyer/settings", &[("csrf", &csrf), ("settings", "every_secs=60\nno equals")])
+        .await
+        .expect(StatusCode::UNPROCESSABLE_ENTITY)
+        .contains("id=\"settings-error\">Line 2: expected KEY=VALUE.")
+        .contains("every_secs=60\nno equals</textarea>");
+    assert_eq!(overrides(), before);
+
+    // `every_secs` left out goes back to the manifest's 3600; the valve is renamed.
+    browser
+        .post("/plugins/weather-buyer/settings", &[("csrf", &csrf), ("settings", "irrigation=garden\n\n")])
+        .await
+        .redirects_to("/plugins/weather-buyer");
+    assert_eq!(serde_json::Value::Object(overrides()), serde_json::json!({"irrigation": "garden"}));
+    browser
+        .get("/plugins/weather-buyer")
+        .await
+        .contains("Changed the settings of weather-buyer; it restarted with them.")
+        .contains("every_secs=3600\nirrigation=&#34;garden&#34;\n</textarea>");
+
+    // The same again changes nothing and says so.
+    browser
+        .post(
+            "/plugins/weather-buyer/settings",
+            &[("csrf", &csrf), ("settings", "every_secs=3600\nirrigation=\"garden\"")],
+        )
+        .await
+        .redirects_to("/plugins/weather-buyer");
+    browser.get("/plugins/weather-buyer").await.contains("Nothing changed.");
+    assert_eq!(serde_json::Value::Object(overrides()), serde_json::json!({"irrigation": "garden"}));
+    browser.post("/plugins/nope/settings", &[("csrf", &csrf), ("settings", "a=1")]).await.expect(StatusCode::NOT_FOUND);
 }
 
 /// A multipart upload as a browser sends the install form.

@@ -13,7 +13,7 @@ use machinomy_hub::config::{Config, DefaultPaths};
 use machinomy_hub::datadir::DataDir;
 use machinomy_web::model::{
     BudgetView, ChannelView, DenyBody, DeviceView, HubStatus, NewBleDevice, NewDevice, PairedDevice, PluginInstalled,
-    PluginView, SpendingReport,
+    PluginSettings, PluginView, SpendingReport,
 };
 
 use crate::output;
@@ -103,6 +103,17 @@ enum PluginCommand {
         /// install. Repeatable
         #[arg(long = "set", value_name = "KEY=VALUE", allow_hyphen_values = true)]
         set: Vec<String>,
+    },
+    /// Change a plugin's settings, keeping its version and storage (a running plugin restarts to
+    /// read them); with no --set or --unset, show them
+    Config {
+        name: String,
+        /// Set a config key; VALUE as for install. Repeatable
+        #[arg(long = "set", value_name = "KEY=VALUE", allow_hyphen_values = true)]
+        set: Vec<String>,
+        /// Go back to the manifest's value of KEY. Repeatable
+        #[arg(long = "unset", value_name = "KEY")]
+        unset: Vec<String>,
     },
     /// Approve the upgrade that waits for approval (the new version runs from now on)
     Approve { name: String },
@@ -430,6 +441,10 @@ fn check_plugin(command: &PluginCommand) -> Result<()> {
         PluginCommand::Install { set, .. } | PluginCommand::Upgrade { set, .. } => {
             upload::overrides(set).map_err(usage)?;
         }
+        PluginCommand::Config { name, set, unset } => {
+            plugin_name(name)?;
+            settings_change(set, unset)?;
+        }
         PluginCommand::Show { name }
         | PluginCommand::Approve { name }
         | PluginCommand::Enable { name }
@@ -437,6 +452,18 @@ fn check_plugin(command: &PluginCommand) -> Result<()> {
         | PluginCommand::Remove { name } => plugin_name(name)?,
     }
     Ok(())
+}
+
+/// `--set` and `--unset` as one change of settings (`null` goes back to the manifest's value).
+fn settings_change(set: &[String], unset: &[String]) -> Result<serde_json::Map<String, serde_json::Value>> {
+    let mut config = upload::overrides(set).map_err(usage)?;
+    for key in unset {
+        if config.contains_key(key) {
+            return Err(usage(format!("--set and --unset both name {key:?}")));
+        }
+        config.insert(key.clone(), serde_json::Value::Null);
+    }
+    Ok(config)
 }
 
 /// A plugin name as typed: `[a-z0-9_-]{1,64}` (safe in a URL path).
@@ -476,6 +503,17 @@ async fn plugin(command: &PluginCommand, local: Option<&LocalPlugin>, client: &C
                 client.put(&format!("/api/v1/plugins/{}", local.name), &body).await.map_err(|e| local.locate(e))?;
             let status: HubStatus = client.get("/api/v1/status").await?;
             output::show(json, &installed, || output::installed(&installed, true, &status.currency))
+        }
+        PluginCommand::Config { name, set, unset } => {
+            plugin_name(name)?;
+            let config = settings_change(set, unset)?;
+            let uri = format!("/api/v1/plugins/{name}");
+            let (plugin, changed): (PluginView, bool) = if config.is_empty() {
+                (client.get(&uri).await?, false)
+            } else {
+                (client.patch(&uri, &PluginSettings { config }).await?, true)
+            };
+            output::show(json, &plugin, || output::plugin_settings(&plugin, changed))
         }
         PluginCommand::Approve { name } => {
             plugin_name(name)?;
@@ -938,7 +976,7 @@ mod tests {
     fn plugin_commands_parse() {
         assert_eq!(
             subcommands_of(&["plugin"]),
-            ["list", "show", "install", "upgrade", "approve", "enable", "disable", "remove"]
+            ["list", "show", "install", "upgrade", "config", "approve", "enable", "disable", "remove"]
         );
         assert!(matches!(plugin_command(&["plugins", "list"]), PluginCommand::List));
         let PluginCommand::Install { path, wasm, set } = plugin_command(&[
@@ -969,7 +1007,17 @@ mod tests {
         };
         let overrides = upload::overrides(&set).unwrap();
         assert_eq!(serde_json::Value::Object(overrides), serde_json::json!({"every_secs": 60}));
-        for action in ["approve", "enable", "disable", "remove", "show"] {
+        let PluginCommand::Config { name, set, unset } =
+            plugin_command(&["plugin", "config", "weather-buyer", "--set", "max_price=9", "--unset", "every_secs"])
+        else {
+            panic!("not `plugin config`");
+        };
+        assert_eq!(name, "weather-buyer");
+        let change = settings_change(&set, &unset).unwrap();
+        assert_eq!(serde_json::Value::Object(change), serde_json::json!({"max_price": 9, "every_secs": null}));
+        let both = plugin_command(&["plugin", "config", "w", "--set", "a=1", "--unset", "a"]);
+        assert!(check_plugin(&both).unwrap_err().to_string().contains("--set and --unset both name \"a\""));
+        for action in ["approve", "enable", "disable", "remove", "show", "config"] {
             let command = plugin_command(&["plugin", action, "weather-buyer"]);
             assert!(check_plugin(&command).is_ok(), "{action}");
         }

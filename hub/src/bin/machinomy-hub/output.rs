@@ -644,14 +644,7 @@ pub(crate) fn plugin(p: &PluginView, currency: &Currency) -> String {
             bytes(p.limits.kv_bytes)
         ),
     );
-    if p.config.is_empty() {
-        field(&mut out, "config", "none");
-    } else {
-        let pretty = serde_json::to_string_pretty(&p.config).unwrap_or_else(|e| format!("(cannot show: {e})"));
-        for (i, line) in pretty.lines().enumerate() {
-            field(&mut out, if i == 0 { "config" } else { "" }, &clean(line));
-        }
-    }
+    config_field(&mut out, p);
     if let Some(upgrade) = &p.pending_upgrade {
         field(&mut out, "upgrade", &format!("{} waits for your approval; it asks for more:", clean(&upgrade.version)));
         for ask in &upgrade.asks_for {
@@ -735,6 +728,34 @@ pub(crate) fn plugin_approved(p: &PluginView, currency: &Currency) -> String {
 }
 
 /// A plugin just enabled or disabled.
+/// The plugin's settings as pretty JSON under a `config` label.
+fn config_field(out: &mut String, p: &PluginView) {
+    if p.config.is_empty() {
+        field(out, "config", "none");
+        return;
+    }
+    let pretty = serde_json::to_string_pretty(&p.config).unwrap_or_else(|e| format!("(cannot show: {e})"));
+    for (i, line) in pretty.lines().enumerate() {
+        field(out, if i == 0 { "config" } else { "" }, &clean(line));
+    }
+}
+
+/// `plugin config`: the settings, and after a change whether the plugin runs with them.
+pub(crate) fn plugin_settings(p: &PluginView, changed: bool) -> String {
+    let name = clean(&p.name);
+    let mut out = String::new();
+    if changed {
+        let now = match (&p.state, not_running(p)) {
+            (PluginStateName::Enabled, None) => "it restarted with them".to_owned(),
+            (PluginStateName::Enabled, Some(why)) => why,
+            _ => format!("it uses them when enabled (`machinomy-hub plugin enable {name}`)"),
+        };
+        let _ = writeln!(out, "changed the settings of {name}; {now}");
+    }
+    config_field(&mut out, p);
+    out
+}
+
 pub(crate) fn plugin_switched(p: &PluginView) -> String {
     let name = clean(&p.name);
     match p.state {
@@ -995,6 +1016,18 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("recent       nothing logged\n"), "{text}");
+    }
+
+    #[test]
+    fn a_settings_change_says_whether_the_plugin_runs_with_them() {
+        let mut p = sample_plugin();
+        let text = plugin_settings(&p, true);
+        assert!(text.starts_with("changed the settings of weather-buyer; it restarted with them\nconfig"), "{text}");
+        assert!(!plugin_settings(&p, false).contains("changed"));
+        p.state = PluginStateName::Disabled;
+        p.running = false;
+        let text = plugin_settings(&p, true);
+        assert!(text.contains("it uses them when enabled (`machinomy-hub plugin enable weather-buyer`)"), "{text}");
     }
 
     #[test]
