@@ -15,6 +15,8 @@ const EXPIRY_SWEEP: Duration = Duration::from_secs(5);
 /// How long in-flight requests get to finish after a stop signal; then the server is cut off so
 /// the books are flushed well inside a service manager's stop timeout, whatever clients do.
 const DRAIN: Duration = Duration::from_secs(10);
+/// How long start-up waits for the hub to be subscribed on the MQTT broker.
+const MQTT_READY_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -109,7 +111,13 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         crate::bridge::Bridge::start(&config, hub.payments().clone(), hub.market().clone(), hub.devices().clone())
             .await?;
     if let Some(addr) = bridge.broker_addr() {
-        info!(broker = addr, "appliance bridge up");
+        // Ready only once devices are heard: a device that publishes as soon as the hub answers
+        // must not be missed. A broker that is down is not waited for long.
+        if bridge.listening(MQTT_READY_WAIT).await {
+            info!(broker = addr, "appliance bridge up");
+        } else {
+            warn!(broker = addr, "the MQTT broker has not answered yet; devices are heard once it does");
+        }
     }
     hub.attach_bridge(bridge.clone());
     let plugin_tasks = match &config.plugins {
@@ -131,10 +139,12 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             None
         }
     };
-    if config.p2p.enabled {
+    // Subscribed before the task is spawned, so a peer that subscribes at once is not missed.
+    if let Some(events) = hub.market().net().map(|net| net.events()) {
         let offers_changed = hub.plugins().map(crate::plugin::Plugins::offers_changed);
         background.push(tokio::spawn(announce_offers(
             hub.clone(),
+            events,
             config.p2p.offer_ttl_secs,
             offers_changed,
             Shutdown(stop_rx.clone()),
@@ -198,17 +208,17 @@ async fn expire_approvals(hub: Hub, shutdown: Shutdown) {
     }
 }
 
-/// Announces this hub's offers now, again well before they expire, and whenever a peer starts
-/// listening for offers (gossip keeps no history, so a newcomer would otherwise wait a period).
-/// Announces this hub's offers (config's `[[sell]]` and plugins') periodically, when a peer
-/// subscribes to offers, and whenever plugins' offers change.
+/// Announces this hub's offers (config's `[[sell]]` and plugins') now, again well before they
+/// expire, whenever plugins' offers change, and whenever a peer starts listening for offers
+/// (gossip keeps no history, so a newcomer would otherwise wait a period). An announcement in
+/// progress gives way to shutdown: it may wait on peers that have gone.
 async fn announce_offers(
     hub: Hub,
+    mut events: tokio::sync::broadcast::Receiver<crate::net::NetEvent>,
     ttl_secs: u64,
     mut offers_changed: Option<watch::Receiver<u64>>,
     shutdown: Shutdown,
 ) {
-    let Some(mut events) = hub.market().net().map(|net| net.events()) else { return };
     let changed = async |offers: &mut Option<watch::Receiver<u64>>| {
         let Some(receiver) = offers else { return std::future::pending().await };
         if receiver.changed().await.is_err() {
@@ -234,9 +244,12 @@ async fn announce_offers(
             },
         };
         if due {
-            match hub.market().announce().await {
-                Ok(count) => tracing::debug!(count, "announced offers"),
-                Err(e) => warn!(error = %e, "could not announce offers"),
+            tokio::select! {
+                _ = &mut stop => return,
+                announced = hub.market().announce() => match announced {
+                    Ok(count) => tracing::debug!(count, "announced offers"),
+                    Err(e) => warn!(error = %e, "could not announce offers"),
+                },
             }
         }
     }

@@ -160,9 +160,9 @@ fn deps(hub: &InProcessHub) -> PluginDeps {
     }
 }
 
-/// Polls `check` until it gives a value; fails after 20 s with `what`.
+/// Polls `check` until it gives a value; fails after 30 s with `what`.
 async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(value) = check().await {
             return value;

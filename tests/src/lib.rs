@@ -812,7 +812,8 @@ async fn wait_exit(child: &mut Child, deadline: Duration) -> Result<Option<ExitS
 pub fn http_client() -> Result<reqwest::Client> {
     reqwest::Client::builder()
         .no_proxy()
-        .timeout(Duration::from_secs(10))
+        // Above the hub's own waits on peers (a dial, a channel opening) on a loaded machine.
+        .timeout(Duration::from_secs(30))
         .build()
         .context("cannot build an HTTP client")
 }

@@ -37,7 +37,7 @@ use crate::{LOG_TAIL_LINES, POLL_INTERVAL, free_port, tail, wait_exit};
 /// The hub's own MQTT user: the shipped ACL gives it every topic.
 pub const HUB_USER: &str = "machinomy-hub";
 /// How long the broker may take to start, to reload, or to answer one MQTT request.
-pub const MQTT_DEADLINE: Duration = Duration::from_secs(10);
+pub const MQTT_DEADLINE: Duration = Duration::from_secs(20);
 /// How long one run of `tests/appliance.py` may take (its own waits are 20 s each by default).
 pub const APPLIANCE_DEADLINE: Duration = Duration::from_secs(90);
 /// The Python that has Debian's python3-paho-mqtt and python3-nacl (a pyenv one on PATH may not).

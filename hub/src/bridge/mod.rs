@@ -97,6 +97,8 @@ struct Inner {
     zigbee_base: Option<String>,
     /// Device states as sold services read them (`[[sell]] topic`).
     states: Arc<DeviceStates>,
+    /// True while the hub's MQTT client is subscribed (always false without MQTT).
+    listening: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The bridge's tasks; stopped by [`BridgeTasks::shutdown`].
@@ -184,6 +186,7 @@ impl Bridge {
             }
         };
         let zigbee_base = config.zigbee2mqtt.enabled.then(|| config.zigbee2mqtt.base_topic.clone());
+        let (listening_tx, listening) = tokio::sync::watch::channel(false);
         let (publisher, client) = match connection {
             Some(connection) => {
                 let (publisher, client) = mqtt::Client::new(
@@ -192,6 +195,7 @@ impl Bridge {
                     config.homeassistant.clone(),
                     zigbee_base.clone(),
                     spend_tx.clone(),
+                    listening_tx,
                 );
                 (Some(publisher), Some(client))
             }
@@ -216,6 +220,7 @@ impl Bridge {
                 external_broker: external,
                 zigbee_base,
                 states,
+                listening,
             }),
         };
         if let Some(client) = client {
@@ -248,6 +253,16 @@ impl Bridge {
     /// Where devices connect (`host:port`), if there is a broker.
     pub fn broker_addr(&self) -> Option<&str> {
         self.inner.broker_addr.as_deref()
+    }
+
+    /// Waits up to `within` until the hub is subscribed on the broker, so what devices publish
+    /// from then on is heard; false if it is not by then (or the hub has no MQTT).
+    pub async fn listening(&self, within: std::time::Duration) -> bool {
+        if self.inner.mqtt.is_none() {
+            return false;
+        }
+        let mut listening = self.inner.listening.clone();
+        matches!(tokio::time::timeout(within, listening.wait_for(|on| *on)).await, Ok(Ok(_)))
     }
 
     /// Pairs an MQTT device (or a BLE one when `ble` is given). Without a public key the hub

@@ -87,6 +87,10 @@ pub(super) struct Client {
     spend: mpsc::Sender<spend::Job>,
     /// State keys announced to Home Assistant, per device.
     discovered: HashMap<DeviceId, BTreeSet<String>>,
+    /// True once the broker acknowledged every subscription of this connection.
+    listening: watch::Sender<bool>,
+    /// Subscriptions sent on this connection that the broker has not acknowledged yet.
+    unacknowledged: usize,
 }
 
 impl Client {
@@ -96,6 +100,7 @@ impl Client {
         homeassistant: HomeAssistantSettings,
         zigbee_base: Option<String>,
         spend: mpsc::Sender<spend::Job>,
+        listening: watch::Sender<bool>,
     ) -> (Publisher, Client) {
         // One client id per hub name, so two hubs can share a broker.
         let client_id: String =
@@ -109,7 +114,16 @@ impl Client {
         options.set_credentials(connection.username, connection.password.unwrap_or_default());
         let (client, events) = AsyncClient::new(options, REQUEST_QUEUE);
         let publisher = Publisher { client, homeassistant };
-        (publisher.clone(), Client { events, publisher, zigbee_base, spend, discovered: HashMap::new() })
+        let client = Client {
+            events,
+            publisher: publisher.clone(),
+            zigbee_base,
+            spend,
+            discovered: HashMap::new(),
+            listening,
+            unacknowledged: 0,
+        };
+        (publisher, client)
     }
 
     pub(super) async fn run(mut self, bridge: Bridge, mut stop: watch::Receiver<bool>) {
@@ -125,9 +139,18 @@ impl Client {
                     info!("connected to the MQTT broker");
                     connected = true;
                     backoff = Duration::from_millis(100);
-                    self.subscribe();
+                    self.unacknowledged = self.subscribe();
+                    if self.unacknowledged == 0 {
+                        self.listening.send_replace(true);
+                    }
                     self.discovered.clear();
                     self.announce_all(&bridge);
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    self.unacknowledged = self.unacknowledged.saturating_sub(1);
+                    if self.unacknowledged == 0 {
+                        self.listening.send_replace(true);
+                    }
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
                     self.on_publish(&bridge, &publish.topic, &publish.payload, publish.retain).await;
@@ -140,6 +163,7 @@ impl Client {
                         debug!(error = %e, "cannot reach the MQTT broker yet");
                     }
                     connected = false;
+                    self.listening.send_replace(false);
                     tokio::select! {
                         _ = stop.wait_for(|stopped| *stopped) => return,
                         () = tokio::time::sleep(backoff) => {}
@@ -150,7 +174,8 @@ impl Client {
         }
     }
 
-    fn subscribe(&self) {
+    /// Subscribes to what the hub listens to; returns how many subscriptions were sent.
+    fn subscribe(&self) -> usize {
         let mut filters = vec![format!("{}/#", device::TOPIC_ROOT)];
         if self.publisher.homeassistant.discovery {
             filters.push(format!("{}/status", self.publisher.homeassistant.prefix));
@@ -158,11 +183,14 @@ impl Client {
         if let Some(base) = &self.zigbee_base {
             filters.push(format!("{base}/#"));
         }
+        let mut sent = 0;
         for filter in filters {
-            if let Err(e) = self.publisher.client.try_subscribe(filter, QoS::AtLeastOnce) {
-                warn!(error = %e, "could not subscribe");
+            match self.publisher.client.try_subscribe(filter, QoS::AtLeastOnce) {
+                Ok(()) => sent += 1,
+                Err(e) => warn!(error = %e, "could not subscribe"),
             }
         }
+        sent
     }
 
     async fn on_publish(&mut self, bridge: &Bridge, topic: &str, payload: &[u8], retained: bool) {

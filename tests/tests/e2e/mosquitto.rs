@@ -362,7 +362,7 @@ async fn the_appliance_with_a_bad_signature_gets_an_error() {
         "--amount",
         "1",
         "--timeout",
-        "5",
+        "15",
     ];
     let run = run_appliance(&args).await.unwrap();
     let line = run.error_line().unwrap();
