@@ -368,8 +368,27 @@ impl TestHubBuilder {
     }
 }
 
-/// A free TCP port on loopback (for a hub that must come back on the same address).
+/// A free TCP port on loopback, for a process to bind later (or a hub that must come back on
+/// the same address). Picked at random below the kernel's ephemeral range: ports there are
+/// never handed to outgoing connections or to `bind(…:0)`, so nothing else running takes it
+/// before its process binds it.
 pub fn free_port() -> Result<u16> {
+    let ephemeral_start = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    const LOWEST: u16 = 10_000;
+    if ephemeral_start > LOWEST {
+        let span = ephemeral_start - LOWEST;
+        for _ in 0..64 {
+            let mut bytes = [0u8; 2];
+            getrandom::fill(&mut bytes).map_err(|e| anyhow!("cannot gather randomness: {e}"))?;
+            let port = LOWEST + u16::from_le_bytes(bytes) % span;
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
     Ok(listener.local_addr().context("cannot read the port")?.port())
 }
