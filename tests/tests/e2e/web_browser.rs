@@ -21,9 +21,9 @@ const NOTHING_PENDING: &str = "[aria-labelledby=pending-h] .empty";
 const SPEND_REQUEST: &str = "machinomy/fridge/spend/request";
 const SPEND_RESULT: &str = "machinomy/fridge/spend/result";
 
-/// Where the screenshots go.
-fn screenshots() -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR")).join("web-ui")
+/// Where one test's screenshots go: a folder each, since the tests run side by side.
+fn screenshots(test: &str) -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("web-ui").join(test)
 }
 
 /// The page's `<h1>`, once there is one that reads `heading`.
@@ -58,7 +58,7 @@ async fn the_owner_sets_a_password_signs_out_and_in_and_opens_the_approvals_page
     let mut hub = TestHub::new().unwrap();
     hub.start().await.unwrap();
     let base = hub.api().unwrap().url("");
-    let browser = Browser::start(screenshots()).await.unwrap();
+    let browser = Browser::start(screenshots("sign-in")).await.unwrap();
 
     set_password(&browser, &base).await.unwrap();
     assert_eq!(browser.path().await.unwrap(), "/");
@@ -140,7 +140,7 @@ async fn the_owner_approves_a_devices_spend_that_appears_live_and_sees_it_in_the
     let grocer_key = grocer.api().unwrap().get_json::<HubStatus>("/api/v1/status").await.unwrap().public_key;
     let mut fridge = Device::pair(&home, port, "fridge", &[]).await.unwrap();
     let base = home.api().unwrap().url("");
-    let browser = Browser::start(screenshots()).await.unwrap();
+    let browser = Browser::start(screenshots("approve-and-spending")).await.unwrap();
     set_password(&browser, &base).await.unwrap();
 
     // The owner has the approvals page open; the fridge asks to spend 0.000003, over its
@@ -256,7 +256,7 @@ async fn a_form_posted_from_another_site_changes_nothing_and_html_in_names_and_m
     let name = "<img src=x onerror=\"document.title='pwned'\">";
     let mut fridge = Device::pair_named(&home, port, "fridge", Some(name), &[]).await.unwrap();
     let base = api.url("");
-    let browser = Browser::start(screenshots()).await.unwrap();
+    let browser = Browser::start(screenshots("security")).await.unwrap();
     set_password(&browser, &base).await.unwrap();
 
     let memo = "<script>document.title='pwned'</script>";
