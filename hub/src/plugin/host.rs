@@ -398,7 +398,7 @@ impl Host {
         info!(plugin = %name, "plugin settings changed");
         // A plugin reads its settings when it likes (often once, in on_start): it starts afresh.
         if record.state == PluginState::Enabled && self.slots.get(name).is_some_and(Slot::running) {
-            self.stop(name, "settings changed");
+            self.stop(name, "reconfigured");
             self.start(name);
         }
         self.view(name)
