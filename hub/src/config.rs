@@ -494,6 +494,8 @@ impl RawConfig {
             let budget = Budget::new(subject, period, limit, auto_approve)
                 .map_err(|e| key_error(&key("auto_approve"), e.to_string()))?;
             if let Some(problem) = budget_subject_problem(&budget.subject) {
+                // Every command reads this file: say how to get going again.
+                let problem = format!("{problem}; remove or fix this [[budget]] to start the hub");
                 return Err(key_error(&key("subject"), problem));
             }
             if budgets.iter().any(|b| b.subject == budget.subject) {
@@ -685,13 +687,13 @@ impl RawConfig {
 
 /// Why a budget's subject could never apply, if it could not. Invoices are counted against
 /// `peer:<their key>`, so a peer named any other way would match nothing.
+/// `peer:<key>` is matched as written, so the key must be in the form invoices use (lowercase).
 pub(crate) fn budget_subject_problem(subject: &Subject) -> Option<String> {
-    match subject {
-        Subject::Peer(key) if key.parse::<machinomy_core::PublicKey>().is_err() => Some(format!(
-            "{subject}: a peer is named by its public key (64 hex characters, as `machinomy-hub peer list` shows)"
-        )),
-        _ => None,
-    }
+    let Subject::Peer(key) = subject else { return None };
+    let canonical = key.parse::<machinomy_core::PublicKey>().is_ok_and(|parsed| parsed.to_hex() == *key);
+    (!canonical).then(|| {
+        format!("{subject}: a peer is named by its public key, 64 lowercase hex characters (as `machinomy-hub peer list` shows)")
+    })
 }
 
 #[cfg(test)]
@@ -747,6 +749,13 @@ mod tests {
                 .unwrap_err()
                 .to_string();
         assert!(err.contains("budget[0].subject") && err.contains("public key"), "{err}");
+        let upper = "AB".repeat(32);
+        let err = parse(&format!(
+            "[[budget]]\nsubject = \"peer:{upper}\"\nperiod = \"day\"\nlimit = \"1\"\nauto_approve = \"0\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("lowercase") && err.contains("remove or fix this [[budget]]"), "{err}");
         let key = "ab".repeat(32);
         let config = parse(&format!(
             "[[budget]]\nsubject = \"peer:{key}\"\nperiod = \"day\"\nlimit = \"1\"\nauto_approve = \"0\"\n"

@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::bridge::Listening;
 use crate::config::Config;
 use crate::hub::{Hub, HubError, now};
 
@@ -15,8 +16,9 @@ const EXPIRY_SWEEP: Duration = Duration::from_secs(5);
 /// How long in-flight requests get to finish after a stop signal; then the server is cut off so
 /// the books are flushed well inside a service manager's stop timeout, whatever clients do.
 const DRAIN: Duration = Duration::from_secs(10);
-/// How long start-up waits for the hub to be subscribed on the MQTT broker.
-const MQTT_READY_WAIT: Duration = Duration::from_secs(10);
+/// How long start-up waits for the hub to be subscribed on the MQTT broker (requests to the
+/// API wait meanwhile, and a stop signal is acted on after it).
+const MQTT_READY_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -113,10 +115,17 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     if let Some(addr) = bridge.broker_addr() {
         // Ready only once devices are heard: a device that publishes as soon as the hub answers
         // must not be missed. A broker that is down is not waited for long.
-        if bridge.listening(MQTT_READY_WAIT).await {
-            info!(broker = addr, "appliance bridge up");
-        } else {
-            warn!(broker = addr, "the MQTT broker has not answered yet; devices are heard once it does");
+        match bridge.listening(MQTT_READY_WAIT).await {
+            Listening::Subscribed => info!(broker = addr, "appliance bridge up"),
+            Listening::Refused => {
+                warn!(
+                    broker = addr,
+                    "appliance bridge up, but the broker refused a subscription: some devices are not heard"
+                );
+            }
+            Listening::Waiting => {
+                warn!(broker = addr, "the MQTT broker has not answered yet; devices are heard once it does");
+            }
         }
     }
     hub.attach_bridge(bridge.clone());

@@ -705,11 +705,9 @@ async fn an_upgrade_may_go_back_names_a_waiting_upgrade_it_replaces_and_keeps_th
     h.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_owner_changes_settings_in_place_and_the_plugin_restarts_with_its_storage() {
-    let mut h = Harness::start().await;
-    // Keeps its settings as it read them at start under "c", and counts its starts under "s".
-    let tunable = module(
+/// Keeps its settings as it read them at start under "c", and counts its starts under "s".
+fn tunable() -> Vec<u8> {
+    module(
         1,
         r#"
   (data (i32.const 100) "c")
@@ -722,9 +720,13 @@ async fn the_owner_changes_settings_in_place_and_the_plugin_restarts_with_its_st
     (i64.store (i32.const 0) (i64.add (i64.load (i32.const 0)) (i64.const 1)))
     (drop (call $kv_set (i32.const 101) (i32.const 1) (i32.const 0) (i32.const 8))))
 "#,
-    );
-    let package = package("tunable", "[config]\nlevel = 1\nname = \"den\"", tunable);
-    h.install(package).await;
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_changes_settings_in_place_and_the_plugin_restarts_with_its_storage() {
+    let mut h = Harness::start().await;
+    h.install(package("tunable", "[config]\nlevel = 1\nname = \"den\"", tunable())).await;
     let read = |h: &Harness| {
         let config = h.kv("tunable", "c").and_then(|c| serde_json::from_slice::<serde_json::Value>(&c).ok());
         let starts = h.kv("tunable", "s").map(|v| u64::from_le_bytes(v[..8].try_into().unwrap()));
@@ -740,6 +742,8 @@ async fn the_owner_changes_settings_in_place_and_the_plugin_restarts_with_its_st
     assert_eq!(view.version, "1.0.0");
     // Restarted with the new settings; its storage (the start count) is kept.
     eventually("the restart", async || (read(&h) == (Some(second.clone()), Some(2))).then_some(())).await;
+    let logged = h.show("tunable").await.recent.last().map(|line| (line.level.clone(), line.text.clone()));
+    assert_eq!(logged, Some(("hub".to_owned(), "the owner changed level; restarted to read them".to_owned())));
 
     // Settings that cannot apply change nothing.
     let error = h.plugins.configure("tunable", set("bad key!", serde_json::json!(1))).await.unwrap_err();
@@ -754,10 +758,27 @@ async fn the_owner_changes_settings_in_place_and_the_plugin_restarts_with_its_st
     assert_eq!(serde_json::Value::Object(view.config), first);
     eventually("the reset", async || (read(&h) == (Some(first.clone()), Some(4))).then_some(())).await;
 
-    // A disabled plugin takes new settings without starting.
-    h.plugins.set_enabled("tunable", false).await.unwrap();
-    h.plugins.configure("tunable", set("name", serde_json::json!("attic"))).await.unwrap();
+    // Settings that end as they were restart nothing.
+    h.plugins.configure("tunable", Overrides::new()).await.unwrap();
+    h.plugins.configure("tunable", set("level", serde_json::json!(1))).await.unwrap();
     assert_eq!(read(&h).1, Some(4));
+
+    // A disabled plugin takes new settings without starting, and starts with them.
+    h.plugins.set_enabled("tunable", false).await.unwrap();
+    let view = h.plugins.configure("tunable", set("name", serde_json::json!("attic"))).await.unwrap();
+    let third = serde_json::json!({"level": 1, "name": "attic"});
+    assert_eq!(serde_json::Value::Object(view.config), third);
+    assert_eq!(read(&h).1, Some(4));
+    h.plugins.set_enabled("tunable", true).await.unwrap();
+    assert_eq!(read(&h), (Some(third), Some(5)));
+
+    // The owner's word after an upgrade was asked for stands when it is approved.
+    let wider = "[grants]\nsubscribe = [\"machinomy/fridge/state\"]\n[config]\nlevel = 1\nname = \"den\"";
+    let waiting = h.plugins.upgrade(package("tunable", wider, tunable()), set("level", serde_json::json!(3)));
+    assert!(matches!(waiting.await.unwrap().installed, Installed::AwaitingApproval(_)));
+    h.plugins.configure("tunable", set("level", serde_json::json!(5))).await.unwrap();
+    let approved = h.plugins.approve("tunable").await.unwrap();
+    assert_eq!(approved.config["level"], serde_json::json!(5), "{approved:?}");
     h.stop().await;
 }
 

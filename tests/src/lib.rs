@@ -370,9 +370,12 @@ impl TestHubBuilder {
 
 /// A free TCP port on loopback, for a process to bind later (or a hub that must come back on
 /// the same address). Picked at random below the kernel's ephemeral range: ports there are
-/// never handed to outgoing connections or to `bind(…:0)`, so nothing else running takes it
-/// before its process binds it.
+/// never handed to outgoing connections or to `bind(…:0)`; and never handed out twice by this
+/// process, so two tests side by side do not get the same one.
 pub fn free_port() -> Result<u16> {
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let ephemeral_start = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
@@ -384,7 +387,8 @@ pub fn free_port() -> Result<u16> {
             let mut bytes = [0u8; 2];
             getrandom::fill(&mut bytes).map_err(|e| anyhow!("cannot gather randomness: {e}"))?;
             let port = LOWEST + u16::from_le_bytes(bytes) % span;
-            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            if !handed_out.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                handed_out.insert(port);
                 return Ok(port);
             }
         }

@@ -30,7 +30,7 @@
 //! | POST   | `/api/v1/plugins`                 | 201 [`PluginInstalled`]; body: [`NewPlugin`]; 409 if the name is taken |
 //! | GET    | `/api/v1/plugins/{name}`          | [`PluginView`]                           |
 //! | PUT    | `/api/v1/plugins/{name}`          | [`PluginInstalled`] (with the version before); body: [`PluginUpgrade`] of the same plugin |
-//! | PATCH  | `/api/v1/plugins/{name}`          | [`PluginView`]; body: [`PluginSettings`]; changes settings, keeps version and storage |
+//! | PATCH  | `/api/v1/plugins/{name}`          | [`PluginView`]; body: [`PluginConfigChange`]; changes settings, keeps version and storage |
 //! | DELETE | `/api/v1/plugins/{name}`          | 204                                      |
 //! | POST   | `/api/v1/plugins/{name}/approve`  | [`PluginView`]; applies the upgrade waiting for approval (409 if none) |
 //! | POST   | `/api/v1/plugins/{name}/enable`   | [`PluginView`]; also clears a quarantine |
@@ -74,7 +74,7 @@ use crate::extract::{
 };
 use crate::model::{
     BudgetView, CallBody, CallResult, ChannelView, DailySpendingView, DenyBody, DeviceView, HubStatus, NewDevice,
-    NewPlugin, PairedDevice, PeerView, PluginInstalled, PluginSettings, PluginUpgrade, PluginView, ServicesView,
+    NewPlugin, PairedDevice, PeerView, PluginConfigChange, PluginInstalled, PluginUpgrade, PluginView, ServicesView,
     SpendingQuery, SpendingReport,
 };
 use crate::ui::session::{Clock, Sessions, SystemClock};
@@ -446,7 +446,7 @@ async fn upgrade_plugin<B: Backend>(
 async fn configure_plugin<B: Backend>(
     State(backend): State<Arc<B>>,
     ApiPath(name): ApiPath<String>,
-    JsonBody(settings): JsonBody<PluginSettings>,
+    JsonBody(settings): JsonBody<PluginConfigChange>,
 ) -> Result<Json<PluginView>, ApiError> {
     check_plugin_name(&name)?;
     Ok(Json(backend.configure_plugin(name, settings.config).await?))

@@ -436,7 +436,7 @@ pub struct PluginUpgrade {
 /// `PATCH /api/v1/plugins/{name}`: changes the owner's settings of a plugin.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PluginSettings {
+pub struct PluginConfigChange {
     /// Each replaces the setting of its name; `null` goes back to the manifest's value.
     pub config: serde_json::Map<String, serde_json::Value>,
 }

@@ -505,8 +505,9 @@ fn new_plugin(
 ) -> Result<MemoryPlugin, BackendError> {
     let manifest = plugin_manifest(manifest)?;
     check_module(&wasm)?;
-    if let Some(key) = overrides.keys().find(|k| k.is_empty() || k.len() > 64) {
-        return Err(BackendError::Invalid(format!("config override {key:?}: keys are 1 to 64 of a-z, 0-9, '_', '-'")));
+    if let Some(key) = overrides.keys().find(|k| !machinomy_core::plugin::valid_config_key(k)) {
+        let rule = machinomy_core::plugin::CONFIG_KEY_RULE;
+        return Err(BackendError::Invalid(format!("config override {key:?}: {rule}")));
     }
     let view = PluginView {
         name: manifest.name.clone(),
@@ -972,10 +973,9 @@ impl Backend for MemoryBackend {
         self.call(|s| {
             let now = s.now;
             let plugin = s.plugins.iter_mut().find(|p| p.view.name == name).ok_or_else(|| no_plugin(&name))?;
-            if let Some(key) = config.keys().find(|k| k.is_empty() || k.len() > 64) {
-                return Err(BackendError::Invalid(format!(
-                    "config override {key:?}: keys are 1 to 64 of a-z, 0-9, '_', '-'"
-                )));
+            if let Some(key) = config.keys().find(|k| !machinomy_core::plugin::valid_config_key(k)) {
+                let rule = machinomy_core::plugin::CONFIG_KEY_RULE;
+                return Err(BackendError::Invalid(format!("config override {key:?}: {rule}")));
             }
             for (key, value) in config {
                 if value.is_null() {

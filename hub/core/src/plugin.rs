@@ -164,6 +164,15 @@ pub fn valid_plugin_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
+/// What a setting's name may be, as the owner is told.
+pub const CONFIG_KEY_RULE: &str = "keys are 1 to 64 of a-z, A-Z, 0-9, '_', '-'";
+
+/// A setting's name ([`CONFIG_KEY_RULE`]): it reads the same in `--set key=value`, a line of
+/// the settings box and JSON.
+pub fn valid_config_key(key: &str) -> bool {
+    (1..=64).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 impl Manifest {
     /// Checks everything that does not depend on other plugins: names, filters, amounts,
     /// limits under `ceiling`.
@@ -201,6 +210,9 @@ impl Manifest {
             if asked > ceiling {
                 return Err(ManifestError::AboveCeiling { field, asked, ceiling });
             }
+        }
+        if let Some(key) = self.config.keys().find(|key| !valid_config_key(key)) {
+            return Err(field_error("config", format!("{key:?}: {CONFIG_KEY_RULE}")));
         }
         let config_len = serde_json::to_vec(&self.config).map(|c| c.len()).unwrap_or(usize::MAX);
         if config_len > MAX_CONFIG {

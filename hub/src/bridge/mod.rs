@@ -30,6 +30,7 @@ use crate::config::{Config, MqttSettings};
 use crate::market::{DeviceStates, Market};
 use crate::payments::Payments;
 use crate::store::{DeviceKind, DeviceRecord, StoreError};
+pub use mqtt::Listening;
 pub use registry::{Device, Registry};
 
 /// The username the hub itself uses on the broker.
@@ -97,8 +98,8 @@ struct Inner {
     zigbee_base: Option<String>,
     /// Device states as sold services read them (`[[sell]] topic`).
     states: Arc<DeviceStates>,
-    /// True while the hub's MQTT client is subscribed (always false without MQTT).
-    listening: tokio::sync::watch::Receiver<bool>,
+    /// Whether the hub's MQTT client hears devices (always waiting without MQTT).
+    listening: tokio::sync::watch::Receiver<Listening>,
 }
 
 /// The bridge's tasks; stopped by [`BridgeTasks::shutdown`].
@@ -186,7 +187,7 @@ impl Bridge {
             }
         };
         let zigbee_base = config.zigbee2mqtt.enabled.then(|| config.zigbee2mqtt.base_topic.clone());
-        let (listening_tx, listening) = tokio::sync::watch::channel(false);
+        let (listening_tx, listening) = tokio::sync::watch::channel(Listening::Waiting);
         let (publisher, client) = match connection {
             Some(connection) => {
                 let (publisher, client) = mqtt::Client::new(
@@ -255,14 +256,17 @@ impl Bridge {
         self.inner.broker_addr.as_deref()
     }
 
-    /// Waits up to `within` until the hub is subscribed on the broker, so what devices publish
-    /// from then on is heard; false if it is not by then (or the hub has no MQTT).
-    pub async fn listening(&self, within: std::time::Duration) -> bool {
+    /// Waits up to `within` for the broker to answer the hub's subscriptions, so what devices
+    /// publish from then on is heard; `Waiting` if it has not by then (or there is no MQTT).
+    pub async fn listening(&self, within: std::time::Duration) -> Listening {
         if self.inner.mqtt.is_none() {
-            return false;
+            return Listening::Waiting;
         }
         let mut listening = self.inner.listening.clone();
-        matches!(tokio::time::timeout(within, listening.wait_for(|on| *on)).await, Ok(Ok(_)))
+        match tokio::time::timeout(within, listening.wait_for(|state| *state != Listening::Waiting)).await {
+            Ok(Ok(state)) => *state,
+            _ => Listening::Waiting,
+        }
     }
 
     /// Pairs an MQTT device (or a BLE one when `ble` is given). Without a public key the hub

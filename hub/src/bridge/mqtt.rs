@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use machinomy_core::device::{self, DeviceError, MAX_PAYLOAD};
 use machinomy_core::{DeviceId, ErrorMessage, TopicKind};
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, SubscribeReasonCode};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
@@ -87,10 +87,23 @@ pub(super) struct Client {
     spend: mpsc::Sender<spend::Job>,
     /// State keys announced to Home Assistant, per device.
     discovered: HashMap<DeviceId, BTreeSet<String>>,
-    /// True once the broker acknowledged every subscription of this connection.
-    listening: watch::Sender<bool>,
-    /// Subscriptions sent on this connection that the broker has not acknowledged yet.
+    /// Whether the broker has granted this connection's subscriptions.
+    listening: watch::Sender<Listening>,
+    /// Subscriptions sent on this connection that the broker has not answered yet.
     unacknowledged: usize,
+    /// Whether the broker refused one of them.
+    refused: bool,
+}
+
+/// Whether the hub hears what devices publish.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listening {
+    /// Not connected, or the broker has not answered every subscription yet.
+    Waiting,
+    /// The broker granted every subscription.
+    Subscribed,
+    /// The broker refused a subscription (its ACL, most likely): some devices are not heard.
+    Refused,
 }
 
 impl Client {
@@ -100,7 +113,7 @@ impl Client {
         homeassistant: HomeAssistantSettings,
         zigbee_base: Option<String>,
         spend: mpsc::Sender<spend::Job>,
-        listening: watch::Sender<bool>,
+        listening: watch::Sender<Listening>,
     ) -> (Publisher, Client) {
         // One client id per hub name, so two hubs can share a broker.
         let client_id: String =
@@ -122,6 +135,7 @@ impl Client {
             discovered: HashMap::new(),
             listening,
             unacknowledged: 0,
+            refused: false,
         };
         (publisher, client)
     }
@@ -139,17 +153,26 @@ impl Client {
                     info!("connected to the MQTT broker");
                     connected = true;
                     backoff = Duration::from_millis(100);
+                    self.listening.send_replace(Listening::Waiting);
+                    self.refused = false;
+                    // A subscription that could not even be queued is never answered, so the
+                    // hub does not claim to hear what it did not ask for.
                     self.unacknowledged = self.subscribe();
-                    if self.unacknowledged == 0 {
-                        self.listening.send_replace(true);
-                    }
                     self.discovered.clear();
                     self.announce_all(&bridge);
                 }
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    if ack.return_codes.contains(&SubscribeReasonCode::Failure) {
+                        warn!("the MQTT broker refused a subscription of the hub's; check its ACL for the hub's user");
+                        self.refused = true;
+                    }
                     self.unacknowledged = self.unacknowledged.saturating_sub(1);
                     if self.unacknowledged == 0 {
-                        self.listening.send_replace(true);
+                        self.listening.send_replace(if self.refused {
+                            Listening::Refused
+                        } else {
+                            Listening::Subscribed
+                        });
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
@@ -163,7 +186,7 @@ impl Client {
                         debug!(error = %e, "cannot reach the MQTT broker yet");
                     }
                     connected = false;
-                    self.listening.send_replace(false);
+                    self.listening.send_replace(Listening::Waiting);
                     tokio::select! {
                         _ = stop.wait_for(|stopped| *stopped) => return,
                         () = tokio::time::sleep(backoff) => {}
@@ -174,7 +197,8 @@ impl Client {
         }
     }
 
-    /// Subscribes to what the hub listens to; returns how many subscriptions were sent.
+    /// Subscribes to what the hub listens to; returns how many answers to wait for (one per
+    /// filter, sent or not).
     fn subscribe(&self) -> usize {
         let mut filters = vec![format!("{}/#", device::TOPIC_ROOT)];
         if self.publisher.homeassistant.discovery {
@@ -183,14 +207,13 @@ impl Client {
         if let Some(base) = &self.zigbee_base {
             filters.push(format!("{base}/#"));
         }
-        let mut sent = 0;
+        let wanted = filters.len();
         for filter in filters {
-            match self.publisher.client.try_subscribe(filter, QoS::AtLeastOnce) {
-                Ok(()) => sent += 1,
-                Err(e) => warn!(error = %e, "could not subscribe"),
+            if let Err(e) = self.publisher.client.try_subscribe(filter, QoS::AtLeastOnce) {
+                warn!(error = %e, "could not subscribe");
             }
         }
-        sent
+        wanted
     }
 
     async fn on_publish(&mut self, bridge: &Bridge, topic: &str, payload: &[u8], retained: bool) {

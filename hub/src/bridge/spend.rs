@@ -78,7 +78,7 @@ impl Worker {
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
                         warn!(missed, "missed approval decisions; those devices are not told");
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    Err(broadcast::error::RecvError::Closed) => break,
                 },
             }
         }

@@ -69,6 +69,14 @@ pub(crate) struct RecentLine {
     pub(crate) text: String,
 }
 
+/// Adds a line to a plugin's recent log, dropping the oldest past [`RECENT_LINES`].
+pub(crate) fn remember(recent: &mut VecDeque<RecentLine>, level: &'static str, text: String) {
+    if recent.len() >= RECENT_LINES {
+        recent.pop_front();
+    }
+    recent.push_back(RecentLine { at_ms: now_ms(), level, text });
+}
+
 /// A plugin's state on the host that outlives one instance: a fault re-instantiates the module
 /// but keeps its subscriptions, timers and open calls.
 #[derive(Debug)]
@@ -129,10 +137,7 @@ impl Session {
     }
 
     pub(crate) fn remember(&mut self, level: &'static str, text: String) {
-        if self.recent.len() >= RECENT_LINES {
-            self.recent.pop_front();
-        }
-        self.recent.push_back(RecentLine { at_ms: now_ms(), level, text });
+        remember(&mut self.recent, level, text);
     }
 
     /// Whether a message on `topic` goes to this plugin.

@@ -381,27 +381,53 @@ impl Host {
 
     async fn configure(&mut self, name: &str, changes: Overrides) -> Result<PluginView, PluginError> {
         let slot = self.slots.get(name).ok_or_else(|| PluginError::Unknown(name.to_owned()))?;
-        let mut overrides = slot.record.overrides.clone();
+        let mut record = slot.record.clone();
+        let keys: Vec<String> = changes.keys().cloned().collect();
         for (key, value) in changes {
+            // An upgrade waiting for approval carries the settings asked for with it; the
+            // owner's later word on a key stands over them.
+            if let Some(pending) = record.pending.as_mut() {
+                pending.overrides.remove(&key);
+            }
             if value.is_null() {
-                overrides.remove(&key);
+                record.overrides.remove(&key);
             } else {
-                overrides.insert(key, value);
+                record.overrides.insert(key, value);
             }
         }
-        check_overrides(&overrides)?;
-        let slot = self.slots.get_mut(name).ok_or_else(|| PluginError::Unknown(name.to_owned()))?;
-        slot.record.overrides = overrides;
-        slot.record.updated_at = now();
-        let record = slot.record.clone();
+        check_overrides(&record.overrides)?;
+        if record.overrides == slot.record.overrides && record.pending == slot.record.pending {
+            return self.view(name);
+        }
+        let before = merge_config(&slot.record.manifest.config, &slot.record.overrides);
+        let restart = record.state == PluginState::Enabled
+            && slot.running()
+            && merge_config(&record.manifest.config, &record.overrides) != before;
+        record.updated_at = now();
         self.persist(&record).await?;
+        if let Some(slot) = self.slots.get_mut(name) {
+            slot.record = record;
+        }
         info!(plugin = %name, "plugin settings changed");
         // A plugin reads its settings when it likes (often once, in on_start): it starts afresh.
-        if record.state == PluginState::Enabled && self.slots.get(name).is_some_and(Slot::running) {
+        let restarted = if restart {
             self.stop(name, "reconfigured");
             self.start(name);
-        }
+            "; restarted to read them"
+        } else {
+            ""
+        };
+        self.note(name, format!("the owner changed {}{restarted}", keys.join(", ")));
         self.view(name)
+    }
+
+    /// A line of the hub's own in the plugin's log, for the owner (not the plugin's words).
+    fn note(&mut self, name: &str, text: String) {
+        let Some(slot) = self.slots.get_mut(name) else { return };
+        match slot.session_mut() {
+            Some(session) => session.remember("hub", text),
+            None => super::abi_host::remember(&mut slot.recent, "hub", text),
+        }
     }
 
     async fn set_enabled(&mut self, name: &str, enabled: bool) -> Result<PluginView, PluginError> {
@@ -808,15 +834,11 @@ fn check_memory(module: &Module, memory_mib: u64) -> Result<(), PluginError> {
 }
 
 fn check_overrides(overrides: &Overrides) -> Result<(), PluginError> {
-    for key in overrides.keys() {
-        let plain =
-            (1..=64).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        if !plain {
-            return Err(PluginError::BadOverride {
-                key: key.clone(),
-                reason: "keys are 1 to 64 of a-z, 0-9, '_', '-'".into(),
-            });
-        }
+    if let Some(key) = overrides.keys().find(|key| !machinomy_core::plugin::valid_config_key(key)) {
+        return Err(PluginError::BadOverride {
+            key: key.clone(),
+            reason: machinomy_core::plugin::CONFIG_KEY_RULE.into(),
+        });
     }
     let size = serde_json::to_vec(overrides).map(|v| v.len()).unwrap_or(usize::MAX);
     if size > machinomy_core::plugin::MAX_CONFIG {

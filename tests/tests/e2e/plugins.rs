@@ -530,8 +530,11 @@ async fn the_plugin_commands_install_list_show_disable_enable_upgrade_and_remove
     assert!(text.starts_with("changed the settings of rental-billing; it restarted with them\n"), "{text}");
     let configured = show(&hub, "rental-billing").await.unwrap();
     assert_eq!(configured.version, "0.0.9");
-    assert_eq!(configured.config["bill_every_secs"], json!(3600), "{configured:?}");
-    assert!(configured.running && configured.events > rolled_back.events, "{configured:?}");
+    assert_eq!((&configured.config["bill_every_secs"], &configured.config["renter"]), (&json!(3600), &json!("")));
+    let last = configured.recent.last().map(|line| (line.level.as_str(), line.text.as_str()));
+    assert_eq!(last, Some(("hub", "the owner changed bill_every_secs, renter; restarted to read them")));
+    assert!(configured.running && configured.storage_used >= rolled_back.storage_used, "{configured:?}");
+    assert!(rolled_back.storage_used > 0, "{rolled_back:?}");
     let answer = hub.cli(&["plugin", "config", "rental-billing"]).await.unwrap();
     let shown = answer.ok().unwrap();
     assert!(shown.starts_with("config") && shown.contains("\"bill_every_secs\": 3600"), "{shown}");

@@ -22,8 +22,9 @@ use super::{CSRF_REFUSED, Frame, NoFields, Owner, PageError, SessionForm, Ui, do
 pub(crate) const UPLOAD_LIMIT: usize = PLUGIN_WASM_LIMIT + 1024 * 1024;
 /// The largest manifest the form takes (the hub's own limit).
 const MAX_MANIFEST: usize = 64 * 1024;
-/// The largest settings box, in bytes.
-const MAX_SETTINGS: usize = 16 * 1024;
+/// The largest settings box, in bytes: room for the largest `[config]` a manifest may have,
+/// as lines.
+const MAX_SETTINGS: usize = 2 * machinomy_core::plugin::MAX_CONFIG;
 /// Log lines shown on a plugin's page.
 const LOG_SHOWN: usize = 50;
 
@@ -344,8 +345,16 @@ fn read_settings(text: &str) -> Result<serde_json::Map<String, serde_json::Value
         if line.is_empty() {
             continue;
         }
-        let (key, value) = parse_setting(line).map_err(|e| format!("Line {}: {e}.", number + 1))?;
-        config.insert(key.trim().to_owned(), value);
+        // Spaces around the `=` are the box's layout, not the setting.
+        let line = line.split_once('=').map_or_else(|| line.to_owned(), |(k, v)| format!("{}={}", k.trim(), v.trim()));
+        let (key, value) = parse_setting(&line).map_err(|e| format!("Line {}: {e}.", number + 1))?;
+        if value.is_null() {
+            return Err(format!(
+                "Line {}: null is not a setting; leave the line out to use the plugin's own value.",
+                number + 1
+            ));
+        }
+        config.insert(key, value);
     }
     Ok(config)
 }
@@ -400,12 +409,18 @@ pub(crate) async fn configure<B: Backend>(
             }
             match ui.backend.configure_plugin(name.clone(), change).await {
                 Ok(view) => {
-                    let text = match view.state {
-                        PluginStateName::Enabled if view.running => {
-                            format!("Changed the settings of {name}; it restarted with them.")
+                    let now = match view.state {
+                        PluginStateName::Enabled if view.running => "it restarted with them.".to_owned(),
+                        PluginStateName::Enabled => match &view.last_fault {
+                            Some(fault) => format!("it is not running: {fault}"),
+                            None => "it is not running.".to_owned(),
+                        },
+                        PluginStateName::Quarantined => {
+                            format!("it is quarantined: {}", view.quarantine_reason.as_deref().unwrap_or("it faulted"))
                         }
-                        _ => format!("Changed the settings of {name}; it uses them when it runs."),
+                        PluginStateName::Disabled => "it uses them when you enable it.".to_owned(),
                     };
+                    let text = format!("Changed the settings of {name}; {now}");
                     return Ok(done(&ui.sessions, &owner, true, text, &format!("/plugins/{name}")));
                 }
                 Err(BackendError::Invalid(m)) => m,

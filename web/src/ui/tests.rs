@@ -1139,9 +1139,17 @@ async fn a_plugins_settings_are_changed_by_form_and_a_line_left_out_goes_back_to
         .contains("every_secs=60\nno equals</textarea>");
     assert_eq!(overrides(), before);
 
-    // `every_secs` left out goes back to the manifest's 3600; the valve is renamed.
     browser
-        .post("/plugins/weather-buyer/settings", &[("csrf", &csrf), ("settings", "irrigation=garden\n\n")])
+        .post("/plugins/weather-buyer/settings", &[("csrf", &csrf), ("settings", "every_secs=null")])
+        .await
+        .expect(StatusCode::UNPROCESSABLE_ENTITY)
+        .contains("Line 1: null is not a setting; leave the line out to use the plugin&#39;s own value.");
+    assert_eq!(overrides(), before);
+
+    // `every_secs` left out goes back to the manifest's 3600; the valve is renamed (spaces
+    // around the `=` are layout).
+    browser
+        .post("/plugins/weather-buyer/settings", &[("csrf", &csrf), ("settings", "irrigation = garden \n\n")])
         .await
         .redirects_to("/plugins/weather-buyer");
     assert_eq!(serde_json::Value::Object(overrides()), serde_json::json!({"irrigation": "garden"}));

@@ -12,8 +12,8 @@ use machinomy_hub::client::Client;
 use machinomy_hub::config::{Config, DefaultPaths};
 use machinomy_hub::datadir::DataDir;
 use machinomy_web::model::{
-    BudgetView, ChannelView, DenyBody, DeviceView, HubStatus, NewBleDevice, NewDevice, PairedDevice, PluginInstalled,
-    PluginSettings, PluginView, SpendingReport,
+    BudgetView, ChannelView, DenyBody, DeviceView, HubStatus, NewBleDevice, NewDevice, PairedDevice,
+    PluginConfigChange, PluginInstalled, PluginView, SpendingReport,
 };
 
 use crate::output;
@@ -362,15 +362,11 @@ async fn dispatch(args: Args) -> Result<()> {
                 }
                 _ => None,
             };
-            let config = admin_config(&config_path, &default_data, args.config.is_some())?;
-            output::use_time_zone(config.hub.time_zone.clone());
-            let client = Client::for_data_dir(&config.hub.data_dir)?;
+            let client = admin_client(&config_path, &default_data, args.config.is_some())?;
             plugin(command, local.as_ref(), &client, args.json).await
         }
         command => {
-            let config = admin_config(&config_path, &default_data, args.config.is_some())?;
-            output::use_time_zone(config.hub.time_zone.clone());
-            let client = Client::for_data_dir(&config.hub.data_dir)?;
+            let client = admin_client(&config_path, &default_data, args.config.is_some())?;
             admin(command, &client, args.json).await
         }
     }
@@ -378,6 +374,13 @@ async fn dispatch(args: Args) -> Result<()> {
 
 /// Where the package's systemd unit keeps its config.
 const SERVICE_CONFIG: &str = "/etc/machinomy/hub.toml";
+
+/// A client of the hub an admin command talks to, with times printed in the hub's zone.
+fn admin_client(config_path: &Path, default_data: &Path, explicit: bool) -> Result<Client> {
+    let config = admin_config(config_path, default_data, explicit)?;
+    output::use_time_zone(config.hub.time_zone.clone());
+    Ok(Client::for_data_dir(&config.hub.data_dir)?)
+}
 
 /// The config of the hub an admin command talks to; it must already exist.
 fn admin_config(path: &Path, default_data: &Path, explicit: bool) -> Result<Config> {
@@ -457,6 +460,10 @@ fn check_plugin(command: &PluginCommand) -> Result<()> {
 /// `--set` and `--unset` as one change of settings (`null` goes back to the manifest's value).
 fn settings_change(set: &[String], unset: &[String]) -> Result<serde_json::Map<String, serde_json::Value>> {
     let mut config = upload::overrides(set).map_err(usage)?;
+    // Here null would mean "the plugin's own value": that is what --unset says.
+    if let Some((key, _)) = config.iter().find(|(_, value)| value.is_null()) {
+        return Err(usage(format!("--set {key}=null: for the plugin's own value, use --unset {key}")));
+    }
     for key in unset {
         if config.contains_key(key) {
             return Err(usage(format!("--set and --unset both name {key:?}")));
@@ -508,12 +515,12 @@ async fn plugin(command: &PluginCommand, local: Option<&LocalPlugin>, client: &C
             plugin_name(name)?;
             let config = settings_change(set, unset)?;
             let uri = format!("/api/v1/plugins/{name}");
-            let (plugin, changed): (PluginView, bool) = if config.is_empty() {
-                (client.get(&uri).await?, false)
-            } else {
-                (client.patch(&uri, &PluginSettings { config }).await?, true)
-            };
-            output::show(json, &plugin, || output::plugin_settings(&plugin, changed))
+            let before: PluginView = client.get(&uri).await?;
+            if config.is_empty() {
+                return output::show(json, &before, || output::plugin_settings(&before, None));
+            }
+            let after: PluginView = client.patch(&uri, &PluginConfigChange { config }).await?;
+            output::show(json, &after, || output::plugin_settings(&after, Some(&before)))
         }
         PluginCommand::Approve { name } => {
             plugin_name(name)?;
@@ -1017,6 +1024,8 @@ mod tests {
         assert_eq!(serde_json::Value::Object(change), serde_json::json!({"max_price": 9, "every_secs": null}));
         let both = plugin_command(&["plugin", "config", "w", "--set", "a=1", "--unset", "a"]);
         assert!(check_plugin(&both).unwrap_err().to_string().contains("--set and --unset both name \"a\""));
+        let null = plugin_command(&["plugin", "config", "w", "--set", "a=null"]);
+        assert!(check_plugin(&null).unwrap_err().to_string().contains("use --unset a"));
         for action in ["approve", "enable", "disable", "remove", "show", "config"] {
             let command = plugin_command(&["plugin", action, "weather-buyer"]);
             assert!(check_plugin(&command).is_ok(), "{action}");

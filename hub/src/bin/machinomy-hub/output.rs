@@ -727,7 +727,6 @@ pub(crate) fn plugin_approved(p: &PluginView, currency: &Currency) -> String {
     out
 }
 
-/// A plugin just enabled or disabled.
 /// The plugin's settings as pretty JSON under a `config` label.
 fn config_field(out: &mut String, p: &PluginView) {
     if p.config.is_empty() {
@@ -740,22 +739,36 @@ fn config_field(out: &mut String, p: &PluginView) {
     }
 }
 
-/// `plugin config`: the settings, and after a change whether the plugin runs with them.
-pub(crate) fn plugin_settings(p: &PluginView, changed: bool) -> String {
+/// `plugin config`: the settings, and after a change (from `before`) whether the plugin runs
+/// with them.
+pub(crate) fn plugin_settings(p: &PluginView, before: Option<&PluginView>) -> String {
     let name = clean(&p.name);
     let mut out = String::new();
-    if changed {
-        let now = match (&p.state, not_running(p)) {
-            (PluginStateName::Enabled, None) => "it restarted with them".to_owned(),
-            (PluginStateName::Enabled, Some(why)) => why,
-            _ => format!("it uses them when enabled (`machinomy-hub plugin enable {name}`)"),
-        };
-        let _ = writeln!(out, "changed the settings of {name}; {now}");
+    match before {
+        None => {}
+        Some(before) if before.config == p.config => {
+            let _ = writeln!(out, "the settings of {name} are as they were");
+        }
+        Some(_) => {
+            let now = match (&p.state, not_running(p)) {
+                (PluginStateName::Enabled, None) => "it restarted with them".to_owned(),
+                (PluginStateName::Enabled, Some(why)) => why,
+                (PluginStateName::Quarantined, _) => format!(
+                    "it is quarantined: {}; see `machinomy-hub plugin show {name}`",
+                    clean(p.quarantine_reason.as_deref().unwrap_or("it faulted"))
+                ),
+                (PluginStateName::Disabled, _) => {
+                    format!("it uses them when enabled (`machinomy-hub plugin enable {name}`)")
+                }
+            };
+            let _ = writeln!(out, "changed the settings of {name}; {now}");
+        }
     }
     config_field(&mut out, p);
     out
 }
 
+/// A plugin just enabled or disabled.
 pub(crate) fn plugin_switched(p: &PluginView) -> String {
     let name = clean(&p.name);
     match p.state {
@@ -1020,14 +1033,22 @@ mod tests {
 
     #[test]
     fn a_settings_change_says_whether_the_plugin_runs_with_them() {
+        let before = sample_plugin();
         let mut p = sample_plugin();
-        let text = plugin_settings(&p, true);
+        p.config.insert("every_secs".to_owned(), serde_json::json!(60));
+        let text = plugin_settings(&p, Some(&before));
         assert!(text.starts_with("changed the settings of weather-buyer; it restarted with them\nconfig"), "{text}");
-        assert!(!plugin_settings(&p, false).contains("changed"));
+        assert!(plugin_settings(&p, None).starts_with("config"));
+        let same = plugin_settings(&before, Some(&before));
+        assert!(same.starts_with("the settings of weather-buyer are as they were\n"), "{same}");
         p.state = PluginStateName::Disabled;
         p.running = false;
-        let text = plugin_settings(&p, true);
+        let text = plugin_settings(&p, Some(&before));
         assert!(text.contains("it uses them when enabled (`machinomy-hub plugin enable weather-buyer`)"), "{text}");
+        p.state = PluginStateName::Quarantined;
+        p.quarantine_reason = Some("3 faults in 10 minutes".to_owned());
+        let text = plugin_settings(&p, Some(&before));
+        assert!(text.contains("it is quarantined: 3 faults in 10 minutes; see"), "{text}");
     }
 
     #[test]
