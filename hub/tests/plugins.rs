@@ -743,11 +743,13 @@ async fn the_owner_changes_settings_in_place_and_the_plugin_restarts_with_its_st
     // Restarted with the new settings; its storage (the start count) is kept.
     eventually("the restart", async || (read(&h) == (Some(second.clone()), Some(2))).then_some(())).await;
     let logged = h.show("tunable").await.recent.last().map(|line| (line.level.clone(), line.text.clone()));
-    assert_eq!(logged, Some(("hub".to_owned(), "the owner changed level; restarted to read them".to_owned())));
+    assert_eq!(logged, Some(("hub".to_owned(), "the owner changed level; restarting it to read them".to_owned())));
 
-    // Settings that cannot apply change nothing.
+    // Settings that cannot apply change nothing: a bad name, one the manifest does not declare.
     let error = h.plugins.configure("tunable", set("bad key!", serde_json::json!(1))).await.unwrap_err();
     assert!(error.to_string().contains("bad key!"), "{error}");
+    let error = h.plugins.configure("tunable", set("levle", serde_json::json!(1))).await.unwrap_err();
+    assert_eq!(error.to_string(), "setting \"levle\": tunable has no such setting (its settings: level, name)");
     assert!(matches!(h.plugins.configure("nope", Overrides::new()).await, Err(PluginError::Unknown(_))));
     assert_eq!(serde_json::Value::Object(h.show("tunable").await.config), second);
 

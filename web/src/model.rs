@@ -407,7 +407,8 @@ pub struct NewPlugin {
 
 /// One plugin setting as the owner types it, `KEY=VALUE` (`machinomy-hub plugin install --set`,
 /// a line of the web UI's settings box): the value is JSON if it parses as JSON (`3`, `true`,
-/// `"text"`, `{...}`), else the text itself.
+/// `"text"`, `{...}`), else the text itself. A number JSON would change (`1e3`, an integer past
+/// 64 bits) stays the text it was typed as.
 pub fn parse_setting(text: &str) -> Result<(String, serde_json::Value), String> {
     let Some((key, value)) = text.split_once('=') else {
         return Err("expected KEY=VALUE".to_owned());
@@ -415,8 +416,17 @@ pub fn parse_setting(text: &str) -> Result<(String, serde_json::Value), String> 
     if key.is_empty() {
         return Err("the key is empty".to_owned());
     }
-    let value = serde_json::from_str(value).unwrap_or_else(|_| serde_json::Value::String(value.to_owned()));
-    Ok((key.to_owned(), value))
+    let text_value = || serde_json::Value::String(value.to_owned());
+    let parsed = match serde_json::from_str::<serde_json::Value>(value) {
+        Ok(serde_json::Value::Number(n)) => {
+            let exponent = value.contains(['e', 'E']);
+            let integer_too_large = !value.contains('.') && n.is_f64();
+            if exponent || integer_too_large { text_value() } else { serde_json::Value::Number(n) }
+        }
+        Ok(other) => other,
+        Err(_) => text_value(),
+    };
+    Ok((key.to_owned(), parsed))
 }
 
 /// `PUT /api/v1/plugins/{name}`: replaces a plugin with a new version of it.

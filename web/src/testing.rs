@@ -507,7 +507,7 @@ fn new_plugin(
     check_module(&wasm)?;
     if let Some(key) = overrides.keys().find(|k| !machinomy_core::plugin::valid_config_key(k)) {
         let rule = machinomy_core::plugin::CONFIG_KEY_RULE;
-        return Err(BackendError::Invalid(format!("config override {key:?}: {rule}")));
+        return Err(BackendError::Invalid(format!("setting {key:?}: {rule}")));
     }
     let view = PluginView {
         name: manifest.name.clone(),
@@ -975,7 +975,7 @@ impl Backend for MemoryBackend {
             let plugin = s.plugins.iter_mut().find(|p| p.view.name == name).ok_or_else(|| no_plugin(&name))?;
             if let Some(key) = config.keys().find(|k| !machinomy_core::plugin::valid_config_key(k)) {
                 let rule = machinomy_core::plugin::CONFIG_KEY_RULE;
-                return Err(BackendError::Invalid(format!("config override {key:?}: {rule}")));
+                return Err(BackendError::Invalid(format!("setting {key:?}: {rule}")));
             }
             for (key, value) in config {
                 if value.is_null() {

@@ -255,6 +255,7 @@ impl Host {
             return Err(PluginError::Exists(manifest.name));
         }
         check_overrides(&overrides)?;
+        check_declared(&manifest, overrides.keys())?;
         let (wasm_hash, compiled_hash, pre) = self.accept_module(&manifest, &package.wasm)?;
         self.set_budget(&manifest).await?;
         let at = now();
@@ -292,6 +293,8 @@ impl Host {
         let mut merged = slot.record.overrides.clone();
         merged.extend(overrides.clone());
         check_overrides(&merged)?;
+        // Settings carried over are not checked again: a version may stop declaring one.
+        check_declared(&manifest, overrides.keys())?;
         let mut asks_for = manifest.grants.widening(&current.grants, self.payments.currency());
         asks_for.extend(manifest.limits.widening(&current.limits));
         let (wasm_hash, compiled_hash, pre) = self.accept_module(&manifest, &package.wasm)?;
@@ -382,7 +385,7 @@ impl Host {
     async fn configure(&mut self, name: &str, changes: Overrides) -> Result<PluginView, PluginError> {
         let slot = self.slots.get(name).ok_or_else(|| PluginError::Unknown(name.to_owned()))?;
         let mut record = slot.record.clone();
-        let keys: Vec<String> = changes.keys().cloned().collect();
+        check_declared(&record.manifest, changes.iter().filter(|(_, value)| !value.is_null()).map(|(key, _)| key))?;
         for (key, value) in changes {
             // An upgrade waiting for approval carries the settings asked for with it; the
             // owner's later word on a key stands over them.
@@ -400,24 +403,28 @@ impl Host {
             return self.view(name);
         }
         let before = merge_config(&slot.record.manifest.config, &slot.record.overrides);
-        let restart = record.state == PluginState::Enabled
-            && slot.running()
-            && merge_config(&record.manifest.config, &record.overrides) != before;
+        let after = merge_config(&record.manifest.config, &record.overrides);
+        let mut changed: Vec<&str> = before.keys().chain(after.keys()).map(String::as_str).collect();
+        changed.sort_unstable();
+        changed.dedup();
+        changed.retain(|key| before.get(*key) != after.get(*key));
+        let changed = changed.join(", ");
+        let restart = record.state == PluginState::Enabled && slot.running() && !changed.is_empty();
         record.updated_at = now();
         self.persist(&record).await?;
         if let Some(slot) = self.slots.get_mut(name) {
             slot.record = record;
         }
         info!(plugin = %name, "plugin settings changed");
+        if !changed.is_empty() {
+            let then = if restart { "; restarting it to read them" } else { "" };
+            self.note(name, format!("the owner changed {changed}{then}"));
+        }
         // A plugin reads its settings when it likes (often once, in on_start): it starts afresh.
-        let restarted = if restart {
+        if restart {
             self.stop(name, "reconfigured");
             self.start(name);
-            "; restarted to read them"
-        } else {
-            ""
-        };
-        self.note(name, format!("the owner changed {}{restarted}", keys.join(", ")));
+        }
         self.view(name)
     }
 
@@ -831,6 +838,18 @@ fn check_memory(module: &Module, memory_mib: u64) -> Result<(), PluginError> {
         }
     }
     Ok(())
+}
+
+/// Settings the owner gives must be ones the manifest declares (with their defaults): any other
+/// is taken for a typo rather than stored where the plugin never looks.
+fn check_declared<'a>(manifest: &Manifest, keys: impl IntoIterator<Item = &'a String>) -> Result<(), PluginError> {
+    let Some(key) = keys.into_iter().find(|key| !manifest.config.contains_key(*key)) else { return Ok(()) };
+    let known: Vec<&str> = manifest.config.keys().map(String::as_str).collect();
+    let reason = match known.is_empty() {
+        true => format!("{} declares no settings", manifest.name),
+        false => format!("{} has no such setting (its settings: {})", manifest.name, known.join(", ")),
+    };
+    Err(PluginError::BadOverride { key: key.clone(), reason })
 }
 
 fn check_overrides(overrides: &Overrides) -> Result<(), PluginError> {

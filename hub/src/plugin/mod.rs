@@ -55,7 +55,7 @@ pub enum PluginError {
     WrongName { expected: String, found: String },
     #[error("plugin {0:?} has no upgrade waiting for approval")]
     NothingToApprove(String),
-    #[error("config override {key:?}: {reason}")]
+    #[error("setting {key:?}: {reason}")]
     BadOverride { key: String, reason: String },
     #[error("the module is {0} bytes; the most is {MAX_WASM}")]
     TooLarge(usize),

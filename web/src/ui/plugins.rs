@@ -347,14 +347,21 @@ fn read_settings(text: &str) -> Result<serde_json::Map<String, serde_json::Value
         }
         // Spaces around the `=` are the box's layout, not the setting.
         let line = line.split_once('=').map_or_else(|| line.to_owned(), |(k, v)| format!("{}={}", k.trim(), v.trim()));
-        let (key, value) = parse_setting(&line).map_err(|e| format!("Line {}: {e}.", number + 1))?;
-        if value.is_null() {
+        let at = number + 1;
+        let (key, value) = parse_setting(&line).map_err(|e| format!("Line {at}: {e}."))?;
+        if !machinomy_core::plugin::valid_config_key(&key) {
             return Err(format!(
-                "Line {}: null is not a setting; leave the line out to use the plugin's own value.",
-                number + 1
+                "Line {at}: {:?} is not a setting's name ({}).",
+                key,
+                machinomy_core::plugin::CONFIG_KEY_RULE
             ));
         }
-        config.insert(key, value);
+        if value.is_null() {
+            return Err(format!("Line {at}: null is not a setting; leave the line out to use the plugin's own value."));
+        }
+        if config.insert(key.clone(), value).is_some() {
+            return Err(format!("Line {at}: {key} is set twice."));
+        }
     }
     Ok(config)
 }
@@ -380,10 +387,9 @@ fn settings_change(
     change
 }
 
-/// The settings form.
-#[derive(Debug, Default, serde::Deserialize)]
+/// The settings form. Its box is required: a form without it would reset every setting.
+#[derive(Debug, serde::Deserialize)]
 pub(crate) struct SettingsForm {
-    #[serde(default)]
     settings: String,
 }
 
@@ -396,8 +402,8 @@ pub(crate) async fn configure<B: Backend>(
     let name = plugin_name(&name)?;
     let error = match read_settings(&form.settings) {
         Ok(typed) => {
-            let current = ui.backend.plugin(name.clone()).await?.config;
-            let change = settings_change(&current, typed);
+            let before = ui.backend.plugin(name.clone()).await?;
+            let change = settings_change(&before.config, typed);
             if change.is_empty() {
                 return Ok(done(
                     &ui.sessions,
@@ -408,6 +414,10 @@ pub(crate) async fn configure<B: Backend>(
                 ));
             }
             match ui.backend.configure_plugin(name.clone(), change).await {
+                Ok(view) if view.config == before.config => {
+                    let text = format!("The settings of {name} are as they were.");
+                    return Ok(done(&ui.sessions, &owner, true, text, &format!("/plugins/{name}")));
+                }
                 Ok(view) => {
                     let now = match view.state {
                         PluginStateName::Enabled if view.running => "it restarted with them.".to_owned(),
@@ -420,7 +430,13 @@ pub(crate) async fn configure<B: Backend>(
                         }
                         PluginStateName::Disabled => "it uses them when you enable it.".to_owned(),
                     };
-                    let text = format!("Changed the settings of {name}; {now}");
+                    let mut text = format!("Changed the settings of {name}; {now}");
+                    let refused = view.refused.saturating_sub(before.refused);
+                    if refused > 0 {
+                        text.push_str(&format!(
+                            " As it started, {refused} of its calls were refused as outside its grants (a device or service the new settings name may need an upgrade that grants it): see its log."
+                        ));
+                    }
                     return Ok(done(&ui.sessions, &owner, true, text, &format!("/plugins/{name}")));
                 }
                 Err(BackendError::Invalid(m)) => m,

@@ -1126,7 +1126,7 @@ async fn a_plugins_settings_are_changed_by_form_and_a_line_left_out_goes_back_to
     browser
         .get("/plugins/weather-buyer")
         .await
-        .contains("action=\"/plugins/weather-buyer/settings\"")
+        .contains("action=\"/plugins/weather-buyer/settings#settings-h\"")
         .contains("every_secs=600\nirrigation=&#34;irrigation&#34;\n</textarea>");
 
     // A line that cannot be read: the form comes back with the text and why; nothing changes.
@@ -1168,6 +1168,26 @@ async fn a_plugins_settings_are_changed_by_form_and_a_line_left_out_goes_back_to
         .await
         .redirects_to("/plugins/weather-buyer");
     browser.get("/plugins/weather-buyer").await.contains("Nothing changed.");
+    assert_eq!(serde_json::Value::Object(overrides()), serde_json::json!({"irrigation": "garden"}));
+    // Leaving out a line that already held the plugin's own value changes nothing it reads.
+    browser
+        .post("/plugins/weather-buyer/settings", &[("csrf", &csrf), ("settings", "irrigation=garden")])
+        .await
+        .redirects_to("/plugins/weather-buyer");
+    browser.get("/plugins/weather-buyer").await.contains("The settings of weather-buyer are as they were.");
+
+    // Lines that cannot be one setting each, and a form without its box, change nothing.
+    for (settings, error) in [
+        ("irrigation=a\nirrigation=b", "Line 2: irrigation is set twice."),
+        ("a b=1", "Line 1: &#34;a b&#34; is not a setting&#39;s name"),
+    ] {
+        browser
+            .post("/plugins/weather-buyer/settings", &[("csrf", &csrf), ("settings", settings)])
+            .await
+            .expect(StatusCode::UNPROCESSABLE_ENTITY)
+            .contains(error);
+    }
+    browser.post("/plugins/weather-buyer/settings", &[("csrf", &csrf)]).await.expect(StatusCode::BAD_REQUEST);
     assert_eq!(serde_json::Value::Object(overrides()), serde_json::json!({"irrigation": "garden"}));
     browser.post("/plugins/nope/settings", &[("csrf", &csrf), ("settings", "a=1")]).await.expect(StatusCode::NOT_FOUND);
 }

@@ -749,7 +749,7 @@ pub(crate) fn plugin_settings(p: &PluginView, before: Option<&PluginView>) -> St
         Some(before) if before.config == p.config => {
             let _ = writeln!(out, "the settings of {name} are as they were");
         }
-        Some(_) => {
+        Some(before) => {
             let now = match (&p.state, not_running(p)) {
                 (PluginStateName::Enabled, None) => "it restarted with them".to_owned(),
                 (PluginStateName::Enabled, Some(why)) => why,
@@ -762,6 +762,14 @@ pub(crate) fn plugin_settings(p: &PluginView, before: Option<&PluginView>) -> St
                 }
             };
             let _ = writeln!(out, "changed the settings of {name}; {now}");
+            let refused = p.refused.saturating_sub(before.refused);
+            if refused > 0 {
+                let _ = writeln!(
+                    out,
+                    "as it started, {refused} of its calls were refused as outside its grants (a device or service \
+                     the new settings name may need an upgrade that grants it): see `machinomy-hub plugin show {name}`"
+                );
+            }
         }
     }
     config_field(&mut out, p);
@@ -1041,6 +1049,10 @@ mod tests {
         assert!(plugin_settings(&p, None).starts_with("config"));
         let same = plugin_settings(&before, Some(&before));
         assert!(same.starts_with("the settings of weather-buyer are as they were\n"), "{same}");
+        p.refused = before.refused + 2;
+        let text = plugin_settings(&p, Some(&before));
+        assert!(text.contains("as it started, 2 of its calls were refused as outside its grants"), "{text}");
+        p.refused = before.refused;
         p.state = PluginStateName::Disabled;
         p.running = false;
         let text = plugin_settings(&p, Some(&before));

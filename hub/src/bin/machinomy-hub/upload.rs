@@ -144,7 +144,14 @@ pub(crate) fn parse_set(text: &str) -> Result<(String, serde_json::Value), Strin
 
 /// Every `--set`, later ones winning.
 pub(crate) fn overrides(sets: &[String]) -> Result<serde_json::Map<String, serde_json::Value>, String> {
-    sets.iter().map(|text| parse_set(text)).collect()
+    let mut config = serde_json::Map::new();
+    for text in sets {
+        let (key, value) = parse_set(text)?;
+        if config.insert(key.clone(), value).is_some() {
+            return Err(format!("--set {key} is given twice"));
+        }
+    }
+    Ok(config)
 }
 
 #[cfg(test)]
@@ -168,6 +175,10 @@ mod tests {
             (r#"diet={"milk": 2}"#, json!({"milk": 2})),
             ("list=[1, 2]", json!([1, 2])),
             ("broken={milk", json!("{milk")),
+            // Numbers JSON would change stay as typed.
+            ("meter=1e3", json!("1e3")),
+            ("big=99999999999999999999999", json!("99999999999999999999999")),
+            ("max=18446744073709551615", json!(18_446_744_073_709_551_615_u64)),
         ];
         for (text, value) in cases {
             let (key, parsed) = parse_set(text).unwrap();
@@ -176,8 +187,10 @@ mod tests {
         }
         assert_eq!(parse_set("novalue").unwrap_err(), r#"--set "novalue": expected KEY=VALUE"#);
         assert_eq!(parse_set("=5").unwrap_err(), r#"--set "=5": the key is empty"#);
-        let all = overrides(&["a=1".to_owned(), "b=x".to_owned(), "a=2".to_owned()]).unwrap();
-        assert_eq!(serde_json::Value::Object(all), json!({"a": 2, "b": "x"}));
+        let all = overrides(&["a=1".to_owned(), "b=x".to_owned()]).unwrap();
+        assert_eq!(serde_json::Value::Object(all), json!({"a": 1, "b": "x"}));
+        let twice = overrides(&["a=1".to_owned(), "b=x".to_owned(), "a=2".to_owned()]).unwrap_err();
+        assert_eq!(twice, "--set a is given twice");
     }
 
     #[test]
