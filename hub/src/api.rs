@@ -451,6 +451,7 @@ fn plugin_view(view: crate::plugin::PluginView) -> PluginView {
         grants: view.grants.into(),
         limits: view.limits,
         config: view.config,
+        overridden: view.overridden,
         pending_upgrade: view.pending_upgrade.map(|p| PendingUpgrade { version: p.version, asks_for: p.asks_for }),
         faults: view.faults as u64,
         last_fault: view.last_fault,

@@ -739,7 +739,7 @@ async fn the_owner_changes_settings_in_place_and_the_plugin_restarts_with_its_st
     let view = h.plugins.configure("tunable", set("level", serde_json::json!(5))).await.unwrap();
     let second = serde_json::json!({"level": 5, "name": "den"});
     assert_eq!(serde_json::Value::Object(view.config), second);
-    assert_eq!(view.version, "1.0.0");
+    assert_eq!((view.version.as_str(), view.overridden), ("1.0.0", vec!["level".to_owned()]));
     // Restarted with the new settings; its storage (the start count) is kept.
     eventually("the restart", async || (read(&h) == (Some(second.clone()), Some(2))).then_some(())).await;
     let logged = h.show("tunable").await.recent.last().map(|line| (line.level.clone(), line.text.clone()));

@@ -372,6 +372,9 @@ pub struct PluginView {
     pub limits: machinomy_core::plugin::Limits,
     /// Its settings: the manifest's `[config]` with the owner's overrides on top.
     pub config: serde_json::Map<String, serde_json::Value>,
+    /// The keys of `config` the owner set; the others hold the manifest's defaults.
+    #[serde(default)]
+    pub overridden: Vec<String>,
     pub pending_upgrade: Option<PendingUpgrade>,
     /// Recent faults (traps, fuel or memory exhausted) counting towards quarantine.
     pub faults: u64,

@@ -519,6 +519,7 @@ fn new_plugin(
         grants: Default::default(),
         limits: manifest.limits,
         config: serde_json::Map::new(),
+        overridden: Vec::new(),
         pending_upgrade: None,
         faults: 0,
         last_fault: None,
@@ -547,6 +548,7 @@ impl MemoryPlugin {
         let mut config = manifest.config.clone();
         config.extend(self.overrides.clone());
         view.config = config;
+        view.overridden = self.overrides.keys().cloned().collect();
         view.subscriptions = if view.running { manifest.grants.subscribe.clone() } else { Vec::new() };
         view.pending_upgrade = None;
         view.updated_at = at;
@@ -987,6 +989,7 @@ impl Backend for MemoryBackend {
             let mut merged = plugin.manifest.config.clone();
             merged.extend(plugin.overrides.clone());
             plugin.view.config = merged;
+            plugin.view.overridden = plugin.overrides.keys().cloned().collect();
             plugin.view.updated_at = now;
             Ok(plugin.view.clone())
         })

@@ -726,6 +726,7 @@ impl Host {
             grants: record.manifest.grants.clone(),
             limits: record.manifest.limits,
             config: merge_config(&record.manifest.config, &record.overrides),
+            overridden: record.overrides.keys().cloned().collect(),
             pending_upgrade: record
                 .pending
                 .as_ref()

@@ -93,6 +93,8 @@ pub struct PluginView {
     pub grants: Grants,
     pub limits: Limits,
     pub config: serde_json::Map<String, serde_json::Value>,
+    /// The keys of `config` the owner set (the rest are the manifest's defaults).
+    pub overridden: Vec<String>,
     /// A new version waiting for the owner because it asks for more.
     pub pending_upgrade: Option<PendingView>,
     pub faults: usize,

@@ -101,7 +101,8 @@ pub(crate) struct PluginPage {
     pub(crate) last_fault: Option<String>,
     pub(crate) grants: Vec<GrantLine>,
     pub(crate) limits: Vec<GrantLine>,
-    pub(crate) config: Vec<(String, String)>,
+    /// Each setting: its name, its value as JSON, and whether the owner set it.
+    pub(crate) config: Vec<(String, String, bool)>,
     /// The settings box: the settings as `KEY=VALUE` lines, or what the owner typed.
     pub(crate) settings: String,
     pub(crate) asks_for: Vec<String>,
@@ -210,7 +211,7 @@ async fn plugin_page<B: Backend>(
     Ok(PluginPage {
         grants: grant_lines(&view, &frame.status.currency),
         limits: limit_lines(&view),
-        config: view.config.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
+        config: view.config.iter().map(|(k, v)| (k.clone(), v.to_string(), view.overridden.contains(k))).collect(),
         settings: typed_settings.unwrap_or_else(|| settings_lines(&view.config)),
         asks_for: view.pending_upgrade.as_ref().map(|u| u.asks_for.clone()).unwrap_or_default(),
         subscriptions: view.subscriptions.clone(),

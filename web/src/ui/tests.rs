@@ -1127,6 +1127,8 @@ async fn a_plugins_settings_are_changed_by_form_and_a_line_left_out_goes_back_to
         .get("/plugins/weather-buyer")
         .await
         .contains("action=\"/plugins/weather-buyer/settings#settings-h\"")
+        .contains("<th>every_secs</th><td><code>600</code></td><td>set by you</td>")
+        .contains("<td><span class=\"muted\">the plugin's default</span></td>")
         .contains("every_secs=600\nirrigation=&#34;irrigation&#34;\n</textarea>");
 
     // A line that cannot be read: the form comes back with the text and why; nothing changes.

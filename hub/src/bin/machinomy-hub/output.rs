@@ -737,6 +737,11 @@ fn config_field(out: &mut String, p: &PluginView) {
     for (i, line) in pretty.lines().enumerate() {
         field(out, if i == 0 { "config" } else { "" }, &clean(line));
     }
+    let yours = match p.overridden.is_empty() {
+        true => "none: all are the plugin's defaults".to_owned(),
+        false => clean(&p.overridden.join(", ")),
+    };
+    field(out, "set by you", &yours);
 }
 
 /// `plugin config`: the settings, and after a change (from `before`) whether the plugin runs
@@ -930,6 +935,7 @@ mod tests {
         use machinomy_core::plugin::{BudgetGrant, CallGrant, Limits};
         let mut config = serde_json::Map::new();
         config.insert("every_secs".to_owned(), serde_json::json!(600));
+        config.insert("service".to_owned(), serde_json::json!("weather"));
         PluginView {
             name: "weather-buyer".to_owned(),
             version: "0.1.0".to_owned(),
@@ -953,6 +959,7 @@ mod tests {
             },
             limits: Limits::default(),
             config,
+            overridden: vec!["every_secs".to_owned()],
             pending_upgrade: None,
             faults: 0,
             last_fault: None,
@@ -1007,8 +1014,10 @@ mod tests {
                               \x20            spend up to 1 USD a day (payments up to 0.002 USD need no approval)\n\
                               limits       16 MiB of memory, 50000000 fuel per event, 1 MiB of storage\n\
                               config       {\n\
-                              \x20              \"every_secs\": 600\n\
-                              \x20            }\n";
+                              \x20              \"every_secs\": 600,\n\
+                              \x20              \"service\": \"weather\"\n\
+                              \x20            }\n\
+                              set by you   every_secs\n";
         assert!(text.starts_with(expected_start), "{text}");
         assert!(text.contains("refused      2 (calls outside its grants)\n"), "{text}");
         assert!(text.contains("storage      120 bytes of 1 MiB\n"), "{text}");
