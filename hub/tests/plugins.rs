@@ -619,8 +619,8 @@ async fn a_module_speaking_another_abi_is_refused_at_upgrade_and_one_installed_b
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_plugins_log_and_refusals_survive_quarantine_disable_and_enable() {
-    let h = Harness::start().await;
+async fn a_plugins_log_and_refusals_survive_quarantine_disable_enable_and_a_hub_restart() {
+    let mut h = Harness::start().await;
     // Logs, is refused twice, calls spend with a bad payee, and traps on every timer.
     let moody = module(
         1,
@@ -666,6 +666,13 @@ async fn a_plugins_log_and_refusals_survive_quarantine_disable_and_enable() {
     assert!(enabled.refused >= 2, "{enabled:?}");
     assert!(enabled.recent.starts_with(&before.recent), "the log goes on: {:?}", texts(&enabled));
     assert!(enabled.recent.len() > before.recent.len(), "the new run logs too");
+
+    // A clean restart of the hub keeps what the owner reads.
+    let stopped = h.plugins.set_enabled("moody", false).await.unwrap();
+    h.restart().await;
+    let after = h.show("moody").await;
+    assert_eq!((after.refused, texts(&after)), (stopped.refused, texts(&stopped)));
+    assert_eq!(after.recent, stopped.recent);
     h.stop().await;
 }
 

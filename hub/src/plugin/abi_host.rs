@@ -69,6 +69,12 @@ pub(crate) struct RecentLine {
     pub(crate) text: String,
 }
 
+/// A stored line's level as one of the names lines are made with ("info" for any other).
+pub(crate) fn known_level(level: &str) -> &'static str {
+    const LEVELS: [&str; 8] = ["debug", "info", "warn", "error", "invalid", "refused", "fault", "hub"];
+    LEVELS.into_iter().find(|known| *known == level).unwrap_or("info")
+}
+
 /// Adds a line to a plugin's recent log, dropping the oldest past [`RECENT_LINES`].
 pub(crate) fn remember(recent: &mut VecDeque<RecentLine>, level: &'static str, text: String) {
     if recent.len() >= RECENT_LINES {

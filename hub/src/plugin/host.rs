@@ -26,7 +26,7 @@ use crate::hub::now;
 use crate::market::{ProvidedAnswer, ServiceProvider, SoldService};
 use crate::net::BoxFuture;
 use crate::payments::{PaymentError, Payments};
-use crate::store::{PendingUpgrade, PluginRecord, Store, Write};
+use crate::store::{PendingUpgrade, PluginLogLine, PluginLogRecord, PluginRecord, Store, Write};
 use machinomy_core::wire::{ErrorCode, WireError};
 
 /// How long a peer's call of a plugin-sold service waits for the plugin's `respond`.
@@ -147,6 +147,17 @@ impl Host {
             }
             let name = record.name.clone();
             let mut slot = new_slot(record);
+            match self.store.plugin_log(&name) {
+                Ok(Some(log)) => {
+                    slot.refused = log.refused;
+                    for line in log.lines.into_iter().rev().take(super::abi_host::RECENT_LINES).rev() {
+                        let level = super::abi_host::known_level(&line.level);
+                        slot.recent.push_back(RecentLine { at_ms: line.at_ms, level, text: line.text });
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => warn!(plugin = %name, error = %e, "cannot read the plugin's saved log"),
+            }
             match self.load_module(&mut slot.record) {
                 Ok(pre) => slot.pre = Some(pre),
                 Err(e) => {
@@ -465,6 +476,9 @@ impl Host {
         let slot = self.slots.get(name).ok_or_else(|| PluginError::Unknown(name.to_owned()))?;
         let mut record = slot.record.clone();
         record.removed_at = Some(now());
+        // Its saved log goes with it: a plugin installed later under the name starts clean.
+        let log = PluginLogRecord { name: name.to_owned(), ..PluginLogRecord::default() };
+        self.store.write(&[Write::PluginLog(&log)])?;
         self.persist(&record).await?;
         self.stop(name, "removed");
         self.slots.remove(name);
@@ -800,10 +814,36 @@ impl Host {
         self.persist_quarantines().await;
     }
 
-    fn shut_down(&mut self) {
+    /// Stops every plugin and saves what the owner reads of their runs (a crash loses only that).
+    async fn shut_down(&mut self) {
         let names: Vec<String> = self.slots.keys().cloned().collect();
-        for name in names {
-            self.stop(&name, "stopped with the hub");
+        for name in &names {
+            self.stop(name, "stopped with the hub");
+        }
+        let logs: Vec<PluginLogRecord> = self
+            .slots
+            .iter()
+            .map(|(name, slot)| PluginLogRecord {
+                name: name.clone(),
+                refused: slot.refused,
+                lines: slot
+                    .recent
+                    .iter()
+                    .map(|line| PluginLogLine {
+                        at_ms: line.at_ms,
+                        level: line.level.to_owned(),
+                        text: line.text.clone(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        let writes: Vec<Write<'_>> = logs.iter().map(Write::PluginLog).collect();
+        let saved = match self.store.write(&writes) {
+            Ok(()) => self.store.commit().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = saved {
+            warn!(error = %e, "could not save the plugins' logs");
         }
     }
 }
@@ -917,7 +957,7 @@ pub(crate) fn run(
             host.release_orders().await;
             host.persist_quarantines().await;
         }
-        host.shut_down();
+        host.shut_down().await;
     });
 }
 

@@ -43,6 +43,7 @@ const SETTLEMENT: u8 = b'l';
 const DEVICE: u8 = b'd';
 const SPEND_REF: u8 = b'q';
 const PLUGIN: u8 = b'g';
+const PLUGIN_LOG: u8 = b'o';
 /// Marks a plugin-storage write in the write-ahead log; no key of the books starts with it.
 pub(super) const PLUGIN_KV_LOGGED: u8 = 0xfe;
 
@@ -156,6 +157,7 @@ pub enum Write<'a> {
     Device(&'a DeviceRecord),
     SpendRef(&'a SpendRef),
     Plugin(&'a PluginRecord),
+    PluginLog(&'a PluginLogRecord),
 }
 
 /// What kind of appliance a registry device is, and how the hub reaches it.
@@ -223,6 +225,22 @@ pub struct PendingUpgrade {
     /// Config overrides given with this upgrade, applied over the current ones on approval.
     #[serde(default)]
     pub overrides: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+/// What the owner reads of a plugin's recent runs (its last log lines and how many of its calls
+/// were refused), saved when the hub stops so a restart does not wipe it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginLogRecord {
+    pub name: String,
+    pub refused: u64,
+    pub lines: Vec<PluginLogLine>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginLogLine {
+    pub at_ms: u64,
+    pub level: String,
+    pub text: String,
 }
 
 /// A handle to the store; cheap to clone.
@@ -336,6 +354,7 @@ impl Store {
                 Write::Device(device) => (key(DEVICE, device.id.as_str().as_bytes()), encode(device)?),
                 Write::SpendRef(r) => (spend_ref_key(&r.device, &r.request_id), encode(r)?),
                 Write::Plugin(p) => (key(PLUGIN, p.name.as_bytes()), encode(p)?),
+                Write::PluginLog(log) => (key(PLUGIN_LOG, log.name.as_bytes()), encode(log)?),
             };
             batch.push((key, value));
         }
@@ -461,6 +480,10 @@ impl Store {
 
     pub fn plugins(&self) -> Result<Vec<PluginRecord>, StoreError> {
         self.scan(PLUGIN)
+    }
+
+    pub fn plugin_log(&self, name: &str) -> Result<Option<PluginLogRecord>, StoreError> {
+        self.get(&key(PLUGIN_LOG, name.as_bytes()))
     }
 
     pub fn plugin_kv_get(&self, plugin: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
