@@ -750,13 +750,15 @@ async fn the_owner_changes_settings_in_place_and_the_plugin_restarts_with_its_st
     // Restarted with the new settings; its storage (the start count) is kept.
     eventually("the restart", async || (read(&h) == (Some(second.clone()), Some(2))).then_some(())).await;
     let logged = h.show("tunable").await.recent.last().map(|line| (line.level.clone(), line.text.clone()));
-    assert_eq!(logged, Some(("hub".to_owned(), "the owner changed level; restarting it to read them".to_owned())));
+    assert_eq!(logged, Some(("hub".to_owned(), "the owner changed level; the plugin restarts to read it".to_owned())));
 
     // Settings that cannot apply change nothing: a bad name, one the manifest does not declare.
     let error = h.plugins.configure("tunable", set("bad key!", serde_json::json!(1))).await.unwrap_err();
     assert!(error.to_string().contains("bad key!"), "{error}");
     let error = h.plugins.configure("tunable", set("levle", serde_json::json!(1))).await.unwrap_err();
     assert_eq!(error.to_string(), "setting \"levle\": tunable has no such setting (its settings: level, name)");
+    let error = h.plugins.configure("tunable", set("level", serde_json::json!("high"))).await.unwrap_err();
+    assert_eq!(error.to_string(), "setting \"level\": it is a number (default 1), and \"high\" is not");
     assert!(matches!(h.plugins.configure("nope", Overrides::new()).await, Err(PluginError::Unknown(_))));
     assert_eq!(serde_json::Value::Object(h.show("tunable").await.config), second);
 
@@ -772,10 +774,11 @@ async fn the_owner_changes_settings_in_place_and_the_plugin_restarts_with_its_st
     h.plugins.configure("tunable", set("level", serde_json::json!(1))).await.unwrap();
     assert_eq!(read(&h).1, Some(4));
 
-    // A disabled plugin takes new settings without starting, and starts with them.
+    // A disabled plugin takes new settings without starting, and starts with them. A number
+    // given for a text setting is its text.
     h.plugins.set_enabled("tunable", false).await.unwrap();
-    let view = h.plugins.configure("tunable", set("name", serde_json::json!("attic"))).await.unwrap();
-    let third = serde_json::json!({"level": 1, "name": "attic"});
+    let view = h.plugins.configure("tunable", set("name", serde_json::json!(42))).await.unwrap();
+    let third = serde_json::json!({"level": 1, "name": "42"});
     assert_eq!(serde_json::Value::Object(view.config), third);
     assert_eq!(read(&h).1, Some(4));
     h.plugins.set_enabled("tunable", true).await.unwrap();

@@ -1,7 +1,7 @@
 //! The JSON shapes of the admin API, shared by the server and the CLI client.
 //!
 //! Amounts are strings of base units (see DESIGN.md §3); each view also carries the currency so
-//! a client can show `1.5 USD` without asking again.
+//! a client can show `1.50 USD` without asking again.
 
 use machinomy_core::{
     Amount, Budget, ChannelId, ChannelStatus, Currency, DeviceId, Direction, GroupBy, LedgerId, PublicKey, ReportRow,

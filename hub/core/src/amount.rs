@@ -226,9 +226,18 @@ impl Currency {
         Amount::parse_decimal(input, self.decimals)
     }
 
-    /// `"1.5 USD"`.
+    /// `"1.50 USD"`, `"0.000004 USD"`: as people write money, with cents where the currency
+    /// has them, and every digit the amount needs beyond them. Every surface (CLI, web UI,
+    /// messages) shows amounts this way.
     pub fn format(&self, amount: Amount) -> String {
-        format!("{} {}", amount.format_decimal(self.decimals), self.code)
+        let text = amount.format_decimal(self.decimals);
+        let cents = usize::from(self.decimals.min(2));
+        let missing = match text.split_once('.') {
+            Some((_, fraction)) => cents.saturating_sub(fraction.len()),
+            None => cents,
+        };
+        let point = if missing == cents && cents > 0 { "." } else { "" };
+        format!("{text}{point}{} {}", "0".repeat(missing), self.code)
     }
 }
 
@@ -369,7 +378,10 @@ mod tests {
         assert_eq!(usd.code(), "USD");
         assert_eq!(usd.decimals(), 9);
         assert_eq!(usd.parse("1.5"), Ok(Amount::from_base_units(1_500_000_000)));
-        assert_eq!(usd.format(Amount::from_base_units(1_500_000_000)), "1.5 USD");
+        assert_eq!(usd.format(Amount::from_base_units(1_500_000_000)), "1.50 USD");
+        assert_eq!(usd.format(Amount::from_base_units(2_000_000_000)), "2.00 USD");
+        assert_eq!(usd.format(Amount::from_base_units(4_000)), "0.000004 USD");
+        assert_eq!(usd.format(Amount::ZERO), "0.00 USD");
         let cents = Currency::new("EUR", 2).unwrap();
         assert_eq!(cents.parse("0.001"), Err(AmountError::TooPrecise { input: "0.001".into(), decimals: 2 }));
     }

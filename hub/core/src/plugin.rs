@@ -719,7 +719,11 @@ mod tests {
         let lines = wider.widening(&old, &eur);
         assert_eq!(
             lines,
-            ["subscribe to machinomy/+/state", "invoice peers", "pay up to 0.11 EUR per call of grocery (was 0.1 EUR)"]
+            [
+                "subscribe to machinomy/+/state",
+                "invoice peers",
+                "pay up to 0.11 EUR per call of grocery (was 0.10 EUR)"
+            ]
         );
         let bigger = Grants {
             budget: Some(BudgetGrant {
@@ -731,7 +735,7 @@ mod tests {
         };
         assert_eq!(
             bigger.widening(&old, &eur),
-            ["a budget of 2 EUR per day (was 1 EUR per day)", "auto-approve up to 0.05 EUR (was 0 EUR)"]
+            ["a budget of 2.00 EUR per day (was 1.00 EUR per day)", "auto-approve up to 0.05 EUR (was 0.00 EUR)"]
         );
     }
 

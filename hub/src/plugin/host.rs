@@ -265,8 +265,9 @@ impl Host {
         if self.slots.contains_key(&manifest.name) {
             return Err(PluginError::Exists(manifest.name));
         }
+        let mut overrides = overrides;
+        fit_declared(&manifest, &mut overrides)?;
         check_overrides(&overrides)?;
-        check_declared(&manifest, overrides.keys())?;
         let (wasm_hash, compiled_hash, pre) = self.accept_module(&manifest, &package.wasm)?;
         self.set_budget(&manifest).await?;
         let at = now();
@@ -301,11 +302,12 @@ impl Host {
         let slot = self.slots.get(&name).ok_or_else(|| PluginError::Unknown(name.clone()))?;
         let current = slot.record.manifest.clone();
         let replaced = slot.record.pending.clone();
+        // Settings carried over are not checked again: a version may stop declaring one.
+        let mut overrides = overrides;
+        fit_declared(&manifest, &mut overrides)?;
         let mut merged = slot.record.overrides.clone();
         merged.extend(overrides.clone());
         check_overrides(&merged)?;
-        // Settings carried over are not checked again: a version may stop declaring one.
-        check_declared(&manifest, overrides.keys())?;
         let mut asks_for = manifest.grants.widening(&current.grants, self.payments.currency());
         asks_for.extend(manifest.limits.widening(&current.limits));
         let (wasm_hash, compiled_hash, pre) = self.accept_module(&manifest, &package.wasm)?;
@@ -393,10 +395,14 @@ impl Host {
         let _ = std::fs::remove_file(self.compiled_path(name, hash));
     }
 
-    async fn configure(&mut self, name: &str, changes: Overrides) -> Result<PluginView, PluginError> {
+    async fn configure(&mut self, name: &str, mut changes: Overrides) -> Result<PluginView, PluginError> {
         let slot = self.slots.get(name).ok_or_else(|| PluginError::Unknown(name.to_owned()))?;
         let mut record = slot.record.clone();
-        check_declared(&record.manifest, changes.iter().filter(|(_, value)| !value.is_null()).map(|(key, _)| key))?;
+        // Going back to the default needs no declaration: a key a past version declared may go.
+        let mut setting: Overrides =
+            changes.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), v.clone())).collect();
+        fit_declared(&record.manifest, &mut setting)?;
+        changes.extend(setting);
         for (key, value) in changes {
             // An upgrade waiting for approval carries the settings asked for with it; the
             // owner's later word on a key stands over them.
@@ -419,6 +425,7 @@ impl Host {
         changed.sort_unstable();
         changed.dedup();
         changed.retain(|key| before.get(*key) != after.get(*key));
+        let them = if changed.len() == 1 { "it" } else { "them" };
         let changed = changed.join(", ");
         let restart = record.state == PluginState::Enabled && slot.running() && !changed.is_empty();
         record.updated_at = now();
@@ -428,7 +435,7 @@ impl Host {
         }
         info!(plugin = %name, "plugin settings changed");
         if !changed.is_empty() {
-            let then = if restart { "; restarting it to read them" } else { "" };
+            let then = if restart { format!("; the plugin restarts to read {them}") } else { String::new() };
             self.note(name, format!("the owner changed {changed}{then}"));
         }
         // A plugin reads its settings when it likes (often once, in on_start): it starts afresh.
@@ -881,16 +888,40 @@ fn check_memory(module: &Module, memory_mib: u64) -> Result<(), PluginError> {
     Ok(())
 }
 
-/// Settings the owner gives must be ones the manifest declares (with their defaults): any other
-/// is taken for a typo rather than stored where the plugin never looks.
-fn check_declared<'a>(manifest: &Manifest, keys: impl IntoIterator<Item = &'a String>) -> Result<(), PluginError> {
-    let Some(key) = keys.into_iter().find(|key| !manifest.config.contains_key(*key)) else { return Ok(()) };
-    let known: Vec<&str> = manifest.config.keys().map(String::as_str).collect();
-    let reason = match known.is_empty() {
-        true => format!("{} declares no settings", manifest.name),
-        false => format!("{} has no such setting (its settings: {})", manifest.name, known.join(", ")),
-    };
-    Err(PluginError::BadOverride { key: key.clone(), reason })
+/// Settings the owner gives must be ones the manifest declares, of the kind of their default:
+/// a typo, or a text where a number belongs, is refused rather than handed to a plugin that
+/// cannot use it. A number or true/false given for a text setting is taken as its text (`--set
+/// max_price=1500` where the default is `"2000"`). `null` (back to the default) passes.
+fn fit_declared(manifest: &Manifest, settings: &mut Overrides) -> Result<(), PluginError> {
+    use serde_json::Value;
+    for (key, value) in settings.iter_mut() {
+        let Some(default) = manifest.config.get(key) else {
+            let known: Vec<&str> = manifest.config.keys().map(String::as_str).collect();
+            let reason = match known.is_empty() {
+                true => format!("{} declares no settings", manifest.name),
+                false => format!("{} has no such setting (its settings: {})", manifest.name, known.join(", ")),
+            };
+            return Err(PluginError::BadOverride { key: key.clone(), reason });
+        };
+        let kind = |v: &Value| match v {
+            Value::Null => "null",
+            Value::Bool(_) => "true or false",
+            Value::Number(_) => "a number",
+            Value::String(_) => "a text",
+            Value::Array(_) => "a list",
+            Value::Object(_) => "a table",
+        };
+        match (default, &*value) {
+            (_, Value::Null) | (Value::Null, _) => {}
+            (Value::String(_), Value::Number(_) | Value::Bool(_)) => *value = Value::String(value.to_string()),
+            (default, given) if kind(default) == kind(given) => {}
+            (default, given) => {
+                let reason = format!("it is {} (default {default}), and {given} is not", kind(default));
+                return Err(PluginError::BadOverride { key: key.clone(), reason });
+            }
+        }
+    }
+    Ok(())
 }
 
 fn check_overrides(overrides: &Overrides) -> Result<(), PluginError> {

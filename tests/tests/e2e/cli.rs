@@ -194,7 +194,10 @@ async fn text_from_devices_and_peers_is_escaped_and_a_closing_channel_says_when_
     let args = ["budget", "set", "device:tv", "--period", "day", "--limit", "1", "--auto-approve", "2"];
     let out = hub.cli(&args).await.unwrap();
     assert_eq!(out.status.code(), Some(2), "{out}");
-    assert!(out.error_line().unwrap().ends_with("machinomy-hub: --auto-approve 2 USD is above --limit 1 USD"), "{out}");
+    assert!(
+        out.error_line().unwrap().ends_with("machinomy-hub: --auto-approve 2.00 USD is above --limit 1.00 USD"),
+        "{out}"
+    );
 
     // A budget set here can be removed; the one from hub.toml and one that is not there cannot.
     let args = ["budget", "set", "device:lamp", "--period", "week", "--limit", "3", "--auto-approve", "1"];
@@ -234,6 +237,6 @@ async fn text_from_devices_and_peers_is_escaped_and_a_closing_channel_says_when_
     let text = hub.cli(&["channel", "show", &channel_id]).await.unwrap();
     let text = text.ok().unwrap();
     let settles = settle_after.date_string();
-    assert!(text.contains("settles 1.5 USD after ") && text.contains(&settles), "{text}");
+    assert!(text.contains("settles 1.50 USD after ") && text.contains(&settles), "{text}");
     assert!(hub.stop().await.unwrap().success());
 }

@@ -434,8 +434,13 @@ pub(crate) async fn configure<B: Backend>(
                     let mut text = format!("Changed the settings of {name}; {now}");
                     let refused = view.refused.saturating_sub(before.refused);
                     if refused > 0 {
+                        let calls = if refused == 1 {
+                            "1 of its calls was".to_owned()
+                        } else {
+                            format!("{refused} of its calls were")
+                        };
                         text.push_str(&format!(
-                            " As it started, {refused} of its calls were refused as outside its grants (a device or service the new settings name may need an upgrade that grants it): see its log."
+                            " As it started, {calls} refused as outside its grants (a device or service the new settings name may need an upgrade that grants it): see its log."
                         ));
                     }
                     return Ok(done(&ui.sessions, &owner, true, text, &format!("/plugins/{name}")));

@@ -47,14 +47,7 @@ pub(crate) fn from_jiff(at: jiff::Timestamp) -> Timestamp {
 /// `1.50 USD`, `0.000004 USD`: never raw base units, and cents shown as people write money
 /// (where the currency has them).
 pub(crate) fn money(currency: &Currency, amount: Amount) -> String {
-    let text = amount.format_decimal(currency.decimals());
-    let shown = usize::from(currency.decimals().min(2));
-    let missing = match text.split_once('.') {
-        Some((_, fraction)) => shown.saturating_sub(fraction.len()),
-        None => shown,
-    };
-    let point = if missing == shown && shown > 0 { "." } else { "" };
-    format!("{text}{point}{} {}", "0".repeat(missing), currency.code())
+    currency.format(amount)
 }
 
 /// A public key or other long id, shortened for a table cell: `02a1b2c3…e4f5`.

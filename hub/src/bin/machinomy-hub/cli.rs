@@ -199,7 +199,7 @@ enum BudgetCommand {
     List,
     /// Create or replace a budget
     Set {
-        /// device:<id>, plugin:<name> or peer:<id>
+        /// device:<id>, plugin:<name> or peer:<public key>
         subject: String,
         #[arg(long, value_enum)]
         period: PeriodArg,
@@ -207,13 +207,13 @@ enum BudgetCommand {
         // Negative numbers reach our own parser, which says what is wrong with them.
         #[arg(long, allow_negative_numbers = true)]
         limit: String,
-        /// Most per payment without asking the owner, in currency units
-        #[arg(long, allow_negative_numbers = true)]
+        /// Most per payment without asking the owner, in currency units (0: ask for every one)
+        #[arg(long, allow_negative_numbers = true, default_value = "0")]
         auto_approve: String,
     },
     /// Remove a budget: its subject may spend nothing until it has one again
     Remove {
-        /// device:<id>, plugin:<name> or peer:<id>
+        /// device:<id>, plugin:<name> or peer:<public key>
         subject: String,
     },
 }
@@ -867,7 +867,7 @@ mod tests {
     fn budget_amounts_are_checked_in_currency_units() {
         let usd = Currency::usd();
         let error = budget_from_args(&usd, "device:tv", PeriodArg::Day, "1", "2").unwrap_err();
-        assert_eq!(error.to_string(), "--auto-approve 2 USD is above --limit 1 USD");
+        assert_eq!(error.to_string(), "--auto-approve 2.00 USD is above --limit 1.00 USD");
         assert!(error.downcast_ref::<Usage>().is_some());
         let error = check_amount("--limit", "-5").unwrap_err().to_string();
         assert!(error.starts_with("--limit: amount \"-5\" is not a plain decimal number"), "{error}");
@@ -892,6 +892,13 @@ mod tests {
             "0",
         ]);
         assert!(matches.is_ok(), "{matches:?}");
+        // Without --auto-approve every spend asks the owner.
+        let Command::Budget(BudgetCommand::Set { auto_approve, .. }) =
+            parse_args(&["budget", "set", "device:tv", "--period", "day", "--limit", "5"]).unwrap().command
+        else {
+            panic!("not `budget set`");
+        };
+        assert_eq!(auto_approve, "0");
     }
 
     fn parse_args(args: &[&str]) -> Result<Args, clap::Error> {

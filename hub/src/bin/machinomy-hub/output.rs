@@ -769,10 +769,11 @@ pub(crate) fn plugin_settings(p: &PluginView, before: Option<&PluginView>) -> St
             let _ = writeln!(out, "changed the settings of {name}; {now}");
             let refused = p.refused.saturating_sub(before.refused);
             if refused > 0 {
+                let calls = if refused == 1 { "1 of its calls was" } else { &format!("{refused} of its calls were") };
                 let _ = writeln!(
                     out,
-                    "as it started, {refused} of its calls were refused as outside its grants (a device or service \
-                     the new settings name may need an upgrade that grants it): see `machinomy-hub plugin show {name}`"
+                    "as it started, {calls} refused as outside its grants (a device or service the new settings \
+                     name may need an upgrade that grants it): see `machinomy-hub plugin show {name}`"
                 );
             }
         }
@@ -1011,7 +1012,7 @@ mod tests {
                               may          publish on machinomy/irrigation/cmd/#\n\
                               \x20            read the state of every device\n\
                               \x20            buy weather.forecast at up to 0.002 USD a call\n\
-                              \x20            spend up to 1 USD a day (payments up to 0.002 USD need no approval)\n\
+                              \x20            spend up to 1.00 USD a day (payments up to 0.002 USD need no approval)\n\
                               limits       16 MiB of memory, 50000000 fuel per event, 1 MiB of storage\n\
                               config       {\n\
                               \x20              \"every_secs\": 600,\n\
@@ -1061,6 +1062,9 @@ mod tests {
         p.refused = before.refused + 2;
         let text = plugin_settings(&p, Some(&before));
         assert!(text.contains("as it started, 2 of its calls were refused as outside its grants"), "{text}");
+        p.refused = before.refused + 1;
+        let text = plugin_settings(&p, Some(&before));
+        assert!(text.contains("as it started, 1 of its calls was refused"), "{text}");
         p.refused = before.refused;
         p.state = PluginStateName::Disabled;
         p.running = false;
