@@ -162,13 +162,15 @@ pub(crate) fn channels(channels: &[ChannelView]) -> String {
     if channels.is_empty() {
         return "no channels\n".to_owned();
     }
-    let mut out = format!("{:<64}  {:<8}  {:<8}  {:>16}  {:>16}\n", "ID", "ROLE", "STATUS", "SPENT", "CAPACITY");
+    let mut out =
+        format!("{:<64}  {:<8}  {:<24}  {:<8}  {:>16}  {:>16}\n", "ID", "ROLE", "PEER", "STATUS", "SPENT", "CAPACITY");
     for c in channels {
         let _ = writeln!(
             out,
-            "{:<64}  {:<8}  {:<8}  {:>16}  {:>16}",
+            "{:<64}  {:<8}  {:<24}  {:<8}  {:>16}  {:>16}",
             c.id,
             format!("{:?}", c.role).to_lowercase(),
+            cell(&c.counterparty.to_hex(), 24),
             c.status.name(),
             c.currency.format(c.spent),
             c.currency.format(c.capacity)
@@ -262,13 +264,28 @@ pub(crate) fn approvals(approvals: &[Approval], currency: &Currency, all: bool) 
             "{:<8}  {:<24}  {:<24}  {:>16}  {:<24}  {}",
             a.id,
             clean(&a.request.subject.to_string()),
-            clean(&a.request.payee),
+            cell(&a.request.payee, 24),
             currency.format(a.request.amount),
             quoted(&a.request.memo),
             approval_state(a)
         );
     }
     out
+}
+
+/// `text` [`clean`]ed for a table column `width` wide: a longer one (a 64-hex key) keeps its
+/// head and tail (`02a1b2c3d4e5…c9d8e7f6`); `show` prints it whole.
+fn cell(text: &str, width: usize) -> String {
+    let text = clean(text);
+    let chars = text.chars().count();
+    if chars <= width {
+        return text;
+    }
+    let tail = 8.min(width / 2);
+    let head = width.saturating_sub(tail + 1);
+    let start: String = text.chars().take(head).collect();
+    let end: String = text.chars().skip(chars - tail).collect();
+    format!("{start}…{end}")
 }
 
 /// One spend request in full.
@@ -804,6 +821,16 @@ pub(crate) fn plugin_removed(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_cells_keep_their_head_and_tail_within_the_column() {
+        let key = "0123456789abcdef".repeat(4);
+        let shown = cell(&key, 24);
+        assert_eq!(shown, "0123456789abcde…89abcdef");
+        assert_eq!(shown.chars().count(), 24);
+        assert_eq!(cell("device:fridge", 24), "device:fridge");
+        assert_eq!(cell("a\u{1b}b", 24), "a\\u{1b}b");
+    }
 
     #[test]
     fn times_are_shown_in_the_hubs_zone_with_its_abbreviation() {
