@@ -188,7 +188,14 @@ struct Inner {
     /// Sells services beside `sell`; set once.
     provider: OnceLock<Arc<dyn ServiceProvider>>,
     invoices: Mutex<Invoices>,
+    /// One invoice in flight per payer (payers hash to a stripe): the payer answers each with a
+    /// cumulative promise on the same channel, and two answers crossing on the way would reach
+    /// us out of order, the larger one first, so neither would match its invoice.
+    invoicing: [tokio::sync::Mutex<()>; INVOICE_STRIPES],
 }
+
+/// How many payers may have an invoice in flight at once (more wait their turn).
+const INVOICE_STRIPES: usize = 16;
 
 /// Invoices sent and not yet paid: (payer, reference) → (order sent, subject to book to).
 #[derive(Debug, Default)]
@@ -226,6 +233,7 @@ impl Market {
                 net: OnceLock::new(),
                 provider: OnceLock::new(),
                 invoices: Mutex::new(Invoices::default()),
+                invoicing: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
             }),
         }
     }
@@ -512,6 +520,11 @@ impl Market {
             .and_then(|()| wire::check_text("reference", reference, wire::MAX_NAME))
             .map_err(MarketError::Refused)?;
         let net = self.net().ok_or(MarketError::NoNetwork)?;
+        let stripe = usize::from(payer.as_bytes()[0]) % INVOICE_STRIPES;
+        let _one_at_a_time = match self.inner.invoicing.get(stripe) {
+            Some(lock) => Some(lock.lock().await),
+            None => None,
+        };
         // Remembered before asking: the payer's owner may approve before its answer is here.
         self.expect_invoice(payer, reference, subject);
         let invoice = Invoice { amount, memo: memo.to_owned(), reference: reference.to_owned() };

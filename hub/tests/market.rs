@@ -688,6 +688,36 @@ async fn invoices_sent_are_paid_at_once_or_after_the_owner_approves_or_denied_an
     payee.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invoices_sent_to_one_payer_at_once_are_each_paid_exactly() {
+    let (payer_key, payee_key) = (public(52), public(53));
+    let budget =
+        Budget::new(Subject::Peer(payee_key.to_hex()), Period::Month, units(500 * PRICE), units(50 * PRICE)).unwrap();
+    let payer = hub(52, Vec::new(), &[budget], Vec::new()).await;
+    let payee = hub(53, Vec::new(), &[], payer.addrs().await).await;
+    payee.market.net().unwrap().dial(&payer.addrs().await[0]).await.unwrap();
+
+    // The payer answers each with a cumulative promise on one channel: were the answers to
+    // cross, the larger would arrive first and neither would match its invoice.
+    let mut invoices = tokio::task::JoinSet::new();
+    for n in 1..=8u128 {
+        let market = payee.market.clone();
+        invoices.spawn(async move {
+            let reference = format!("plugin:landlord:{n}");
+            (n, market.invoice(&payer_key, units(n * PRICE), "bill", &reference, &landlord()).await)
+        });
+    }
+    while let Some(joined) = invoices.join_next().await {
+        let (n, outcome) = joined.unwrap();
+        let paid = matches!(outcome, Ok(InvoiceOutcome::Paid { amount, .. }) if amount == units(n * PRICE));
+        assert!(paid, "invoice {n}: {outcome:?}");
+    }
+    assert_eq!(net_flow(&payee), 36 * 1_000);
+    assert_eq!(net_flow(&payer), -36 * 1_000);
+    payer.stop().await;
+    payee.stop().await;
+}
+
 /// Sells a forecast the way a plugin would, and counts the calls it answers.
 #[derive(Debug, Default)]
 struct Forecaster {

@@ -167,13 +167,15 @@ async fn rental_billing_invoices_the_renter_hub_for_metered_energy_and_time_unti
     // Each bill is its energy at the kWh price plus its time at the hourly price, exactly (the
     // prices divide evenly, so nothing is carried), and the renter's hub paid every one at once.
     assert!(statements.invoiced.len() >= 3, "{statements:?}");
+    // Why a bill was not paid is in the plugin's log.
+    let log = show(&owner, "rental-billing").await.unwrap().recent;
     let mut invoiced = 0;
     for (bill, statement) in &statements.invoiced {
         let (wh, ms) = (statement["energy_wh"].as_u64().unwrap(), statement["ms"].as_u64().unwrap());
         let expected = u128::from(wh) * PRICE_PER_KWH / 1000 + u128::from(ms) * PRICE_PER_HOUR / 3_600_000;
         assert_eq!(amount(&statement["amount"]).unwrap(), expected, "bill {bill}: {statement}");
         assert!(statement.get("outstanding").is_none(), "bill {bill} carried an unpaid one: {statement}");
-        assert_eq!(statements.outcomes[bill], ["paid"], "bill {bill}");
+        assert_eq!(statements.outcomes[bill], ["paid"], "bill {bill}: {log:#?}");
         invoiced += expected;
     }
     assert_eq!(statements.paid, invoiced);
