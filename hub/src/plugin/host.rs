@@ -894,6 +894,16 @@ fn check_memory(module: &Module, memory_mib: u64) -> Result<(), PluginError> {
 /// max_price=1500` where the default is `"2000"`). `null` (back to the default) passes.
 fn fit_declared(manifest: &Manifest, settings: &mut Overrides) -> Result<(), PluginError> {
     use serde_json::Value;
+    fn kind(value: &Value) -> &'static str {
+        match value {
+            Value::Null => "null",
+            Value::Bool(_) => "true or false",
+            Value::Number(_) => "a number",
+            Value::String(_) => "a text",
+            Value::Array(_) => "a list",
+            Value::Object(_) => "a table",
+        }
+    }
     for (key, value) in settings.iter_mut() {
         let Some(default) = manifest.config.get(key) else {
             let known: Vec<&str> = manifest.config.keys().map(String::as_str).collect();
@@ -902,14 +912,6 @@ fn fit_declared(manifest: &Manifest, settings: &mut Overrides) -> Result<(), Plu
                 false => format!("{} has no such setting (its settings: {})", manifest.name, known.join(", ")),
             };
             return Err(PluginError::BadOverride { key: key.clone(), reason });
-        };
-        let kind = |v: &Value| match v {
-            Value::Null => "null",
-            Value::Bool(_) => "true or false",
-            Value::Number(_) => "a number",
-            Value::String(_) => "a text",
-            Value::Array(_) => "a list",
-            Value::Object(_) => "a table",
         };
         match (default, &*value) {
             (_, Value::Null) | (Value::Null, _) => {}
